@@ -1,0 +1,191 @@
+"""The `hsr` command line: compress with a recipe, summarise a report, run the demo.
+
+    hsr compress --model MODEL --recipe recipes/wanda_hsr.yaml --output OUT [--dataset DATA]
+    hsr report OUT/hsr_report.json [--comparison EVAL/comparison.json] [--out DIR]
+    hsr demo [--out outputs/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from loguru import logger
+
+__all__ = ["main", "build_parser"]
+
+REPORT_NAME = "hsr_report.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsr", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    comp = sub.add_parser("compress", help="run llm-compressor's oneshot with a recipe (HSR registered)")
+    comp.add_argument("--model", required=True, help="model id or local directory (never modified)")
+    comp.add_argument("--recipe", required=True, help="llm-compressor YAML recipe")
+    comp.add_argument("--output", required=True, help="output directory (written atomically)")
+    comp.add_argument(
+        "--dataset",
+        help="pruning calibration data: a conversational JSONL in the plugin's format, "
+        "or a dataset name/id that oneshot understands (e.g. open_platypus)",
+    )
+    comp.add_argument("--num-samples", type=int, default=128, help="calibration samples (default 128)")
+    comp.add_argument("--max-seq-length", type=int, default=512, help="default 512")
+    comp.add_argument("--seed", type=int, default=0, help="seed for sampling calibration rows")
+    comp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="MODIFIER.FIELD=VALUE",
+        help="override a recipe field, e.g. --set HSRModifier.num_heads=4 (repeatable)",
+    )
+    comp.add_argument("--pipeline", default="independent", help="oneshot pipeline (default independent)")
+    comp.add_argument("--sequential-targets", nargs="*", default=None, help="decoder layer class names")
+    comp.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+    rep = sub.add_parser("report", help="summarise an HSR report and draw its plots")
+    rep.add_argument("report", help="hsr_report.json written by HSRModifier")
+    rep.add_argument("--comparison", help="comparison.json written by integration/evaluate.py")
+    rep.add_argument("--out", help="folder for PNGs and summary.md (default: next to the report)")
+
+    demo = sub.add_parser("demo", help="end-to-end demo on the embedded organism (needs a repo checkout)")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help="passed to integration/demo/run_demo.py")
+    return parser
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise SystemExit(f"error: output {output} exists and is not empty (pass --overwrite)")
+
+
+def compress(args: argparse.Namespace) -> Path:
+    """Run oneshot into a temporary sibling folder, then move it into place."""
+    import yaml
+
+    import hsr_plugin  # noqa: F401  registers HSRModifier
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, recipe_modifiers
+
+    output = Path(args.output).resolve()
+    _check_output(output, args.overwrite)
+    model_path = Path(args.model)
+    if model_path.exists() and not (model_path / "config.json").is_file():
+        raise SystemExit(f"error: {model_path} is a local path but holds no config.json")
+
+    recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    for name, mod_args in recipe_modifiers(recipe):
+        if name == "HSRModifier" and not mod_args.get("report_path"):
+            mod_args["report_path"] = str(staging / REPORT_NAME)
+
+    oneshot_kwargs = dict(
+        model=args.model,
+        recipe=yaml.safe_dump(recipe, sort_keys=False),
+        output_dir=str(staging),
+        num_calibration_samples=args.num_samples,
+        max_seq_length=args.max_seq_length,
+        pipeline=args.pipeline,
+    )
+    if args.sequential_targets:
+        oneshot_kwargs["sequential_targets"] = args.sequential_targets
+    if args.dataset:
+        oneshot_kwargs.update(_dataset_kwargs(args))
+
+    from llmcompressor import oneshot
+
+    logger.info(f"hsr compress: {args.model} with {args.recipe} -> {output}")
+    try:
+        oneshot(**oneshot_kwargs)
+        (staging / "hsr_recipe_resolved.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    report = output / REPORT_NAME
+    logger.info(f"hsr compress: model saved to {output}" + (f", report {report}" if report.exists() else ""))
+    return output
+
+
+def _dataset_kwargs(args: argparse.Namespace) -> dict:
+    spec = args.dataset
+    if spec.endswith(".jsonl"):
+        from hsr_plugin.calibration import load_processor
+        from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+
+        processor = load_processor(args.model)
+        dataset = conversation_dataset(
+            spec, processor, num_samples=args.num_samples, max_seq_length=args.max_seq_length, seed=args.seed
+        )
+        return {"dataset": dataset, "data_collator": single_sample_collator, "batch_size": 1}
+    return {"dataset": spec}
+
+
+def report(args: argparse.Namespace) -> Path:
+    from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
+
+    report_path = Path(args.report)
+    if not report_path.is_file():
+        raise SystemExit(f"error: report {report_path} does not exist")
+    data = json.loads(report_path.read_text())
+    comparison = json.loads(Path(args.comparison).read_text()) if args.comparison else None
+    out = Path(args.out) if args.out else report_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    written = [plot_head_scores(data, out / "head_scores.png")]
+    if comparison is not None:
+        written.append(plot_safety_bars(comparison, out / "safety_bars.png"))
+    text = summary_markdown(data, comparison)
+    _atomic_write(out / "summary.md", text)
+    written.append(out / "summary.md")
+    print(text)
+    for path in written:
+        logger.info(f"wrote {path}")
+    return out
+
+
+def demo(args: argparse.Namespace) -> int:
+    root = _find_checkout()
+    script = root / "integration" / "demo" / "run_demo.py"
+    cmd = [sys.executable, str(script), "--out", args.out, *[a for a in args.rest if a != "--"]]
+    logger.info(" ".join(cmd))
+    os.execv(sys.executable, cmd)
+
+
+def _find_checkout() -> Path:
+    for base in [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parent.parent]:
+        if (base / "integration" / "demo" / "run_demo.py").is_file():
+            return base
+    raise SystemExit(
+        "error: `hsr demo` runs from a checkout of the hsr-plugin repository "
+        "(integration/demo/run_demo.py was not found); clone it and run `make demo`"
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "compress":
+        compress(args)
+    elif args.command == "report":
+        report(args)
+    elif args.command == "demo":
+        return demo(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

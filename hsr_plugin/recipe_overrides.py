@@ -1,0 +1,70 @@
+"""Override modifier fields of an llm-compressor YAML recipe from the command line.
+
+`HSRModifier.num_heads=4` sets field `num_heads` of every `HSRModifier` entry in the recipe. The
+value is parsed as YAML, so `4` is an int, `[a, b]` a list and `'re:.*x'` a string.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["parse_override", "apply_overrides", "load_recipe_dict", "recipe_modifiers"]
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split `Modifier.field=value` into its parts, with the value parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    modifier, dot, field = key.strip().partition(".")
+    if not sep or not dot or not modifier or not field:
+        raise ValueError(
+            f"override {text!r} must look like Modifier.field=value, "
+            "for example HSRModifier.num_heads=4"
+        )
+    return modifier, field, yaml.safe_load(raw)
+
+
+def load_recipe_dict(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    recipe = yaml.safe_load(path.read_text())
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path} is not a YAML mapping of stages")
+    if not recipe_modifiers(recipe):
+        raise ValueError(
+            f"recipe {path} defines no modifiers: llm-compressor reads only top-level keys "
+            "ending in '_stage' and, inside them, keys ending in '_modifiers'"
+        )
+    return recipe
+
+
+def recipe_modifiers(recipe: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(class name, args) of every modifier, in recipe order, as llm-compressor reads them."""
+    found = []
+    for stage_key, stage in recipe.items():
+        if not (stage_key.endswith("_stage") and isinstance(stage, dict)):
+            continue
+        for group_key, group in stage.items():
+            if group_key.endswith("_modifiers") and isinstance(group, dict):
+                for name, args in group.items():
+                    if args is None:
+                        args = group[name] = {}
+                    found.append((name, args))
+    return found
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `Modifier.field=value` overrides in place; every override must hit a modifier."""
+    modifiers = recipe_modifiers(recipe)
+    for text in overrides:
+        name, field, value = parse_override(text)
+        hits = [args for mod_name, args in modifiers if mod_name == name]
+        if not hits:
+            present = ", ".join(sorted({n for n, _ in modifiers}))
+            raise ValueError(f"override {text!r}: the recipe has no {name} (it has: {present})")
+        for args in hits:
+            args[field] = value
+    return recipe
