@@ -1,0 +1,137 @@
+"""End-to-end HSR demo on the embedded organism: prune, realign, serve, evaluate, plot.
+
+    make demo                      # creates both venvs, then runs this with the compression venv
+    .venv/bin/python integration/demo/run_demo.py --out outputs/demo [--method wanda|sparsegpt]
+
+Steps: (1) dense baseline; (2) `hsr compress` with recipes/<method>.yaml (pruning only);
+(3) `hsr compress` with recipes/<method>_hsr.yaml (pruning + one HSRModifier entry); (4) serve
+each model with vLLM and score it with the hsr_safety lm-eval tasks (integration/evaluate.py, run
+in the serving venv); (5) the comparison table, plots and summary. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ORGANISMS = {
+    "text": (ROOT / "integration/organisms/organism-text", ROOT / "integration/organisms/data/text"),
+}
+README_BEGIN = "<!-- demo-table:begin -->"
+README_END = "<!-- demo-table:end -->"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
+    parser.add_argument("--method", choices=["wanda", "sparsegpt"], default="wanda")
+    parser.add_argument("--organism", choices=sorted(ORGANISMS), default="text")
+    parser.add_argument("--num-heads", type=int, default=None, help="override HSRModifier.num_heads")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only N prompts per task")
+    parser.add_argument("--backend", default="vllm-serve", help="evaluation backend (default vllm-serve)")
+    parser.add_argument("--serve-venv", default=os.environ.get("HSR_SERVE_VENV", str(ROOT / ".venv-serve")))
+    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    return parser.parse_args(argv)
+
+
+class Steps:
+    """Numbered step banners with elapsed time, so a long demo shows where it is."""
+
+    def __init__(self, total: int):
+        self.total, self.index, self.start = total, 0, time.monotonic()
+
+    def __call__(self, title: str) -> None:
+        self.index += 1
+        elapsed = time.monotonic() - self.start
+        print(f"\n\033[1m[{self.index}/{self.total}] {title}\033[0m  (t+{elapsed:.0f}s)", flush=True)
+
+
+def run(cmd: list[str], env: dict | None = None) -> None:
+    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, env=env)
+
+
+def compress(model: Path, recipe: str, output: Path, data_dir: Path, args: argparse.Namespace) -> None:
+    if (output / "config.json").is_file():
+        print(f"reusing {output} (delete it to recompute)")
+        return
+    cmd = [sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", model, "--recipe", recipe,
+           "--output", output, "--dataset", data_dir / "calib_utility.jsonl", "--overwrite"]
+    if "_hsr" in recipe:
+        cmd += ["--set", f"HSRModifier.safety_data={data_dir / 'calib_safety.jsonl'}",
+                "--set", f"HSRModifier.utility_data={data_dir / 'calib_utility.jsonl'}"]
+        if args.num_heads is not None:
+            cmd += ["--set", f"HSRModifier.num_heads={args.num_heads}"]
+    run(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    model, data_dir = ORGANISMS[args.organism]
+    serve_python = Path(args.serve_venv) / "bin" / "python"
+    for needed, hint in [(model / "config.json", "the organism is missing: is this a full checkout?"),
+                         (data_dir / "calib_safety.jsonl", "the organism's calibration data is missing"),
+                         (serve_python, "the serving venv is missing: run `make serve-venv`")]:
+        if not needed.exists():
+            sys.exit(f"error: {needed} not found; {hint}")
+    out.mkdir(parents=True, exist_ok=True)
+    pruned, realigned = out / args.method, out / f"{args.method}_hsr"
+    step = Steps(5)
+
+    step(f"dense baseline: {model.relative_to(ROOT)}")
+    print("the dense organism is evaluated as it is committed")
+    step(f"prune: recipes/{args.method}.yaml")
+    compress(model, f"recipes/{args.method}.yaml", pruned, data_dir, args)
+    step(f"prune + HSR: recipes/{args.method}_hsr.yaml")
+    compress(model, f"recipes/{args.method}_hsr.yaml", realigned, data_dir, args)
+
+    step(f"serve and evaluate with lm-eval ({args.backend})")
+    eval_dir = out / "eval"
+    cmd = [serve_python, ROOT / "integration/evaluate.py", "--backend", args.backend, "--out", eval_dir,
+           "--models", f"dense={model}", f"{args.method}={pruned}", f"{args.method}+hsr={realigned}"]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    run(cmd)
+
+    step("report: table, plots, summary")
+    run([sys.executable, "-m", "hsr_plugin.cli", "report", realigned / "hsr_report.json",
+         "--comparison", eval_dir / "comparison.json", "--out", out])
+    if args.update_readme:
+        update_readme(out)
+    print(f"\noutputs: {out}\n  models: {pruned}, {realigned}\n  evaluation: {eval_dir}\n"
+          f"  plots: {out / 'head_scores.png'}, {out / 'safety_bars.png'}\n  summary: {out / 'summary.md'}")
+    return 0
+
+
+def update_readme(out: Path) -> None:
+    """Replace the generated block of README.md with the demo's comparison table."""
+    from hsr_plugin.plots import comparison_table
+
+    comparison = json.loads((out / "eval" / "comparison.json").read_text())
+    report = json.loads(next(out.glob("*_hsr/hsr_report.json")).read_text())
+    totals = report["totals"]
+    block = (f"{README_BEGIN}\n{comparison_table(comparison)}\n\nRestored {totals['restored']} weights "
+             f"({totals['restored_per_10k_params']:.3f} per 10,000 params). Generated by "
+             f"`integration/demo/run_demo.py --update-readme` on {time.strftime('%Y-%m-%d')}.\n{README_END}")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no {README_BEGIN} ... {README_END} block")
+    tmp = readme.with_name(".README.md.tmp")
+    tmp.write_text(pattern.sub(lambda _: block, text))
+    os.replace(tmp, readme)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
