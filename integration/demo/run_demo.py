@@ -60,9 +60,6 @@ def run(cmd: list[str], env: dict | None = None) -> None:
 
 
 def compress(model: Path, recipe: str, output: Path, data_dir: Path, args: argparse.Namespace) -> None:
-    if (output / "config.json").is_file():
-        print(f"reusing {output} (delete it to recompute)")
-        return
     cmd = [sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", model, "--recipe", recipe,
            "--output", output, "--dataset", data_dir / "calib_utility.jsonl", "--overwrite"]
     if "_hsr" in recipe:
