@@ -1,0 +1,311 @@
+"""Calibration data for HSR: the safety set D_s and the utility set D_u.
+
+A set is named by one string, resolved in this order:
+1. a bundled set (`hsr-safety-mini`, `hsr-utility-mini`, shipped in hsr_plugin/data);
+2. a local path: a `.jsonl` file in our format, or a VLGuard `train.json` (append `:split`,
+   e.g. `/data/VLGuard/train.json:unsafes`);
+3. a Hugging Face dataset id, optionally `id:split` (e.g. `ys-zong/VLGuard:unsafes`).
+
+Our JSONL row:
+    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}],
+     "image": "optional path relative to the file"}
+The last assistant turn is the response whose tokens are scored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from loguru import logger
+
+__all__ = [
+    "BUNDLED_SETS",
+    "Conversation",
+    "CalibrationSample",
+    "load_conversations",
+    "load_jsonl",
+    "load_vlguard",
+    "render_samples",
+    "load_processor",
+]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+BUNDLED_SETS = {path.stem: path for path in sorted(DATA_DIR.glob("*.jsonl"))}
+VLGUARD_SPLITS = ("unsafes", "safe_safes", "safe_unsafes")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: tuple[dict, ...]
+    image: Path | None = None
+    source: str = ""  # "file:line", for error messages
+
+
+@dataclass
+class CalibrationSample:
+    input_ids: torch.Tensor  # (1, T): prompt + response
+    attention_mask: torch.Tensor  # (1, T)
+    response_mask: torch.Tensor  # (1, T) bool: the last assistant turn's tokens
+    prompt_length: int  # tokens before the response: user turn(s) + generation prompt
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw, ...
+
+    def prompt_inputs(self) -> dict[str, torch.Tensor]:
+        """Model inputs for the prompt part only (head attribution scores these)."""
+        return {
+            "input_ids": self.input_ids[:, : self.prompt_length],
+            "attention_mask": self.attention_mask[:, : self.prompt_length],
+            **self.extra,
+        }
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.extra}
+
+
+# ----------------------------------------------------------------------------- loading
+def load_conversations(spec: str, num_samples: int | None = None, seed: int = 0) -> list[Conversation]:
+    """Resolve `spec` (bundled name, local path, or hub id) and subsample deterministically."""
+    if not spec or not str(spec).strip():
+        raise ValueError("calibration data spec is empty")
+    spec = str(spec)
+    path_part, _, split = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    if spec in BUNDLED_SETS:
+        conversations = load_jsonl(BUNDLED_SETS[spec])
+    elif Path(path_part).exists():
+        path = Path(path_part)
+        if path.suffix == ".jsonl":
+            conversations = load_jsonl(path)
+        elif path.suffix == ".json" or path.is_dir():
+            conversations = load_vlguard(path, split or "unsafes")
+        else:
+            raise ValueError(f"{path}: expected a .jsonl file in the HSR format or a VLGuard train.json")
+    else:
+        conversations = _load_hub(path_part, split)
+    if not conversations:
+        raise ValueError(f"calibration set {spec!r} is empty")
+    if num_samples is not None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if num_samples < len(conversations):
+            picked = sorted(random.Random(seed).sample(range(len(conversations)), num_samples))
+            conversations = [conversations[i] for i in picked]
+    return conversations
+
+
+def load_jsonl(path: str | Path) -> list[Conversation]:
+    path = Path(path)
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a row must be a JSON object with 'messages'")
+        out.append(_conversation(row.get("messages"), row.get("image"), path.parent, where))
+    return out
+
+
+def _conversation(messages: Any, image: Any, root: Path, where: str) -> Conversation:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ValueError(f"{where}: unknown role in {message!r}; roles are {', '.join(ROLES)}")
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"{where}: empty content in the {message['role']} turn")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: the last turn must be the assistant's response (it is scored)")
+    if not any(m["role"] == "user" for m in messages):
+        raise ValueError(f"{where}: no user turn")
+    image_path = None
+    if image:
+        image_path = (root / image).resolve()
+        if not image_path.is_file():
+            raise ValueError(f"{where}: image {image_path} does not exist")
+    return Conversation(tuple({"role": m["role"], "content": m["content"]} for m in messages), image_path, where)
+
+
+def load_vlguard(path: str | Path, split: str, image_root: str | Path | None = None) -> list[Conversation]:
+    """VLGuard train format, split as the paper builds it.
+
+    `unsafes`: unsafe images with their instruction and (refusal) response; `safe_safes`: safe
+    images with the safe instruction and helpful response; `safe_unsafes`: safe images with the
+    unsafe instruction and refusal.
+    """
+    if split not in VLGUARD_SPLITS:
+        raise ValueError(f"VLGuard split must be one of {', '.join(VLGUARD_SPLITS)}, got {split!r}")
+    path = Path(path)
+    if path.is_dir():
+        path = path / "train.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"VLGuard file {path} does not exist")
+    root = Path(image_root) if image_root else path.parent
+    items = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: VLGuard train.json must be a JSON list")
+    out = []
+    for index, item in enumerate(items):
+        where = f"{path}[{index}]"
+        pairs = item.get("instr-resp") or []
+        unsafe_image = item.get("safe") is False
+        for pair in pairs:
+            if split == "unsafes" and unsafe_image:
+                instruction = pair.get("instruction")
+            elif split == "safe_safes" and not unsafe_image:
+                instruction = pair.get("safe_instruction")
+            elif split == "safe_unsafes" and not unsafe_image:
+                instruction = pair.get("unsafe_instruction")
+            else:
+                continue
+            if instruction:
+                messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": pair.get("response", "")}]
+                image = item.get("image")
+                out.append(_conversation(messages, str(root / image) if image else None, root, where))
+    return out
+
+
+def _load_hub(dataset_id: str, split: str) -> list[Conversation]:
+    names = ", ".join(BUNDLED_SETS) or "(none)"
+    try:
+        import datasets
+
+        if "vlguard" in dataset_id.lower():
+            raise ValueError(
+                f"VLGuard ships its images as a zip: download {dataset_id} once and pass the local "
+                "train.json path with a split, e.g. /data/VLGuard/train.json:unsafes"
+            )
+        data = datasets.load_dataset(dataset_id, split=split or "train")
+    except ValueError:
+        raise
+    except Exception as err:  # hub unreachable, unknown id, ...
+        raise ValueError(
+            f"calibration data {dataset_id!r} is not a bundled set ({names}), not an existing local path, "
+            f"and could not be loaded from the Hugging Face hub: {type(err).__name__}: {err}"
+        ) from None
+    out = []
+    for index, row in enumerate(data):
+        messages = row.get("messages")
+        if messages is None and "prompt" in row and "response" in row:
+            messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+        out.append(_conversation(messages, None, Path("."), f"{dataset_id}[{index}]"))
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+def load_processor(model_or_path: str, processor: Any = None) -> Any:
+    """The processor is not in llm-compressor's State: load AutoProcessor, else AutoTokenizer."""
+    if processor is not None and not isinstance(processor, (str, Path)):
+        return processor
+    source = str(processor or model_or_path)
+    from transformers import AutoProcessor, AutoTokenizer
+
+    errors = []
+    for loader in (AutoProcessor, AutoTokenizer):
+        try:
+            loaded = loader.from_pretrained(source)
+            if getattr(loaded, "chat_template", None) or getattr(getattr(loaded, "tokenizer", None), "chat_template", None):
+                return loaded
+            errors.append(f"{loader.__name__}: no chat template")
+        except Exception as err:  # noqa: BLE001 - report every attempt
+            errors.append(f"{loader.__name__}: {type(err).__name__}: {err}")
+    raise ValueError(
+        f"could not load a processor with a chat template from {source!r} ({'; '.join(errors)}); "
+        "pass `processor=` to HSRModifier"
+    )
+
+
+def _tokenizer_of(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def _has_images(processor: Any) -> bool:
+    return getattr(processor, "image_processor", None) is not None
+
+
+def _chat(processor: Any, messages: list[dict], add_generation_prompt: bool) -> str:
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _with_image_part(messages: tuple[dict, ...]) -> list[dict]:
+    """Multimodal chat templates want content parts; the image goes into the first user turn."""
+    out, placed = [], False
+    for message in messages:
+        parts = [{"type": "text", "text": message["content"]}]
+        if message["role"] == "user" and not placed:
+            parts.insert(0, {"type": "image"})
+            placed = True
+        out.append({"role": message["role"], "content": parts})
+    return out
+
+
+def render_samples(conversations: Iterable[Conversation], processor: Any, max_seq_length: int) -> list[CalibrationSample]:
+    """Render with the model's chat template, tokenize, and mark the response tokens.
+
+    The prompt (everything before the last assistant turn, plus the generation prompt) must be a
+    token prefix of the full conversation. Too-long samples keep their prompt and lose the tail of
+    the response; a sample whose prompt alone exceeds max_seq_length is an error.
+    """
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length must be >= 2, got {max_seq_length}")
+    samples = []
+    for conv in conversations:
+        samples.append(_render_one(conv, processor, max_seq_length))
+    if not samples:
+        raise ValueError("no calibration conversations to render")
+    return samples
+
+
+def _render_one(conv: Conversation, processor: Any, max_seq_length: int) -> CalibrationSample:
+    tokenizer = _tokenizer_of(processor)
+    if conv.image is not None and not _has_images(processor):
+        raise ValueError(
+            f"{conv.source}: this conversation has an image but the processor "
+            f"({type(processor).__name__}) has no image processor: this model cannot take images"
+        )
+    messages = _with_image_part(conv.messages) if conv.image is not None else list(conv.messages)
+    prompt_text = _chat(processor, messages[:-1], add_generation_prompt=True)
+    full_text = _chat(processor, messages, add_generation_prompt=False)
+    extra: dict[str, torch.Tensor] = {}
+    if conv.image is not None:
+        from PIL import Image
+
+        with Image.open(conv.image) as img:
+            image = img.convert("RGB")
+        full = processor(text=[full_text], images=[image], return_tensors="pt", add_special_tokens=False)
+        prompt = processor(text=[prompt_text], images=[image], return_tensors="pt", add_special_tokens=False)
+        extra = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)}
+        full_ids, prompt_ids = full["input_ids"][0], prompt["input_ids"][0]
+    else:
+        full_ids = torch.tensor(tokenizer(full_text, add_special_tokens=False)["input_ids"])
+        prompt_ids = torch.tensor(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    n_prompt = len(prompt_ids)
+    if len(full_ids) <= n_prompt or not torch.equal(full_ids[:n_prompt], prompt_ids):
+        raise ValueError(
+            f"{conv.source}: the chat template is not prefix-stable: the rendered prompt is not a "
+            "token prefix of the rendered conversation, so the response tokens cannot be located"
+        )
+    if n_prompt >= max_seq_length:
+        raise ValueError(f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}")
+    if len(full_ids) > max_seq_length:
+        logger.debug(f"{conv.source}: response truncated to fit max_seq_length={max_seq_length}")
+        full_ids = full_ids[:max_seq_length]
+    length = len(full_ids)
+    response = torch.zeros(length, dtype=torch.bool)
+    response[n_prompt:] = True
+    return CalibrationSample(
+        input_ids=full_ids.unsqueeze(0).long(),
+        attention_mask=torch.ones(1, length, dtype=torch.long),
+        response_mask=response.unsqueeze(0),
+        prompt_length=n_prompt,
+        extra=extra,
+    )

@@ -1,0 +1,131 @@
+"""Weight importance on calibration data (method.md, section 3): statistics and scores.
+
+Accumulators collect per-matrix statistics from layer inputs over the selected (response) tokens:
+- Wanda: the per-input-feature sum of squares, one vector per matrix;
+- SparseGPT: the Hessian H = 2/n * sum x x^T (the 2/n scaling of SparseGPT; any positive scale
+  leaves the ranking unchanged);
+- SNIP: |W * dL/dW| accumulated over samples.
+Score matrices are built on demand, one matrix at a time, and never stored.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "InputNormAccumulator",
+    "HessianAccumulator",
+    "GradientSaliencyAccumulator",
+    "wanda_scores",
+    "sparsegpt_scores",
+]
+
+_EMPTY = "no response tokens were seen for this matrix: check the calibration data (empty responses?)"
+
+
+def _select_tokens(inputs: torch.Tensor, token_mask: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    if inputs.shape[-1] != in_features:
+        raise ValueError(f"inputs have {inputs.shape[-1]} features, the matrix expects {in_features}")
+    flat = inputs.reshape(-1, in_features)
+    if token_mask is None:
+        return flat
+    mask = token_mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
+    if mask.numel() != flat.shape[0]:
+        raise ValueError(f"token mask covers {mask.numel()} tokens, inputs have {flat.shape[0]}")
+    return flat[mask]
+
+
+class InputNormAccumulator:
+    """Per-input-feature sum of squares over selected tokens (fp64)."""
+
+    def __init__(self, in_features: int):
+        self.in_features = in_features
+        self._sum_sq = torch.zeros(in_features, dtype=torch.float64)
+        self._count = 0
+
+    def update(self, inputs: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+        x = _select_tokens(inputs.detach(), token_mask, self.in_features)
+        self._sum_sq += x.double().pow(2).sum(0).cpu()
+        self._count += x.shape[0]
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def squared_norms(self) -> torch.Tensor:
+        if self._count == 0:
+            raise ValueError(_EMPTY)
+        return self._sum_sq.clone()
+
+
+class HessianAccumulator:
+    """H = 2/n * sum x x^T over selected tokens, as SparseGPT builds it (fp64, in x in)."""
+
+    def __init__(self, in_features: int):
+        self.in_features = in_features
+        self._sum = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self._count = 0
+
+    def update(self, inputs: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+        x = _select_tokens(inputs.detach(), token_mask, self.in_features).double().cpu()
+        self._sum += x.T @ x
+        self._count += x.shape[0]
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def hessian(self) -> torch.Tensor:
+        if self._count == 0:
+            raise ValueError(_EMPTY)
+        return self._sum * (2.0 / self._count)
+
+
+class GradientSaliencyAccumulator:
+    """SNIP saliency: sum over samples of |W * grad| (fp32)."""
+
+    def __init__(self) -> None:
+        self._scores: torch.Tensor | None = None
+        self._count = 0
+
+    def update(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
+        if weight.shape != grad.shape:
+            raise ValueError(f"weight {tuple(weight.shape)} and gradient {tuple(grad.shape)} differ in shape")
+        saliency = (weight.detach().float() * grad.detach().float()).abs().cpu()
+        self._scores = saliency if self._scores is None else self._scores + saliency
+        self._count += 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def scores(self) -> torch.Tensor:
+        if self._scores is None:
+            raise ValueError(_EMPTY)
+        return self._scores.clone()
+
+
+def wanda_scores(weight: torch.Tensor, squared_norms: torch.Tensor) -> torch.Tensor:
+    """|W[r, c]| * ||X[:, c]||_2."""
+    if weight.dim() != 2 or squared_norms.shape != (weight.shape[1],):
+        raise ValueError(f"need a 2-D weight and one norm per input feature; got {tuple(weight.shape)} and {tuple(squared_norms.shape)}")
+    return weight.detach().double().abs() * squared_norms.to(weight.device).double().clamp(min=0).sqrt().unsqueeze(0)
+
+
+def sparsegpt_scores(weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
+    """W[r, c]^2 / [H^-1]_cc^2, with damping = fraction of the mean diagonal added to H.
+
+    As SparseGPT does, inputs that never fire (H_cc = 0) get H_cc = 1; their weights score
+    W^2 then (they never influence the output on this data).
+    """
+    cols = weight.shape[1]
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"Hessian {tuple(hessian.shape)} does not match in_features {cols}")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damping * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    h_inv_diag = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h)))
+    return weight.detach().double().pow(2) / h_inv_diag.unsqueeze(0).pow(2)

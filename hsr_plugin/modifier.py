@@ -1,0 +1,349 @@
+"""HSRModifier: Hierarchical Safety Realignment as an llm-compressor modifier.
+
+Lifecycle under `oneshot` (see the project's llmcompressor notes):
+- `on_initialize` runs for every modifier before any data flows and before any pruning. HSR
+  validates its order and inputs there, then scores on the DENSE model: head attribution on
+  the safety prompts, and weight importance on the safety and utility responses, for the layers
+  that hold a selected head only. It keeps the candidate masks, the head slices and a CPU
+  snapshot of those layers' dense q/k/v/o weights.
+- HSR needs no calibration data of its own (`datafree` pipeline). At `on_calibration_end`,
+  after the pruning modifiers before it have ended, it reads the pruned positions off the model
+  and copies the dense values back on R = candidates ∩ head slices ∩ pruned.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+from compressed_tensors.utils import align_module_device, match_named_modules
+from loguru import logger
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from llmcompressor.core import Event, State, active_session
+from llmcompressor.modifiers import Modifier
+from llmcompressor.modifiers.utils.hooks import HooksMixin
+from llmcompressor.utils.helpers import DisableQuantization, eval_context
+
+from hsr_plugin.architecture import AttentionBlock, find_attention_blocks, is_vision_module
+from hsr_plugin.attribution import HeadScore, score_heads
+from hsr_plugin.calibration import CalibrationSample, load_conversations, load_processor, render_samples
+from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
+from hsr_plugin.head_scores import rank_heads, select_top_heads
+from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
+from hsr_plugin.report import SCHEMA_VERSION, log_summary, totals, write_json_atomic
+from hsr_plugin.restore import parse_nm, restore_matrix
+from hsr_plugin.selection import candidate_mask
+from hsr_plugin.slicing import union_head_slices
+
+__all__ = ["HSRModifier"]
+
+DEFAULT_IGNORE = [
+    "re:.*lm_head",
+    "re:.*vision_tower.*",
+    "re:.*vision_model.*",
+    "re:.*multi_modal_projector.*",
+    "re:.*visual.*",
+]
+SPARSEGPT_NOTE = (
+    "SparseGPT updated the surviving weights (OBS update); HSR copies dense values back only at "
+    "pruned positions, as the paper does, so restored weights sit among updated ones"
+)
+
+
+class _Plan:
+    """What restoration needs for one matrix, computed on the dense model."""
+
+    __slots__ = ("module", "candidates", "slices", "priority")
+
+    def __init__(self, module, candidates, slices, priority):
+        self.module, self.candidates, self.slices, self.priority = module, candidates, slices, priority
+
+
+class HSRModifier(Modifier):
+    """
+    Restore a few safety-critical pruned weights inside the top safety heads (HSR, Li et al.,
+    ACL 2025 Findings). Put it after the sparsity stage and before any quantization:
+
+    ```yaml
+    hsr_stage:
+      hsr_modifiers:
+        HSRModifier:
+          num_heads: 8
+    ```
+
+    :param num_heads: top-h heads to realign, ranked over all layers (paper: 10 or 4)
+    :param head_score: `ships_subspace` (principal angles of last-token states, the paper's
+        dataset-level Ships), `ships_kl` (mean next-token KL), or `reference` (the authors'
+        code: angle on hidden feature 0, one score per KV group)
+    :param subspace_rank: r, the rank of the subspaces compared by `ships_subspace`
+    :param ablation_eps: factor that ablates a head's query and output
+    :param neuron_score: weight importance: `wanda`, `sparsegpt` or `snip`
+    :param safety_top: q, the top fraction of weights by safety importance
+    :param utility_top: p, weights in the top-p by utility importance are excluded
+    :param utility_max: p_max, candidates must lie in the top-p_max by utility importance
+    :param head_slicing: `exact` (each head's own rows/columns) or `reference` (the authors'
+        input-column bands for q/k/v and the whole o_proj)
+    :param safety_data: harmful requests with refusals: a bundled set name, a local JSONL or
+        VLGuard `train.json[:split]` path, or a Hugging Face dataset id (`id[:split]`)
+    :param utility_data: benign requests with helpful answers, same forms
+    :param num_samples: samples drawn from each set (seeded)
+    :param max_seq_length: longest rendered conversation, in tokens
+    :param batch_size: prompts per forward pass during head attribution (text only)
+    :param seed: seed for sampling the calibration sets
+    :param targets: modules (decoder layers) whose self-attention may be realigned
+    :param ignore: modules never touched (vision tower, projector, lm_head by default)
+    :param dense_model: optional local checkpoint of the dense model to read dense weights
+        from (safetensors, lazily) instead of snapshotting them before pruning
+    :param processor: processor or tokenizer path; default: the model's own path
+    :param report_path: where to write the JSON report (always kept as `modifier.report`)
+    :param preserve_nm: e.g. '2:4': drop restorations that would break that N:M pattern
+    """
+
+    num_heads: int = Field(default=10, ge=1)
+    head_score: Literal["ships_subspace", "ships_kl", "reference"] = "ships_subspace"
+    subspace_rank: int = Field(default=1, ge=1)
+    ablation_eps: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    neuron_score: Literal["wanda", "sparsegpt", "snip"] = "wanda"
+    safety_top: float = Field(default=0.5, gt=0.0, le=1.0)
+    utility_top: float = Field(default=0.5, ge=0.0, le=1.0)
+    utility_max: float = Field(default=0.7, ge=0.0, le=1.0)
+    head_slicing: Literal["exact", "reference"] = "exact"
+    safety_data: str = "hsr-safety-mini"
+    utility_data: str = "hsr-utility-mini"
+    num_samples: int = Field(default=128, ge=1)
+    max_seq_length: int = Field(default=512, ge=8)
+    batch_size: int = Field(default=8, ge=1)
+    seed: int = 0
+    targets: str | list[str] = Field(default_factory=lambda: [r"re:.*layers\.\d+$"])
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    dense_model: str | None = None
+    processor: str | None = None
+    report_path: str | None = None
+    preserve_nm: str | None = None
+
+    _plans: dict[str, _Plan] = PrivateAttr(default_factory=dict)
+    _dense: DenseSource | None = PrivateAttr(default=None)
+    _earlier_pruning: list[Modifier] = PrivateAttr(default_factory=list)
+    _head_scores: list[HeadScore] = PrivateAttr(default_factory=list)
+    _selected: list[tuple[int, int]] = PrivateAttr(default_factory=list)
+    _timing: dict[str, float] = PrivateAttr(default_factory=dict)
+    _model_info: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _restored: bool = PrivateAttr(default=False)
+    report: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _listify_targets(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("preserve_nm")
+    @classmethod
+    def _check_nm(cls, value):
+        parse_nm(value)
+        return value
+
+    @field_validator("safety_data", "utility_data")
+    @classmethod
+    def _non_empty(cls, value: str):
+        if not value or not value.strip():
+            raise ValueError("calibration data must name a bundled set, a path or a dataset id")
+        return value
+
+    @model_validator(mode="after")
+    def _check_fractions(self):
+        if self.utility_top > self.utility_max:
+            raise ValueError(
+                f"utility_top (p={self.utility_top}) must not exceed utility_max (p_max={self.utility_max}): "
+                "candidates are (top_q safety ∩ top_pmax utility) minus top_p utility"
+            )
+        return self
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_initialize(self, state: State, **kwargs) -> bool:
+        model = state.model
+        self._earlier_pruning = self._check_recipe_order()
+        blocks = self._find_blocks(model)
+        if self.num_heads > sum(len(self._units(b)) for b in blocks):
+            raise ValueError(f"num_heads={self.num_heads} exceeds the {sum(len(self._units(b)) for b in blocks)} heads scored")
+        if self.dense_model is not None:
+            self._dense = SafetensorsDenseSource(self.dense_model)
+            self._dense.check({name: mod for b in blocks for _, name, mod in b.projections()})
+
+        start = time.perf_counter()
+        processor = load_processor(self._model_path(model), self.processor)
+        safety = self._render(self.safety_data, processor, "safety_data")
+        utility = self._render(self.utility_data, processor, "utility_data")
+        self._timing["data"] = time.perf_counter() - start
+        self._model_info = {
+            "class": type(model).__name__,
+            "name_or_path": self._model_path(model),
+            "attention_blocks": len(blocks),
+            "num_heads": blocks[0].num_heads,
+            "num_kv_heads": blocks[0].num_kv_heads,
+            "head_dim": blocks[0].head_dim,
+        }
+        pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
+        with torch.no_grad(), HooksMixin.disable_hooks(), DisableQuantization(model), eval_context(model):
+            self._score_and_plan(model, blocks, safety, utility, pad_id)
+        return True
+
+    def on_calibration_end(self, state: State, event: Event, **kwargs):
+        if not self._restored:
+            self._restore(state.model)
+
+    def on_finalize(self, state: State, **kwargs) -> bool:
+        if not self._restored:
+            raise RuntimeError(
+                "HSRModifier was finalized before it restored any weights: its calibration never "
+                "ended. Run it with oneshot after the sparsity stage."
+            )
+        self.remove_hooks()
+        self._plans, self._dense = {}, None
+        return True
+
+    # ------------------------------------------------------------------ steps
+    def _check_recipe_order(self) -> list[Modifier]:
+        from llmcompressor.modifiers.quantization.quantization.mixin import QuantizationMixin
+
+        recipe = active_session().lifecycle.recipe
+        modifiers = list(getattr(recipe, "modifiers", None) or [])
+        index = next((i for i, m in enumerate(modifiers) if m is self), None)
+        earlier = modifiers[:index] if index is not None else []
+        quant = [type(m).__name__ for m in earlier if isinstance(m, QuantizationMixin)]
+        if quant:
+            raise ValueError(
+                f"HSRModifier comes after {quant[0]}: put HSR after the sparsity stage and BEFORE "
+                "quantization, so that it restores dense weights before they are quantized"
+            )
+        pruning = [m for m in earlier if _is_pruning(m)]
+        if not pruning:
+            found = ", ".join(type(m).__name__ for m in earlier) or "nothing"
+            raise ValueError(
+                f"HSRModifier needs a pruning modifier before it in the recipe (found {found}). "
+                "Put HSR after the sparsity stage (e.g. WandaPruningModifier or SparseGPTModifier) "
+                "and before quantization."
+            )
+        return pruning
+
+    def _find_blocks(self, model) -> list[AttentionBlock]:
+        targeted = [name for name, _ in match_named_modules(model, self.targets, self.ignore)]
+        if not targeted:
+            raise ValueError(f"HSRModifier targets {self.targets} match no module of {type(model).__name__} (ignore={self.ignore})")
+        blocks = find_attention_blocks(model, within=targeted)
+        ignored = [b.name for b in blocks if any(
+            name for name, _ in match_named_modules(b.module, self.ignore, None))]
+        return [b for b in blocks if b.name not in ignored and not is_vision_module(b.name)]
+
+    def _units(self, block: AttentionBlock) -> range:
+        return range(block.num_kv_heads if self.head_score == "reference" else block.num_heads)
+
+    @staticmethod
+    def _model_path(model) -> str:
+        return getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", "")
+
+    def _render(self, spec: str, processor, field: str) -> list[CalibrationSample]:
+        conversations = load_conversations(spec, self.num_samples, self.seed)
+        samples = render_samples(conversations, processor, self.max_seq_length)
+        if not any(bool(s.response_mask.any()) for s in samples):
+            raise ValueError(f"{field}={spec!r}: no response tokens to score")
+        logger.info(f"HSR {field}: {len(samples)} samples from {spec}")
+        return samples
+
+    def _score_and_plan(self, model, blocks, safety, utility, pad_id: int) -> None:
+        start = time.perf_counter()
+        self._head_scores = score_heads(
+            model, blocks, safety, self.head_score, self.ablation_eps, self.subspace_rank, self.batch_size, pad_id
+        )
+        ranked = rank_heads({(s.layer, s.head): s.score for s in self._head_scores})
+        self._selected = select_top_heads(ranked, self.num_heads)
+        self._timing["head_scoring"] = time.perf_counter() - start
+
+        by_layer: dict[int, list[tuple[int, int]]] = {}
+        kv_of = {(s.layer, s.head): s.kv_group for s in self._head_scores}
+        for layer, head in self._selected:
+            by_layer.setdefault(layer, []).append((head, kv_of[(layer, head)]))
+        chosen = [b for b in blocks if b.layer in by_layer]
+        modules = {name: module for b in chosen for _, name, module in b.projections()}
+
+        start = time.perf_counter()
+        stats_s = collect_statistics(model, modules, safety, self.neuron_score, "HSR safety importance")
+        stats_u = collect_statistics(model, modules, utility, self.neuron_score, "HSR utility importance")
+        for block in chosen:
+            for short, name, module in block.projections():
+                with align_module_device(module):
+                    weight = module.weight.detach()
+                    i_s = importance_scores(self.neuron_score, stats_s[name], weight)
+                    i_u = importance_scores(self.neuron_score, stats_u[name], weight)
+                candidates = candidate_mask(i_s, i_u, self.safety_top, self.utility_top, self.utility_max)
+                slices = union_head_slices(
+                    tuple(weight.shape), short, by_layer[block.layer], block.head_dim, block.num_heads, self.head_slicing
+                )
+                self._plans[name] = _Plan(module, candidates.cpu(), slices, i_s.float().cpu())
+        self._timing["neuron_scoring"] = time.perf_counter() - start
+        if self._dense is None:
+            start = time.perf_counter()
+            self._dense = DenseSnapshot(modules)
+            self._timing["dense_snapshot"] = time.perf_counter() - start
+
+    def _restore(self, model) -> None:
+        unfinished = [type(m).__name__ for m in self._earlier_pruning if not m.ended_]
+        if unfinished:
+            raise RuntimeError(
+                f"HSRModifier would restore weights before {unfinished[0]} has finished pruning. "
+                "Put HSR after the sparsity stage and before quantization, and run oneshot with "
+                "the default pipeline ('independent')."
+            )
+        start = time.perf_counter()
+        language_params, pruned_params = _language_counts(model)
+        nm = parse_nm(self.preserve_nm)
+        rows = []
+        for name, plan in self._plans.items():
+            stats = restore_matrix(name, plan.module, self._dense.get(name), plan.candidates, plan.slices, nm, plan.priority)
+            rows.append(stats.as_report())
+        self._timing["restore"] = time.perf_counter() - start
+        self._restored = True
+        self.report = self._build_report(rows, language_params, pruned_params)
+        if self.report_path:
+            write_json_atomic(self.report_path, self.report)
+            logger.info(f"HSR report written to {self.report_path}")
+        log_summary(self.report)
+
+    def _build_report(self, rows, language_params: int, pruned_params: int) -> dict[str, Any]:
+        notes = []
+        if any(type(m).__name__ == "SparseGPTModifier" for m in self._earlier_pruning):
+            notes.append(SPARSEGPT_NOTE)
+        if self.head_score == "reference":
+            notes.append("reference head score: one score per KV group, reported as head index g")
+        heads = sorted(self._head_scores, key=lambda s: (-s.score, s.layer, s.head))
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "config": self.model_dump(exclude={"report"}, mode="json"),
+            "model": self._model_info,
+            "pruned_by": [type(m).__name__ for m in self._earlier_pruning],
+            "heads": [{"layer": s.layer, "head": s.head, "kv_group": s.kv_group, "score": s.score} for s in heads],
+            "selected_heads": [[layer, head] for layer, head in self._selected],
+            "restored": rows,
+            "totals": totals(rows, language_params, pruned_params),
+            "timing_s": {k: round(v, 4) for k, v in self._timing.items()},
+            "notes": notes,
+        }
+
+
+def _is_pruning(modifier: Modifier) -> bool:
+    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
+
+    return isinstance(modifier, SparsityModifierBase) or "Pruning" in type(modifier).__name__
+
+
+@torch.no_grad()
+def _language_counts(model) -> tuple[int, int]:
+    """(weights, zeros) of the language model's Linear layers, lm_head and vision excluded."""
+    params = zeros = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not is_vision_module(name) and not name.endswith("lm_head"):
+            with align_module_device(module):
+                params += module.weight.numel()
+                zeros += int((module.weight == 0).sum())
+    return params, zeros

@@ -1,0 +1,123 @@
+"""Weight importance of the q/k/v/o matrices of selected layers, over response tokens only.
+
+Wanda and SparseGPT need layer-input statistics, gathered by forward pre-hooks that feed the
+accumulators of `hsr_plugin.importance` with the response-token mask of the current sample.
+SNIP needs gradients of the response NLL with respect to the weights. Samples run one at a time
+(batch 1, no padding), so every token mask lines up with the layer inputs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.importance import (
+    GradientSaliencyAccumulator,
+    HessianAccumulator,
+    InputNormAccumulator,
+    sparsegpt_scores,
+    wanda_scores,
+)
+
+__all__ = ["NeuronScore", "MatrixStatistics", "collect_statistics", "importance_scores"]
+
+NeuronScore = Literal["wanda", "sparsegpt", "snip"]
+Accumulator = InputNormAccumulator | HessianAccumulator | GradientSaliencyAccumulator
+
+
+class MatrixStatistics(dict):
+    """module name -> accumulator, for one calibration set."""
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _input_hooks(modules: dict[str, nn.Linear], stats: MatrixStatistics, mask_box: list) -> Iterator[None]:
+    def make(name: str):
+        def hook(_module, args):
+            stats[name].update(args[0], mask_box[0])
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(make(name)) for name, module in modules.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def collect_statistics(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    samples: list[CalibrationSample],
+    method: NeuronScore,
+    desc: str = "HSR neuron statistics",
+    progress: bool = True,
+) -> MatrixStatistics:
+    """Per-matrix statistics of `modules` over the response tokens of `samples`."""
+    if not samples:
+        raise ValueError("neuron scoring needs at least one calibration sample")
+    if method == "snip":
+        return _collect_snip(model, modules, samples, desc, progress)
+    factory = InputNormAccumulator if method == "wanda" else HessianAccumulator
+    stats = MatrixStatistics({name: factory(module.in_features) for name, module in modules.items()})
+    device = _device(model)
+    mask_box = [None]
+    with torch.no_grad(), _input_hooks(modules, stats, mask_box):
+        for sample in tqdm(samples, desc=f"{desc} ({method})", disable=not progress):
+            mask_box[0] = sample.response_mask.to(device)
+            model(**{k: v.to(device) for k, v in sample.model_inputs().items()}, use_cache=False)
+    _check_seen(stats)
+    return stats
+
+
+def _collect_snip(model, modules, samples, desc, progress) -> MatrixStatistics:
+    stats = MatrixStatistics({name: GradientSaliencyAccumulator() for name in modules})
+    device = _device(model)
+    previous = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for module in modules.values():
+            module.weight.requires_grad_(True)
+        with torch.enable_grad():
+            for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
+                inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
+                labels = torch.where(sample.response_mask.to(device), inputs["input_ids"], torch.full_like(inputs["input_ids"], -100))
+                loss = model(**inputs, labels=labels, use_cache=False).loss
+                if not torch.isfinite(loss):
+                    raise ValueError("SNIP: the response NLL is not finite; check the calibration data")
+                loss.backward()
+                for name, module in modules.items():
+                    stats[name].update(module.weight, module.weight.grad)
+                    module.weight.grad = None
+    finally:
+        for p, flag in previous.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    return stats
+
+
+def _check_seen(stats: MatrixStatistics) -> None:
+    empty = [name for name, acc in stats.items() if acc.count == 0]
+    if empty:
+        raise ValueError(f"no response tokens reached {empty[0]} (and {len(empty) - 1} more): check the calibration data")
+
+
+def importance_scores(method: NeuronScore, accumulator: Accumulator, weight: torch.Tensor) -> torch.Tensor:
+    """Importance of every element of `weight`, from one matrix's statistics."""
+    if method == "wanda":
+        return wanda_scores(weight, accumulator.squared_norms())
+    if method == "sparsegpt":
+        return sparsegpt_scores(weight, accumulator.hessian())
+    if method == "snip":
+        return accumulator.scores().double()
+    raise ValueError(f"unknown neuron_score {method!r}: use wanda, sparsegpt or snip")

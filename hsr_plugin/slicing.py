@@ -1,0 +1,85 @@
+"""Which weights of q/k/v/o belong to an attention head (HF layout: out_features x in_features).
+
+Exact mode (default) follows the head's own rows and columns:
+  W_q rows [h*d, (h+1)*d); W_k, W_v rows [g*d, (g+1)*d) for the head's KV group g;
+  W_o columns [h*d, (h+1)*d).
+Reference mode reproduces the authors' code (method.md, section 4): q/k/v keep the input-column
+band [h*in//H, (h+1)*in//H) (integer division, as the reference computes it), and o_proj keeps the
+whole matrix whenever its layer holds a selected head.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Literal
+
+import torch
+
+__all__ = ["HeadSlicing", "Projection", "head_slice_mask", "union_head_slices"]
+
+HeadSlicing = Literal["exact", "reference"]
+Projection = Literal["q", "k", "v", "o"]
+
+
+def head_slice_mask(
+    shape: tuple[int, int],
+    projection: Projection,
+    head: int,
+    kv_group: int,
+    head_dim: int,
+    num_heads: int,
+    mode: HeadSlicing = "exact",
+) -> torch.Tensor:
+    """Boolean mask of `shape` that is True on the weights of one head."""
+    rows, cols = _check(shape, projection, head, kv_group, head_dim, num_heads, mode)
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    if mode == "reference":
+        if projection == "o":
+            mask[:] = True
+        else:
+            mask[:, head * cols // num_heads : (head + 1) * cols // num_heads] = True
+    elif projection == "q":
+        mask[head * head_dim : (head + 1) * head_dim, :] = True
+    elif projection in ("k", "v"):
+        mask[kv_group * head_dim : (kv_group + 1) * head_dim, :] = True
+    else:
+        mask[:, head * head_dim : (head + 1) * head_dim] = True
+    return mask
+
+
+def union_head_slices(
+    shape: tuple[int, int],
+    projection: Projection,
+    heads: Iterable[tuple[int, int]],
+    head_dim: int,
+    num_heads: int,
+    mode: HeadSlicing = "exact",
+) -> torch.Tensor:
+    """Union of the slices of several (head, kv_group) pairs of one layer."""
+    mask = torch.zeros(tuple(shape), dtype=torch.bool)
+    for head, kv_group in heads:
+        mask |= head_slice_mask(shape, projection, head, kv_group, head_dim, num_heads, mode)
+    return mask
+
+
+def _check(shape, projection, head, kv_group, head_dim, num_heads, mode) -> tuple[int, int]:
+    if mode not in ("exact", "reference"):
+        raise ValueError(f"head slicing mode must be 'exact' or 'reference', got {mode!r}")
+    if projection not in ("q", "k", "v", "o"):
+        raise ValueError(f"projection must be one of q, k, v, o; got {projection!r}")
+    if len(shape) != 2:
+        raise ValueError(f"weight shape must be 2-D (out, in), got {tuple(shape)}")
+    rows, cols = (int(s) for s in shape)
+    if num_heads <= 0 or head_dim <= 0:
+        raise ValueError(f"num_heads ({num_heads}) and head_dim ({head_dim}) must be positive")
+    if not 0 <= head < num_heads:
+        raise ValueError(f"head {head} is outside [0, {num_heads})")
+    if kv_group < 0:
+        raise ValueError(f"kv_group must be >= 0, got {kv_group}")
+    if mode == "exact":
+        if projection == "q" and rows < num_heads * head_dim:
+            raise ValueError(f"q_proj has {rows} rows, fewer than num_heads*head_dim = {num_heads * head_dim}")
+        if projection in ("k", "v") and (kv_group + 1) * head_dim > rows:
+            raise ValueError(f"{projection}_proj has {rows} rows; KV group {kv_group} needs {(kv_group + 1) * head_dim}")
+        if projection == "o" and cols < num_heads * head_dim:
+            raise ValueError(f"o_proj has {cols} columns, fewer than num_heads*head_dim = {num_heads * head_dim}")
+    return rows, cols
