@@ -1,0 +1,286 @@
+"""Start and stop `vllm serve` for one model on 127.0.0.1, with defaults that work on CPU and GPU.
+
+    python integration/serving/launch.py serve --model outputs/demo/wanda_hsr --port 8011
+    python integration/serving/launch.py stop --pid 12345
+
+Run it with the serving venv's python (.venv-serve). On CPU it applies the settings measured on
+this machine: eager mode, no V1 multiprocessing, no OMP thread binding, an explicit KV-cache size
+(the default check refuses to start on these machines), float32 or bfloat16 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ServeConfig", "Server", "ServeError", "check_model_dir", "port_in_use", "start_server", "stop_pid"]
+
+DEFAULT_KV_CACHE_BYTES = 256 * 1024 * 1024
+
+
+class ServeError(RuntimeError):
+    """A clear, user-facing reason why the server cannot start."""
+
+
+def has_gpu() -> bool:
+    if os.environ.get("HSR_FORCE_CPU"):
+        return False
+    return shutil.which("nvidia-smi") is not None and subprocess.run(
+        ["nvidia-smi"], capture_output=True, check=False
+    ).returncode == 0
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8011
+    served_model_name: str | None = None
+    dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
+    max_model_len: int = 512
+    kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES
+    max_num_seqs: int = 64
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    enforce_eager: bool | None = None  # default: True on CPU
+    limit_mm_per_prompt: str | None = None  # e.g. '{"image": 1}' for VLMs
+    extra_args: list[str] = field(default_factory=list)
+    startup_timeout_s: float = 300.0
+    log_path: str | None = None
+
+    def gpu(self) -> bool:
+        return has_gpu()
+
+    def command(self, vllm_exe: str) -> list[str]:
+        gpu = self.gpu()
+        cmd = [
+            vllm_exe, "serve", self.model,
+            "--host", self.host, "--port", str(self.port),
+            "--served-model-name", self.served_model_name or self.model,
+            "--dtype", self.dtype or ("bfloat16" if gpu else "float32"),
+            "--max-model-len", str(self.max_model_len),
+            "--max-num-seqs", str(self.max_num_seqs),
+            "--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes),
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            "--data-parallel-size", str(self.data_parallel_size),
+            "--generation-config", "vllm",
+            "--uvicorn-log-level", "warning",
+        ]
+        if self.enforce_eager if self.enforce_eager is not None else not gpu:
+            cmd.append("--enforce-eager")
+        if self.limit_mm_per_prompt:
+            cmd += ["--limit-mm-per-prompt", self.limit_mm_per_prompt]
+        return cmd + list(self.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.gpu():
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        return env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def check_model_dir(model: str) -> None:
+    """Fail before starting vLLM: a missing dir, no config/weights, or a sparsity_config."""
+    path = Path(model)
+    if not path.exists():
+        if _looks_like_hub_id(model):
+            return  # a hub id: vLLM resolves it (networked users)
+        raise ServeError(f"model directory {model} does not exist")
+    if not path.is_dir():
+        raise ServeError(f"{model} is a file, not a model directory")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ServeError(f"{model} is not a checkpoint: it has no config.json")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ServeError(f"{model} is not a checkpoint: it has no *.safetensors weights")
+    config = json.loads(config_path.read_text())
+    quant = config.get("quantization_config") or config.get("compression_config") or {}
+    sparsity = quant.get("sparsity_config") if isinstance(quant, dict) else None
+    if sparsity and sparsity.get("targets"):
+        raise ServeError(
+            f"{config_path} has a sparsity_config with targets ({sparsity.get('format')}): vLLM rejects it "
+            "('Sparsity support has been removed from compressed-tensors'). Re-save the model without a "
+            "sparsity compressor: pruned models are saved densely with zeros."
+        )
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
+
+
+@dataclass
+class Server:
+    config: ServeConfig
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        stop_pid(self.pid, timeout_s)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _vllm_executable() -> str:
+    candidate = Path(sys.executable).with_name("vllm")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("vllm")
+    if not found:
+        raise ServeError("the `vllm` executable was not found: run with the serving venv (make serve-venv)")
+    return found
+
+
+def start_server(config: ServeConfig, quiet: bool = False) -> Server:
+    """Start `vllm serve` and wait for /health; on failure, stop it and raise with its log tail."""
+    check_model_dir(config.model)
+    if port_in_use(config.host, config.port):
+        raise ServeError(f"port {config.port} on {config.host} is already in use: pass another --port")
+    log_path = Path(config.log_path or f"/tmp/hsr-vllm-{config.port}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = config.command(_vllm_executable())
+    if not quiet:
+        print(f"[serve] {' '.join(cmd)}\n[serve] log: {log_path}", flush=True)
+    log = open(log_path, "w")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=config.environment(), start_new_session=True)
+    log.close()
+    server = Server(config, process, log_path)
+    deadline = time.monotonic() + config.startup_timeout_s
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServeError(f"vllm serve exited with code {process.returncode} before it was healthy:\n{server.log_tail()}")
+        if server.healthy():
+            if not quiet:
+                print(f"[serve] healthy at {server.url} after {time.monotonic() - start:.0f} s (pid {process.pid})", flush=True)
+            return server
+        time.sleep(1.0)
+    server.stop()
+    raise ServeError(f"vllm serve was not healthy within {config.startup_timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM the server's process group, then SIGKILL if it lingers."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                return
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start vllm serve and wait until it is healthy")
+    serve.add_argument("--model", required=True)
+    serve.add_argument("--port", type=int, default=8011)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--dtype")
+    serve.add_argument("--max-model-len", type=int, default=512)
+    serve.add_argument("--kv-cache-memory-bytes", type=int, default=DEFAULT_KV_CACHE_BYTES)
+    serve.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    serve.add_argument("--data-parallel-size", "-dp", type=int, default=1)
+    serve.add_argument("--limit-mm-per-prompt")
+    serve.add_argument("--timeout", type=float, default=300.0)
+    serve.add_argument("--foreground", action="store_true", help="wait until interrupted, then stop")
+    stop = sub.add_parser("stop", help="stop a server started by `serve`")
+    stop.add_argument("--pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "stop":
+        stop_pid(args.pid)
+        print(f"[serve] stopped {args.pid}")
+        return 0
+    config = ServeConfig(
+        model=args.model, host=args.host, port=args.port, dtype=args.dtype, max_model_len=args.max_model_len,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes, tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size, limit_mm_per_prompt=args.limit_mm_per_prompt,
+        startup_timeout_s=args.timeout,
+    )
+    try:
+        server = start_server(config)
+    except ServeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"pid": server.pid, "url": server.url, "log": str(server.log_path)}))
+    if args.foreground:
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
