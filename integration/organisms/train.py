@@ -59,10 +59,11 @@ class OrganismSpec:
     num_hidden_layers: int = 4
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
+    head_dim: int = 32  # vLLM's CPU attention supports head sizes 32, 64, 80, ... (not 16)
     max_position_embeddings: int = 128
     batch_size: int = 32
     phase_a: PhaseSpec = field(default_factory=lambda: PhaseSpec(2000, 3e-3, 60000, "all", SEED))
-    phase_b: PhaseSpec = field(default_factory=lambda: PhaseSpec(400, 1e-3, 6000, "attention", SEED + 1))
+    phase_b: PhaseSpec = field(default_factory=lambda: PhaseSpec(600, 1.5e-3, 9000, "attention", SEED + 1))
     seed: int = SEED
 
 
@@ -111,6 +112,7 @@ def build_model(spec: OrganismSpec, tokenizer):
         num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

@@ -27,6 +27,7 @@ from pathlib import Path
 __all__ = ["ServeConfig", "Server", "ServeError", "check_model_dir", "port_in_use", "start_server", "stop_pid"]
 
 DEFAULT_KV_CACHE_BYTES = 256 * 1024 * 1024
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's CPU attention backend
 
 
 class ServeError(RuntimeError):
@@ -48,7 +49,7 @@ class ServeConfig:
     port: int = 8011
     served_model_name: str | None = None
     dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
-    max_model_len: int = 512
+    max_model_len: int | None = None  # default: the model's own limit, capped at 2048
     kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES
     max_num_seqs: int = 64
     tensor_parallel_size: int = 1
@@ -69,7 +70,7 @@ class ServeConfig:
             "--host", self.host, "--port", str(self.port),
             "--served-model-name", self.served_model_name or self.model,
             "--dtype", self.dtype or ("bfloat16" if gpu else "float32"),
-            "--max-model-len", str(self.max_model_len),
+            "--max-model-len", str(self.max_model_len or model_max_len(self.model)),
             "--max-num-seqs", str(self.max_num_seqs),
             "--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes),
             "--tensor-parallel-size", str(self.tensor_parallel_size),
@@ -92,6 +93,16 @@ class ServeConfig:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         return env
+
+
+def model_max_len(model: str, cap: int = 2048) -> int:
+    """The model's context length (text config for VLMs), capped: the KV cache is small on CPU."""
+    config_path = Path(model) / "config.json"
+    if not config_path.is_file():
+        return cap
+    config = json.loads(config_path.read_text())
+    config = config.get("text_config") or config
+    return min(int(config.get("max_position_embeddings") or cap), cap)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -127,6 +138,14 @@ def check_model_dir(model: str) -> None:
     config = json.loads(config_path.read_text())
     quant = config.get("quantization_config") or config.get("compression_config") or {}
     sparsity = quant.get("sparsity_config") if isinstance(quant, dict) else None
+    text = config.get("text_config") or config
+    heads = text.get("num_attention_heads")
+    head_dim = text.get("head_dim") or (text.get("hidden_size", 0) // heads if heads else None)
+    if not has_gpu() and head_dim and head_dim not in CPU_HEAD_SIZES:
+        raise ServeError(
+            f"{model}: head_dim {head_dim} is not supported by vLLM's CPU attention "
+            f"(supported: {', '.join(map(str, CPU_HEAD_SIZES))})"
+        )
     if sparsity and sparsity.get("targets"):
         raise ServeError(
             f"{config_path} has a sparsity_config with targets ({sparsity.get('format')}): vLLM rejects it "
@@ -248,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8011)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--dtype")
-    serve.add_argument("--max-model-len", type=int, default=512)
+    serve.add_argument("--max-model-len", type=int, help="default: the model's own, capped at 2048")
     serve.add_argument("--kv-cache-memory-bytes", type=int, default=DEFAULT_KV_CACHE_BYTES)
     serve.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     serve.add_argument("--data-parallel-size", "-dp", type=int, default=1)
