@@ -99,8 +99,10 @@ def compress(args: argparse.Namespace) -> Path:
     if args.dataset:
         oneshot_kwargs.update(_dataset_kwargs(args))
 
+    import torch
     from llmcompressor import oneshot
 
+    torch.manual_seed(args.seed)  # oneshot's calibration sampler shuffles with torch's generator
     logger.info(f"hsr compress: {args.model} with {args.recipe} -> {output}")
     try:
         oneshot(**oneshot_kwargs)

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models saved to session directories, and calibration JSONL files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(REPO))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "llama": tiny_models.build_llama(root / "llama"),
+        "qwen2": tiny_models.build_qwen2(root / "qwen2"),
+        "llava": tiny_models.build_llava(root / "llava"),
+        "qwen2_vl": tiny_models.build_qwen2_vl(root / "qwen2_vl"),
+    }
+
+
+@pytest.fixture(scope="session")
+def calib_files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("calib")
+    image = tiny_models.write_image(root / "unsafe.png")
+    tiny_models.write_image(root / "safe.png", color=(30, 160, 60))
+    return {
+        "safety": tiny_models.write_jsonl(root / "safety.jsonl", tiny_models.SAFETY_ROWS),
+        "utility": tiny_models.write_jsonl(root / "utility.jsonl", tiny_models.UTILITY_ROWS),
+        "safety_vl": tiny_models.write_jsonl(root / "safety_vl.jsonl", tiny_models.SAFETY_ROWS, image=image.name),
+        "utility_vl": tiny_models.write_jsonl(root / "utility_vl.jsonl", tiny_models.UTILITY_ROWS, image="safe.png"),
+    }

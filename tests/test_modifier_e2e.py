@@ -1,0 +1,259 @@
+"""HSRModifier end to end under llm-compressor's oneshot, on tiny models built from configs.
+
+Every run is compared with the same recipe WITHOUT HSR (same data, same seeds): pruning is
+deterministic, so the pruned reference is exact. Checks: restored positions were zero after
+pruning and now hold the dense value exactly; everything else is bit-identical to the pruned
+model; vision towers and MLPs are untouched; restorations lie in the selected heads' slices; the
+report's counts equal the counts measured on the tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import hsr_plugin  # noqa: F401  registers HSRModifier
+from hsr_plugin import HSRModifier
+from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+from hsr_plugin.slicing import union_head_slices
+
+WANDA = """
+sparsity_stage:
+  sparsity_modifiers:
+    WandaPruningModifier:
+      sparsity: 0.5
+      mask_structure: '{structure}'
+      targets: ['re:.*layers\\.\\d+$']
+      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*', 're:.*visual.*']
+"""
+SPARSEGPT = WANDA.replace("WandaPruningModifier", "SparseGPTModifier")
+HSR = """
+hsr_stage:
+  hsr_modifiers:
+    HSRModifier:
+      num_heads: {num_heads}
+      safety_data: '{safety}'
+      utility_data: '{utility}'
+      seed: 0
+{extra}"""
+FP8 = """
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      targets: [Linear]
+      scheme: FP8_DYNAMIC
+      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*']
+"""
+
+
+def _load(model_dir: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_dir)
+    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    return cls.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def _oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
+    from llmcompressor import oneshot
+
+    from hsr_plugin.calibration import load_processor
+
+    processor = load_processor(str(model_dir))
+    dataset = conversation_dataset(str(utility), processor, num_samples=None, max_seq_length=128)
+    model = _load(model_dir)
+    return oneshot(model=model, processor=processor, recipe=recipe, dataset=dataset,
+                   data_collator=single_sample_collator,
+                   num_calibration_samples=len(dataset), max_seq_length=128,
+                   shuffle_calibration_samples=False, **kwargs)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _hsr_modifier(model) -> HSRModifier:
+    from llmcompressor.core import active_session
+
+    mods = [m for m in active_session().lifecycle.recipe.modifiers if isinstance(m, HSRModifier)]
+    assert len(mods) == 1
+    return mods[0]
+
+
+def _run_pair(model_dir, prune_yaml, calib, num_heads=2, extra="", vl=False, suffix=""):
+    safety = calib["safety_vl" if vl else "safety"]
+    utility = calib["utility_vl" if vl else "utility"]
+    dense = _weights(_load(model_dir))
+    pruned = _weights(_oneshot(model_dir, prune_yaml, calib["utility"]))
+    hsr_yaml = prune_yaml + HSR.format(num_heads=num_heads, safety=safety, utility=utility, extra=extra) + suffix
+    model = _oneshot(model_dir, hsr_yaml, calib["utility"])
+    report = _hsr_modifier(model).report
+    return dense, pruned, _weights(model), report
+
+
+def _attention_keys(weights: dict) -> list[str]:
+    return [k for k in weights if any(p in k for p in (".q_proj.weight", ".k_proj.weight", ".v_proj.weight", ".o_proj.weight"))
+            and "vision" not in k and "visual" not in k]
+
+
+def _check_restoration(dense, pruned, final, report, config, mode="exact"):
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads, kv = text.num_attention_heads, text.num_key_value_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    selected = [tuple(x) for x in report["selected_heads"]]
+    by_layer: dict[int, list] = {}
+    kv_of = {(h["layer"], h["head"]): h["kv_group"] for h in report["heads"]}
+    for layer, head in selected:
+        by_layer.setdefault(layer, []).append((head, kv_of[(layer, head)]))
+    rows = {r["module"]: r for r in report["restored"]}
+    total = 0
+    for key in final:
+        changed = final[key] != pruned[key]
+        if key not in _attention_keys(final):
+            assert not changed.any(), f"{key} changed but HSR must only touch attention projections"
+            continue
+        # every changed position: zero after pruning, dense value now (exactly)
+        assert (pruned[key][changed] == 0).all(), key
+        assert torch.equal(final[key][changed], dense[key][changed]), key
+        assert (dense[key][changed] != 0).all(), key
+        module = key[: -len(".weight")]
+        layer = int(module.split("layers.")[1].split(".")[0])
+        if changed.any():
+            assert layer in by_layer, f"{key} restored in a layer without a selected head"
+            short = module.rsplit(".", 1)[-1][0]
+            slices = union_head_slices(tuple(final[key].shape), short, by_layer[layer], head_dim, heads, mode)
+            assert not (changed & ~slices).any(), f"{key}: restoration outside the selected heads' slices"
+        hsr_name = next((name for name in rows if name.endswith(module.split("model.", 1)[-1])), None)
+        if hsr_name is not None:
+            assert rows[hsr_name]["restored"] == int(changed.sum()), key
+            assert rows[hsr_name]["restored"] <= rows[hsr_name]["pruned_in_slice"]
+        else:
+            assert not changed.any()
+        total += int(changed.sum())
+    assert report["totals"]["restored"] == total
+    return total
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_files):
+    before = _digest(model_dirs["llama"])
+    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files)
+    config = _load(model_dirs["llama"]).config
+    restored = _check_restoration(dense, pruned, final, report, config)
+    assert restored > 0
+    assert len(report["heads"]) == 2 * 4 and len(report["selected_heads"]) == 2
+    scores = [h["score"] for h in report["heads"]]
+    assert scores == sorted(scores, reverse=True)
+    assert report["schema_version"] == 1 and report["config"]["num_heads"] == 2
+    totals = report["totals"]
+    assert totals["pruned_params"] == sum(int((pruned[k] == 0).sum()) for k in pruned
+                                          if k.endswith("proj.weight") and "layers." in k)
+    assert totals["restored_per_10k_params"] == pytest.approx(1e4 * restored / totals["language_params"])
+    assert _digest(model_dirs["llama"]) == before, "the input checkpoint must never be modified"
+
+
+@pytest.mark.parametrize("structure", ["0:0", "2:4"])
+def test_llama_sparsegpt(model_dirs, calib_files, structure):
+    dense, pruned, final, report = _run_pair(model_dirs["llama"], SPARSEGPT.format(structure=structure), calib_files)
+    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config) > 0
+    assert any("OBS" in note for note in report["notes"])
+
+
+def test_preserve_nm_keeps_the_2_of_4_pattern(model_dirs, calib_files):
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llama"], WANDA.format(structure="2:4"), calib_files, extra="      preserve_nm: '2:4'\n")
+    _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config)
+    for key in _attention_keys(final):
+        groups = (final[key] != 0).reshape(final[key].shape[0], -1, 4).sum(-1)
+        assert (groups <= 2).all(), f"{key} breaks 2:4"
+
+
+def test_qwen2_with_qkv_bias(model_dirs, calib_files):
+    dense, pruned, final, report = _run_pair(model_dirs["qwen2"], WANDA.format(structure="0:0"), calib_files)
+    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["qwen2"]).config) > 0
+    for key in final:
+        if key.endswith(".bias"):
+            assert torch.equal(final[key], pruned[key])
+
+
+def test_llava_with_images_leaves_the_vision_tower_alone(model_dirs, calib_files):
+    dense, pruned, final, report = _run_pair(model_dirs["llava"], WANDA.format(structure="0:0"), calib_files, vl=True)
+    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llava"]).config) > 0
+    vision = [k for k in final if "vision_tower" in k or "multi_modal_projector" in k]
+    assert vision
+    for key in vision:
+        assert torch.equal(final[key], dense[key]), key
+    assert all("language_model" in r["module"] for r in report["restored"])
+
+
+def test_qwen2_vl_language_model(model_dirs, calib_files):
+    dense, pruned, final, report = _run_pair(model_dirs["qwen2_vl"], WANDA.format(structure="0:0"), calib_files)
+    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["qwen2_vl"]).config) > 0
+    for key in (k for k in final if "visual" in k):
+        assert torch.equal(final[key], dense[key]), key
+
+
+def test_same_seed_gives_bit_identical_weights(model_dirs, calib_files):
+    recipe = WANDA.format(structure="0:0") + HSR.format(
+        num_heads=3, safety=calib_files["safety"], utility=calib_files["utility"], extra="      head_score: ships_kl\n")
+    first = _weights(_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
+    second = _weights(_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_reference_mode_restores_inside_reference_slices(model_dirs, calib_files):
+    extra = "      head_score: reference\n      head_slicing: reference\n"
+    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
+    _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config, mode="reference")
+    assert len(report["heads"]) == 2 * 2, "reference scores one unit per KV group"
+
+
+@pytest.mark.parametrize("neuron_score", ["sparsegpt", "snip"])
+def test_other_neuron_scores(model_dirs, calib_files, neuron_score):
+    extra = f"      neuron_score: {neuron_score}\n"
+    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
+    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config) > 0
+
+
+def test_prune_hsr_then_fp8_quantization(model_dirs, calib_files, tmp_path):
+    recipe = (SPARSEGPT.format(structure="0:0")
+              + HSR.format(num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
+              + FP8)
+    _oneshot(model_dirs["llama"], recipe, calib_files["utility"], output_dir=str(tmp_path / "out"))
+    report = _hsr_modifier(None).report
+    assert report["totals"]["restored"] > 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "quantization_config" in config
+    assert "sparsity_config" not in json.dumps(config.get("quantization_config", {})) or not \
+        config["quantization_config"].get("sparsity_config", {}).get("targets")
+
+
+def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
+    """The issue's example: a recipe file, `import hsr_plugin`, oneshot with output_dir."""
+    from llmcompressor import oneshot
+
+    recipe = tmp_path / "wanda_hsr.yaml"
+    recipe.write_text(WANDA.format(structure="0:0") + HSR.format(
+        num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"],
+        extra=f"      report_path: {tmp_path / 'report.json'}\n"))
+    from hsr_plugin.calibration import load_processor
+
+    dataset = conversation_dataset(str(calib_files["utility"]), load_processor(str(model_dirs["llama"])), None, 128)
+    oneshot(model=str(model_dirs["llama"]), recipe=str(recipe), dataset=dataset,
+            data_collator=single_sample_collator, num_calibration_samples=len(dataset), output_dir=str(tmp_path / "out"))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["totals"]["restored"] > 0
+    assert (tmp_path / "out" / "recipe.yaml").read_text().count("HSRModifier") == 1
