@@ -1,0 +1,126 @@
+"""Bad input fails fast, before any long work, with a message that says what to do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+import hsr_plugin  # noqa: F401
+from hsr_plugin import HSRModifier
+from hsr_plugin.architecture import UnsupportedArchitectureError, find_attention_blocks
+from test_modifier_e2e import FP8, HSR, WANDA, _oneshot
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"utility_top": 0.8, "utility_max": 0.7}, "must not exceed utility_max"),
+        ({"num_heads": 0}, "greater than or equal to 1"),
+        ({"head_score": "ships_magic"}, "ships_subspace"),
+        ({"neuron_score": "gradient"}, "wanda"),
+        ({"safety_top": 0.0}, "greater than 0"),
+        ({"head_slicing": "rows"}, "exact"),
+        ({"preserve_nm": "2-4"}, "2:4"),
+        ({"preserve_nm": "5:4"}, "0 < N <= M"),
+        ({"ablation_eps": 2.0}, "less than 1"),
+        ({"safety_data": "  "}, "bundled set"),
+        ({"unknown_field": 1}, "xtra"),
+    ],
+)
+def test_bad_hyperparameters_are_rejected_by_the_config(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        HSRModifier(**kwargs)
+
+
+def _recipe(calib, extra="", prune=True):
+    body = HSR.format(num_heads=2, safety=calib["safety"], utility=calib["utility"], extra=extra)
+    return (WANDA.format(structure="0:0") if prune else "") + body
+
+
+def test_no_pruning_stage_before_hsr(model_dirs, calib_files):
+    with pytest.raises(ValueError, match="needs a pruning modifier before it.*after the sparsity stage"):
+        _oneshot(model_dirs["llama"], _recipe(calib_files, prune=False), calib_files["utility"])
+
+
+def test_quantization_before_hsr(model_dirs, calib_files):
+    recipe = WANDA.format(structure="0:0") + FP8 + HSR.format(
+        num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
+    with pytest.raises(ValueError, match="BEFORE quantization"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+def test_missing_dense_source(model_dirs, calib_files, tmp_path):
+    recipe = _recipe(calib_files, extra=f"      dense_model: {tmp_path / 'nowhere'}\n")
+    with pytest.raises(FileNotFoundError, match="dense_model .*nowhere does not exist"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+def test_dense_source_with_inconsistent_shapes(model_dirs, calib_files, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "other-model"
+    folder.mkdir()
+    weights = load_file(str(model_dirs["llama"] / "model.safetensors"))
+    weights["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(8, 8)
+    save_file(weights, str(folder / "model.safetensors"))
+    recipe = _recipe(calib_files, extra=f"      dense_model: {folder}\n")
+    with pytest.raises(ValueError, match=r"has shape \(8, 8\).*is it the same model"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+def test_empty_calibration_data(model_dirs, calib_files, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    recipe = WANDA.format(structure="0:0") + HSR.format(num_heads=2, safety=empty, utility=calib_files["utility"], extra="")
+    with pytest.raises(ValueError, match="is empty"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+def test_bad_calibration_row_names_file_and_line(model_dirs, calib_files, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    recipe = WANDA.format(structure="0:0") + HSR.format(num_heads=2, safety=bad, utility=calib_files["utility"], extra="")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: the last turn must be the assistant"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+def test_unknown_dataset_offline(model_dirs, calib_files):
+    recipe = WANDA.format(structure="0:0") + HSR.format(
+        num_heads=2, safety="nobody/no-such-dataset", utility=calib_files["utility"], extra="")
+    with pytest.raises(ValueError, match="not a bundled set .*hsr-safety-mini.*not an existing local path"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+def test_too_many_heads(model_dirs, calib_files):
+    recipe = WANDA.format(structure="0:0") + HSR.format(
+        num_heads=99, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
+    with pytest.raises(ValueError, match="num_heads=99 exceeds the 8 heads"):
+        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+
+
+class _FusedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv_proj = nn.Linear(8, 24)
+        self.o_proj = nn.Linear(8, 8)
+
+
+class _FusedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Module()])
+        self.layers[0].self_attn = _FusedAttention()
+
+
+def test_fused_qkv_is_an_unsupported_architecture():
+    with pytest.raises(UnsupportedArchitectureError, match=r"layers.0.self_attn.qkv_proj: fused attention projection"):
+        find_attention_blocks(_FusedModel())
+
+
+def test_model_without_attention():
+    with pytest.raises(UnsupportedArchitectureError, match="no language self-attention blocks"):
+        find_attention_blocks(nn.Sequential(nn.Linear(4, 4)))
