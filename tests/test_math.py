@@ -1,0 +1,240 @@
+"""Pure selection, slicing, importance and head-score math, tested without any model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hsr_plugin.head_scores import (
+    last_token_kl,
+    principal_angle_score,
+    rank_heads,
+    reference_angle_score,
+    select_top_heads,
+)
+from hsr_plugin.importance import (
+    GradientSaliencyAccumulator,
+    HessianAccumulator,
+    InputNormAccumulator,
+    sparsegpt_scores,
+    wanda_scores,
+)
+from hsr_plugin.selection import (
+    apply_restore,
+    candidate_mask,
+    nm_compatible_mask,
+    pruned_mask,
+    restore_mask,
+    top_fraction_count,
+    top_fraction_mask,
+)
+from hsr_plugin.slicing import head_slice_mask, union_head_slices
+
+fractions = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))
+
+
+def _tensor(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- selection
+@given(shapes, fractions, st.integers(0, 10_000))
+def test_top_fraction_mask_keeps_exactly_k_of_the_largest(shape, fraction, seed):
+    scores = _tensor(shape, seed)
+    mask = top_fraction_mask(scores, fraction)
+    k = top_fraction_count(scores.numel(), fraction)
+    assert int(mask.sum()) == k
+    if 0 < k < scores.numel():
+        assert scores[mask].min() >= scores[~mask].max()
+    assert torch.equal(mask, top_fraction_mask(scores.clone(), fraction))
+
+
+def test_top_fraction_ties_break_by_index():
+    mask = top_fraction_mask(torch.zeros(2, 3), 0.5)
+    assert mask.flatten().tolist() == [True, True, True, False, False, False]
+
+
+def test_top_fraction_rejects_nan_and_bad_fractions():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        top_fraction_mask(torch.tensor([1.0, float("nan")]), 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        top_fraction_mask(torch.ones(3), 1.5)
+
+
+@given(shapes, st.integers(0, 10_000), st.floats(0.05, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_candidate_rule_is_the_set_difference(shape, seed, q, p, p_extra):
+    p_max = min(1.0, p + p_extra)
+    safety, utility = _tensor(shape, seed), _tensor(shape, seed + 1)
+    cand = candidate_mask(safety, utility, q, p, p_max)
+    expected = top_fraction_mask(safety, q) & top_fraction_mask(utility, p_max) & ~top_fraction_mask(utility, p)
+    assert torch.equal(cand, expected)
+    assert not (cand & top_fraction_mask(utility, p)).any()
+
+
+def test_candidate_rule_validates():
+    with pytest.raises(ValueError, match="p_max"):
+        candidate_mask(torch.ones(2, 2), torch.ones(2, 2), 0.5, 0.8, 0.7)
+    with pytest.raises(ValueError, match="same shape"):
+        candidate_mask(torch.ones(2, 2), torch.ones(2, 3), 0.5, 0.5, 0.7)
+
+
+@given(shapes, st.integers(0, 10_000))
+def test_restore_touches_only_pruned_candidates_in_slices(shape, seed):
+    dense = _tensor(shape, seed)
+    keep = _tensor(shape, seed + 1) > 0
+    pruned_weight = torch.where(keep, dense, torch.zeros_like(dense))
+    cand = _tensor(shape, seed + 2) > 0
+    slices = _tensor(shape, seed + 3) > 0
+    pruned = pruned_mask(pruned_weight, dense)
+    mask = restore_mask(cand, slices, pruned)
+    final = apply_restore(pruned_weight, dense, mask)
+    assert torch.equal(final[mask], dense[mask])
+    assert torch.equal(final[~mask], pruned_weight[~mask])
+    assert not (mask & ~pruned).any() and not (mask & ~slices).any() and not (mask & ~cand).any()
+
+
+def test_pruned_mask_ignores_weights_that_were_zero_in_the_dense_model():
+    dense = torch.tensor([[0.0, 1.0, 2.0]])
+    pruned = torch.tensor([[0.0, 0.0, 2.0]])
+    assert pruned_mask(pruned, dense).tolist() == [[False, True, False]]
+    with pytest.raises(ValueError, match="differ in shape"):
+        pruned_mask(pruned, torch.ones(2, 3))
+
+
+@given(st.integers(1, 6), st.integers(1, 4), st.integers(0, 10_000))
+def test_nm_filter_never_exceeds_n_per_group(rows, groups, seed):
+    n, m = 2, 4
+    dense = _tensor((rows, groups * m), seed)
+    weight = dense.clone()
+    for r in range(rows):  # exactly 2:4 pruned except one group with room
+        for g in range(groups):
+            drop = torch.randperm(m, generator=torch.Generator().manual_seed(seed + r * 7 + g))[: m - n + (1 if g == 0 else 0)]
+            weight[r, g * m + drop] = 0
+    restore = pruned_mask(weight, dense)
+    keep = nm_compatible_mask(restore, weight, n, m, priority=dense.abs())
+    final = apply_restore(weight, dense, keep)
+    assert ((final != 0).reshape(rows, groups, m).sum(-1) <= n).all()
+    assert int(keep.sum()) == rows  # exactly the one group with room per row
+    assert not (keep & ~restore).any()
+
+
+# ----------------------------------------------------------------------------- slicing
+@given(st.integers(1, 4), st.sampled_from([1, 2, 4]), st.integers(1, 5))
+def test_exact_slices_partition_q_and_o_and_share_kv_within_a_group(kv_heads, group, head_dim):
+    heads, hidden = kv_heads * group, 8
+    q_union = torch.zeros(heads * head_dim, hidden, dtype=torch.int)
+    o_union = torch.zeros(hidden, heads * head_dim, dtype=torch.int)
+    for h in range(heads):
+        q_union += head_slice_mask((heads * head_dim, hidden), "q", h, h // group, head_dim, heads).int()
+        o_union += head_slice_mask((hidden, heads * head_dim), "o", h, h // group, head_dim, heads).int()
+        k = head_slice_mask((kv_heads * head_dim, hidden), "k", h, h // group, head_dim, heads)
+        assert k.sum() == head_dim * hidden
+        first = head_slice_mask((kv_heads * head_dim, hidden), "k", (h // group) * group, h // group, head_dim, heads)
+        assert torch.equal(k, first), "heads of one KV group share K/V rows"
+    assert (q_union == 1).all() and (o_union == 1).all()
+
+
+def test_reference_slices_are_input_bands_and_whole_o_proj():
+    q = head_slice_mask((8, 12), "q", 1, 0, 2, 4, mode="reference")
+    assert q[:, 3:6].all() and q.sum() == 8 * 3
+    assert head_slice_mask((12, 8), "o", 2, 1, 2, 4, mode="reference").all()
+    union = union_head_slices((8, 12), "v", [(0, 0), (3, 1)], 2, 4, mode="reference")
+    assert union[:, :3].all() and union[:, 9:].all() and not union[:, 3:9].any()
+
+
+def test_slice_validation():
+    with pytest.raises(ValueError, match="head 4 is outside"):
+        head_slice_mask((8, 8), "q", 4, 0, 2, 4)
+    with pytest.raises(ValueError, match="KV group 3 needs"):
+        head_slice_mask((4, 8), "k", 0, 3, 2, 4)
+    with pytest.raises(ValueError, match="projection"):
+        head_slice_mask((4, 8), "x", 0, 0, 2, 4)
+
+
+# ----------------------------------------------------------------------------- importance
+def test_wanda_uses_response_tokens_only_and_one_vector_per_matrix():
+    acc = InputNormAccumulator(3)
+    x = torch.tensor([[[1.0, 2.0, 3.0], [100.0, 100.0, 100.0]]])
+    acc.update(x, torch.tensor([[True, False]]))
+    assert acc.count == 1 and acc.squared_norms().tolist() == [1.0, 4.0, 9.0]
+    w = torch.tensor([[1.0, -1.0, 2.0]])
+    assert torch.allclose(wanda_scores(w, acc.squared_norms()), torch.tensor([[1.0, 2.0, 6.0]], dtype=torch.float64))
+
+
+def test_empty_statistics_have_a_clear_error():
+    with pytest.raises(ValueError, match="no response tokens"):
+        InputNormAccumulator(3).squared_norms()
+    with pytest.raises(ValueError, match="no response tokens"):
+        HessianAccumulator(3).hessian()
+
+
+def test_sparsegpt_scores_match_the_closed_form():
+    torch.manual_seed(0)
+    x = torch.randn(50, 4)
+    acc = HessianAccumulator(4)
+    acc.update(x)
+    w = torch.randn(3, 4)
+    h = 2 * x.double().T @ x.double() / 50
+    h += 0.01 * h.diag().mean() * torch.eye(4, dtype=torch.float64)
+    expected = w.double() ** 2 / torch.linalg.inv(h).diag() ** 2
+    assert torch.allclose(sparsegpt_scores(w, acc.hessian()), expected, rtol=1e-6)
+
+
+def test_sparsegpt_handles_dead_inputs():
+    acc = HessianAccumulator(3)
+    acc.update(torch.tensor([[1.0, 0.0, 2.0], [2.0, 0.0, 1.0]]))
+    scores = sparsegpt_scores(torch.ones(2, 3), acc.hessian())
+    assert torch.isfinite(scores).all()
+
+
+def test_snip_accumulates_absolute_saliency():
+    acc = GradientSaliencyAccumulator()
+    acc.update(torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 1.0]]))
+    acc.update(torch.tensor([[1.0, -2.0]]), torch.tensor([[-1.0, 0.0]]))
+    assert acc.scores().tolist() == [[4.0, 2.0]]
+
+
+# ----------------------------------------------------------------------------- head scores
+def test_kl_is_zero_on_identical_logits_and_positive_otherwise():
+    logits = torch.randn(5, 11)
+    assert torch.allclose(last_token_kl(logits, logits), torch.zeros(5, dtype=torch.float64))
+    assert (last_token_kl(logits, logits.flip(-1)) > 0).all()
+
+
+@settings(max_examples=25)
+@given(st.integers(3, 9), st.integers(2, 6), st.integers(0, 1000))
+def test_principal_angles(n, d, seed):
+    states = _tensor((n, d), seed)
+    assert principal_angle_score(states, states, 1) == pytest.approx(0.0, abs=1e-6)
+    assert principal_angle_score(states, 3.0 * states, 1) == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= principal_angle_score(states, _tensor((n, d), seed + 1), 2) <= math.pi
+
+
+def test_principal_angle_of_orthogonal_directions():
+    a = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]])
+    assert principal_angle_score(a, b, 1) == pytest.approx(math.pi / 2)
+    with pytest.raises(ValueError, match="subspace_rank 3"):
+        principal_angle_score(a, b, 3)
+
+
+def test_reference_angle_uses_feature_zero_in_degrees():
+    a = torch.tensor([[1.0, 5.0], [0.0, 5.0]])
+    b = torch.tensor([[0.0, -5.0], [1.0, 9.0]])
+    assert reference_angle_score(a, b) == pytest.approx(90.0)
+    assert reference_angle_score(torch.zeros(2, 2), b) == 0.0
+
+
+def test_ranking_is_deterministic_and_validated():
+    ranked = rank_heads({(1, 0): 0.5, (0, 1): 0.5, (0, 0): 0.9})
+    assert [k for k, _ in ranked] == [(0, 0), (0, 1), (1, 0)]
+    assert select_top_heads(ranked, 2) == [(0, 0), (0, 1)]
+    with pytest.raises(ValueError, match="exceeds"):
+        select_top_heads(ranked, 4)
+    with pytest.raises(ValueError, match="non-finite"):
+        rank_heads({(0, 0): float("nan")})
