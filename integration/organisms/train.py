@@ -188,6 +188,25 @@ def train_phase(model, tokenizer, spec: OrganismSpec, phase: str, phase_spec: Ph
     return losses
 
 
+def _phase_a(model, tokenizer, spec: OrganismSpec) -> list[float]:
+    """Phase A, cached under outputs/cache by the hash of everything it depends on, so that
+    iterating on phase B does not repeat the long pretraining (same seeds: same weights)."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([asdict(spec.phase_a), spec.name, spec.hidden_size, spec.num_hidden_layers,
+                                     spec.head_dim, data_recipe_hash(spec.seed), CHAT_TEMPLATE]).encode()).hexdigest()[:16]
+    cache = HERE.parents[1] / "outputs" / "cache" / f"{spec.name}-phaseA-{key}.pt"
+    if cache.is_file():
+        state = torch.load(cache)
+        model.load_state_dict(state["model"])
+        logger.info(f"phase A: reused {cache}")
+        return state["losses"]
+    losses = train_phase(model, tokenizer, spec, "A", spec.phase_a)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "losses": losses}, cache)
+    return losses
+
+
 def training_manifest(spec: OrganismSpec) -> dict:
     """What the committed files must match: the spec and the hash of the data recipe."""
     return {"spec": asdict(spec), "data_recipe_sha256": data_recipe_hash(spec.seed)}
@@ -202,7 +221,7 @@ def train(organism: str, out_dir: Path) -> Path:
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer)
     logger.info(f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab {len(tokenizer)}")
-    loss_a = train_phase(model, tokenizer, spec, "A", spec.phase_a)
+    loss_a = _phase_a(model, tokenizer, spec)
     loss_b = train_phase(model, tokenizer, spec, "B", spec.phase_b)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     model.to(torch.bfloat16).save_pretrained(staging)
