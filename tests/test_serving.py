@@ -1,0 +1,105 @@
+"""The vLLM launcher's error paths, and comparison helpers of integration/evaluate.py (no server)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "integration" / "serving"))
+sys.path.insert(0, str(REPO / "integration"))
+
+from launch import ServeConfig, ServeError, check_model_dir, port_in_use, start_server  # noqa: E402
+from evaluate import compute_rsr, language_sparsity, parse_models  # noqa: E402
+
+
+def _checkpoint(folder: Path, config: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
+               "model.layers.0.mlp.up_proj.weight": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+               "model.embed_tokens.weight": torch.zeros(3, 2)}, str(folder / "model.safetensors"))
+    return folder
+
+
+LLAMA = {"model_type": "llama", "num_attention_heads": 4, "hidden_size": 128, "head_dim": 32}
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ServeError, match="does not exist"):
+        check_model_dir(str(tmp_path / "nope"))
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ServeError, match="no config.json"):
+        check_model_dir(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ServeError, match="no \\*.safetensors"):
+        check_model_dir(str(tmp_path))
+
+
+def test_sparsity_config_is_rejected_before_vllm_does(tmp_path):
+    config = dict(LLAMA, quantization_config={"sparsity_config": {"format": "dense", "targets": ["Linear"]}})
+    with pytest.raises(ServeError, match="Sparsity support has been removed"):
+        check_model_dir(str(_checkpoint(tmp_path / "m", config)))
+
+
+def test_unsupported_cpu_head_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("HSR_FORCE_CPU", "1")
+    with pytest.raises(ServeError, match="head_dim 16 is not supported"):
+        check_model_dir(str(_checkpoint(tmp_path / "m", dict(LLAMA, head_dim=16))))
+    check_model_dir(str(_checkpoint(tmp_path / "ok", LLAMA)))
+
+
+def test_hub_ids_pass_through():
+    check_model_dir("meta-llama/Llama-3.1-8B-Instruct")
+
+
+def test_port_in_use(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        assert port_in_use("127.0.0.1", port)
+        with pytest.raises(ServeError, match=f"port {port} .* already in use"):
+            start_server(ServeConfig(model=str(_checkpoint(tmp_path / "m", LLAMA)), port=port))
+
+
+def test_cpu_command_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HSR_FORCE_CPU", "1")
+    model = _checkpoint(tmp_path / "m", dict(LLAMA, max_position_embeddings=128))
+    cmd = ServeConfig(model=str(model), port=8123, tensor_parallel_size=2).command("vllm")
+    assert cmd[:3] == ["vllm", "serve", str(model)]
+    assert "--enforce-eager" in cmd and cmd[cmd.index("--max-model-len") + 1] == "128"
+    assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(256 * 1024 * 1024)
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    env = ServeConfig(model=str(model)).environment()
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
+def test_sparsity_counts_language_linear_zeros_only(tmp_path):
+    model = _checkpoint(tmp_path / "m", LLAMA)
+    assert language_sparsity(model) == pytest.approx(4 / 8)
+
+
+def test_rsr():
+    models = {"dense": {"asr": 0.1}, "wanda": {"asr": 0.5}, "wanda+hsr": {"asr": 0.3}, "same+hsr": {"asr": 0.1}}
+    rsr = compute_rsr(models)
+    assert rsr["wanda+hsr"]["value"] == pytest.approx(0.5)
+    assert rsr["same+hsr"]["value"] is None and "needs models" in rsr["same+hsr"]["reason"]
+    flat = compute_rsr({"dense": {"asr": 0.2}, "w": {"asr": 0.2}, "w+hsr": {"asr": 0.1}})
+    assert flat["w+hsr"]["value"] is None and "undefined" in flat["w+hsr"]["reason"]
+
+
+def test_model_labels():
+    assert [m.label for m in parse_models(["dense=a", "wanda=b"])] == ["dense", "wanda"]
+    with pytest.raises(SystemExit, match="LABEL=DIR"):
+        parse_models(["nolabel"])
+    with pytest.raises(SystemExit, match="twice"):
+        parse_models(["a=x", "a=y"])
