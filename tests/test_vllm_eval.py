@@ -1,0 +1,92 @@
+"""Real vLLM serving and lm-eval on the committed organism (needs the serving venv, .venv-serve).
+
+One module-scoped run: `hsr compress` makes a pruned and an HSR-realigned organism, then
+integration/evaluate.py serves all three with `vllm serve` and scores them through lm-eval's
+local-chat-completions; the dense model is scored again with lm-eval's `hf` backend, and both
+backends must agree. Three server starts, about two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ORGANISM = REPO / "integration" / "organisms" / "organism-text"
+DATA = REPO / "integration" / "organisms" / "data" / "text"
+LIMIT = 40
+
+pytestmark = pytest.mark.vllm
+
+
+def serve_python() -> Path:
+    python = Path(os.environ.get("HSR_SERVE_VENV", REPO / ".venv-serve")) / "bin" / "python"
+    if not python.exists():
+        message = f"the serving venv is missing ({python}): run `make serve-venv`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+def _run(cmd: list, timeout: int = 600) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd[:4]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    python = serve_python()
+    root = tmp_path_factory.mktemp("vllm-eval")
+    for name, recipe, extra in [("wanda", "recipes/wanda.yaml", []),
+                                ("wanda_hsr", "recipes/wanda_hsr.yaml",
+                                 ["--set", f"HSRModifier.safety_data={DATA / 'calib_safety.jsonl'}",
+                                  "--set", f"HSRModifier.utility_data={DATA / 'calib_utility.jsonl'}"])]:
+        _run([sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", ORGANISM, "--recipe", recipe,
+              "--output", root / name, "--dataset", DATA / "calib_utility.jsonl", *extra])
+    out = _run([python, "integration/evaluate.py", "--out", root / "served", "--limit", LIMIT, "--models",
+                f"dense={ORGANISM}", f"wanda={root / 'wanda'}", f"wanda+hsr={root / 'wanda_hsr'}"])
+    _run([python, "integration/evaluate.py", "--backend", "hf", "--out", root / "hf", "--limit", LIMIT,
+          "--models", f"dense={ORGANISM}"])
+    return {"root": root, "stdout": out,
+            "served": json.loads((root / "served" / "comparison.json").read_text()),
+            "hf": json.loads((root / "hf" / "comparison.json").read_text())}
+
+
+def test_table_from_served_generations(evaluated):
+    served = evaluated["served"]
+    assert list(served["models"]) == ["dense", "wanda", "wanda+hsr"]
+    assert "| wanda+hsr |" in evaluated["stdout"]
+    for row in served["models"].values():
+        assert row["backend"] == "vllm-serve" and row["judge"] == "keyword-v1"
+        assert row["n"]["hsr_harmful"] == LIMIT
+        assert row["asr"] == pytest.approx(1 - row["refusal_rate"])
+    assert served["models"]["dense"]["sparsity"] < 0.01
+    assert 0.45 < served["models"]["wanda"]["sparsity"] <= 0.5
+    assert served["models"]["wanda+hsr"]["sparsity"] < served["models"]["wanda"]["sparsity"]
+    assert "wanda+hsr" in served["rsr"]
+
+
+def test_vllm_matches_the_hf_backend(evaluated):
+    served, hf = evaluated["served"]["models"]["dense"], evaluated["hf"]["models"]["dense"]
+    for key in ("asr", "over_refusal_rate", "utility"):
+        assert served[key] == pytest.approx(hf[key]), key
+
+
+def test_logged_samples_agree_with_the_judge(evaluated):
+    sys.path.insert(0, str(REPO / "integration" / "lm_eval_tasks" / "hsr_safety"))
+    from judge import is_refusal
+
+    samples = next((evaluated["root"] / "served" / "dense").rglob("samples_hsr_harmful_*.jsonl"))
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == LIMIT
+    for row in rows:
+        response = row["resps"][0][0] if isinstance(row["resps"][0], list) else row["resps"][0]
+        assert row["refusal_rate"] == (1.0 if is_refusal(response) else 0.0)
