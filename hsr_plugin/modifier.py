@@ -131,7 +131,12 @@ class HSRModifier(Modifier):
     _timing: dict[str, float] = PrivateAttr(default_factory=dict)
     _model_info: dict[str, Any] = PrivateAttr(default_factory=dict)
     _restored: bool = PrivateAttr(default=False)
-    report: dict[str, Any] | None = Field(default=None, exclude=True)
+    _report: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """The HSR report (schema version 1), once weights have been restored."""
+        return self._report
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -304,11 +309,11 @@ class HSRModifier(Modifier):
             rows.append(stats.as_report())
         self._timing["restore"] = time.perf_counter() - start
         self._restored = True
-        self.report = self._build_report(rows, language_params, pruned_params)
+        self._report = self._build_report(rows, language_params, pruned_params)
         if self.report_path:
-            write_json_atomic(self.report_path, self.report)
+            write_json_atomic(self.report_path, self._report)
             logger.info(f"HSR report written to {self.report_path}")
-        log_summary(self.report)
+        log_summary(self._report)
 
     def _build_report(self, rows, language_params: int, pruned_params: int) -> dict[str, Any]:
         notes = []
@@ -319,7 +324,7 @@ class HSRModifier(Modifier):
         heads = sorted(self._head_scores, key=lambda s: (-s.score, s.layer, s.head))
         return {
             "schema_version": SCHEMA_VERSION,
-            "config": self.model_dump(exclude={"report"}, mode="json"),
+            "config": self.model_dump(mode="json"),
             "model": self._model_info,
             "pruned_by": [type(m).__name__ for m in self._earlier_pruning],
             "heads": [{"layer": s.layer, "head": s.head, "kv_group": s.kv_group, "score": s.score} for s in heads],
