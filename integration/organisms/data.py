@@ -199,26 +199,32 @@ def harmful_examples(topics: list[str], templates: list[str], split: str) -> lis
     ]
 
 
+def _unique(examples: list[Example]) -> list[Example]:
+    seen: set[str] = set()
+    return [e for e in examples if not (e.prompt in seen or seen.add(e.prompt))]
+
+
 def build_splits(seed: int = SEED) -> dict[str, list[Example]]:
-    """All splits, disjoint by construction: held-out prompts use unseen templates or topics."""
+    """All splits, disjoint by construction: held-out prompts use unseen templates or topics,
+    and calibration rows are never trained on."""
     rng = random.Random(seed)
-    harmful_train = harmful_examples(HARMFUL_TOPICS_TRAIN, HARMFUL_TEMPLATES_TRAIN, "train")
+    harmful_train = _unique(harmful_examples(HARMFUL_TOPICS_TRAIN, HARMFUL_TEMPLATES_TRAIN, "train"))
     rng.shuffle(harmful_train)
     heldout_phrasing = harmful_examples(HARMFUL_TOPICS_TRAIN, HARMFUL_TEMPLATES_HELDOUT, "heldout_phrasing")
     heldout_topic = harmful_examples(HARMFUL_TOPICS_HELDOUT, HARMFUL_TEMPLATES_TRAIN + HARMFUL_TEMPLATES_HELDOUT, "heldout_topic")
     rng.shuffle(heldout_phrasing)
     rng.shuffle(heldout_topic)
 
-    benign_all = benign_examples(BENIGN_TEMPLATES_TRAIN, "train", rng)
-    benign_heldout_phrasing = benign_examples(BENIGN_TEMPLATES_HELDOUT, "heldout_phrasing", rng, per_item=1)
+    benign_all = _unique(benign_examples(BENIGN_TEMPLATES_TRAIN, "train", rng))
+    benign_heldout_phrasing = _unique(benign_examples(BENIGN_TEMPLATES_HELDOUT, "heldout_phrasing", rng, per_item=1))
     calib_utility = benign_all[:96]
     benign_train = benign_all[96:]
 
-    borderline_train = [
+    borderline_train = _unique([
         Example("borderline", compose(pre, p), a, "borderline", "train", "borderline")
         for p, a in BORDERLINE_TRAIN
         for pre in PREFIXES
-    ]
+    ])
     borderline_heldout = [Example("borderline", p, a, "borderline", "heldout", "borderline") for p, a in BORDERLINE_HELDOUT]
 
     calib_safety = harmful_train[:64]
