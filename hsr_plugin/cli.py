@@ -55,9 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--comparison", help="comparison.json written by integration/evaluate.py")
     rep.add_argument("--out", help="folder for PNGs and summary.md (default: next to the report)")
 
-    demo = sub.add_parser("demo", help="end-to-end demo on the embedded organism (needs a repo checkout)")
+    demo = sub.add_parser(
+        "demo",
+        help="end-to-end demo on the embedded organism (needs a repo checkout); other options "
+        "(--method, --organism, --num-heads, --limit, --update-readme) go to integration/demo/run_demo.py",
+    )
     demo.add_argument("--out", default="outputs/demo")
-    demo.add_argument("rest", nargs=argparse.REMAINDER, help="passed to integration/demo/run_demo.py")
     return parser
 
 
@@ -154,10 +157,10 @@ def report(args: argparse.Namespace) -> Path:
     return out
 
 
-def demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace, passthrough: list[str]) -> int:
     root = _find_checkout()
     script = root / "integration" / "demo" / "run_demo.py"
-    cmd = [sys.executable, str(script), "--out", args.out, *[a for a in args.rest if a != "--"]]
+    cmd = [sys.executable, str(script), "--out", args.out, *passthrough]
     logger.info(" ".join(cmd))
     os.execv(sys.executable, cmd)
 
@@ -179,13 +182,16 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "compress":
         compress(args)
     elif args.command == "report":
         report(args)
     elif args.command == "demo":
-        return demo(args)
+        return demo(args, extra)
     return 0
 
 
