@@ -1,0 +1,49 @@
+"""`hsr compress`: oneshot with a recipe file, overrides, atomic output, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hsr_plugin.cli import main
+from test_modifier_e2e import _digest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _compress(model, out, calib, *extra):
+    return main(["compress", "--model", str(model), "--recipe", "recipes/wanda_hsr.yaml", "--output", str(out),
+                 "--dataset", str(calib["utility"]), "--num-samples", "6", "--max-seq-length", "128",
+                 "--set", f"HSRModifier.safety_data={calib['safety']}",
+                 "--set", f"HSRModifier.utility_data={calib['utility']}",
+                 "--set", "HSRModifier.num_heads=2", *extra])
+
+
+def test_compress_writes_model_report_and_resolved_recipe(model_dirs, calib_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    before = _digest(model_dirs["llama"])
+    out = tmp_path / "out"
+    assert _compress(model_dirs["llama"], out, calib_files) == 0
+    report = json.loads((out / "hsr_report.json").read_text())
+    assert report["config"]["num_heads"] == 2 and report["totals"]["restored"] > 0
+    assert (out / "config.json").is_file() and (out / "hsr_recipe_resolved.yaml").is_file()
+    assert "num_heads: 2" in (out / "hsr_recipe_resolved.yaml").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
+    assert _digest(model_dirs["llama"]) == before
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        _compress(model_dirs["llama"], out, calib_files)
+    assert _compress(model_dirs["llama"], out, calib_files, "--overwrite") == 0
+
+
+def test_compress_rejects_a_folder_that_is_not_a_model(tmp_path, calib_files, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit, match="holds no config.json"):
+        _compress(tmp_path, tmp_path / "out", calib_files)
+
+
+def test_unknown_override_target(model_dirs, calib_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ValueError, match="has no QuantizationModifier"):
+        _compress(model_dirs["llama"], tmp_path / "o", calib_files, "--set", "QuantizationModifier.scheme=FP8")
