@@ -146,7 +146,12 @@ def load_utility(**kwargs):
 def load_harmful_vision(**kwargs):
     source = kwargs.get("source", "bundled")
     if source == "bundled":
-        rows = read_jsonl(_data_dir(kwargs) / "heldout_harmful.jsonl")
+        data_dir = _data_dir(kwargs)
+        pictures = data_dir / "heldout_harmful_vision.jsonl"
+        if pictures.is_file():  # the VL organism's unsafe pictures under a neutral question
+            _ensure_organism_images(data_dir)
+            return _dataset([{**row, "image": str(data_dir / row["image"])} for row in read_jsonl(pictures)])
+        rows = read_jsonl(data_dir / "heldout_harmful.jsonl")
         return _dataset([typographic_row(row) for row in rows])
     if source == "vlguard":
         root = Path(kwargs["vlguard_dir"])
@@ -166,6 +171,16 @@ def load_harmful_vision(**kwargs):
             rows = list(csv.DictReader(handle))
         return _dataset(map_figstep(rows, root / "data" / "images" / "SafeBench"))
     raise ValueError(f"hsr_harmful_vision: unknown source {source!r} (bundled, vlguard, mm_safetybench, figstep)")
+
+
+def _ensure_organism_images(data_dir: Path) -> None:
+    """The organisms' pictures are generated, not committed: render any that are missing."""
+    root = str(HERE.parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from integration.organisms.vl import ensure_images
+
+    ensure_images(data_dir)
 
 
 # ----------------------------------------------------------------------------- typographic images
