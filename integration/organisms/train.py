@@ -46,7 +46,7 @@ class PhaseSpec:
     steps: int
     lr: float
     examples: int
-    trainable: str  # "all" | "attention"
+    trainable: str  # "all" | "attention" | "attention:<layer>,<layer>" (attention of those layers only)
     seed: int
 
 
@@ -152,12 +152,21 @@ def batches(encoded, batch_size: int, steps: int, seed: int, pad_id: int):
         yield ids, mask, labels
 
 
+def _trainable(name: str, rule: str) -> bool:
+    if rule == "all":
+        return True
+    kind, _, layers = rule.partition(":")
+    if kind != "attention":
+        raise ValueError(f"unknown trainable rule {rule!r}")
+    in_attention = any(p in name for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    return in_attention and (not layers or any(f"layers.{i}." in name for i in layers.split(",")))
+
+
 def train_phase(model, tokenizer, spec: OrganismSpec, phase: str, phase_spec: PhaseSpec) -> list[float]:
     rows = training_mixture(phase, phase_spec.examples, phase_spec.seed)
     encoded = encode(rows, tokenizer)
-    attention = ("q_proj", "k_proj", "v_proj", "o_proj")
     for name, param in model.named_parameters():
-        param.requires_grad = phase_spec.trainable == "all" or any(a in name for a in attention)
+        param.requires_grad = _trainable(name, phase_spec.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_spec.lr, weight_decay=0.01)
     warmup = max(1, phase_spec.steps // 20)
