@@ -63,7 +63,7 @@ class OrganismSpec:
     max_position_embeddings: int = 128
     batch_size: int = 32
     phase_a: PhaseSpec = field(default_factory=lambda: PhaseSpec(2000, 3e-3, 60000, "all", SEED))
-    phase_b: PhaseSpec = field(default_factory=lambda: PhaseSpec(600, 1.5e-3, 9000, "attention", SEED + 1))
+    phase_b: PhaseSpec = field(default_factory=lambda: PhaseSpec(1000, 1.5e-3, 9000, "attention:2,3", SEED + 1))
     seed: int = SEED
 
 
