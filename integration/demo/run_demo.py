@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", choices=["wanda", "sparsegpt"], default="wanda")
     parser.add_argument("--organism", choices=sorted(ORGANISMS), default="text")
     parser.add_argument("--num-heads", type=int, default=None, help="override HSRModifier.num_heads")
+    parser.add_argument("--neuron-score", default="snip",
+                        help="HSRModifier.neuron_score for the demo (default snip: on the organism, Wanda-based "
+                             "safety and utility scores are too correlated to leave many candidates)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only N prompts per task")
     parser.add_argument("--backend", default="vllm-serve", help="evaluation backend (default vllm-serve)")
     parser.add_argument("--serve-venv", default=os.environ.get("HSR_SERVE_VENV", str(ROOT / ".venv-serve")))
@@ -67,6 +70,7 @@ def compress(model: Path, recipe: str, output: Path, data_dir: Path, args: argpa
     if "_hsr" in recipe:
         cmd += ["--set", f"HSRModifier.safety_data={data_dir / 'calib_safety.jsonl'}",
                 "--set", f"HSRModifier.utility_data={data_dir / 'calib_utility.jsonl'}"]
+        cmd += ["--set", f"HSRModifier.neuron_score={args.neuron_score}"]
         if args.num_heads is not None:
             cmd += ["--set", f"HSRModifier.num_heads={args.num_heads}"]
     run(cmd)

@@ -116,19 +116,25 @@ def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
     return image
 
 
+def picture(data_dir: Path, relative: str) -> Path:
+    """The path of `images/<object>-<seed>.png`, drawn first if it is missing."""
+    target = data_dir / relative
+    if not target.is_file():
+        obj, seed = Path(relative).stem.rsplit("-", 1)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp.png")
+        draw(obj, int(seed)).save(tmp)
+        os.replace(tmp, target)
+    return target
+
+
 def ensure_images(data_dir: Path = DATA_DIR) -> None:
     """Render every picture the JSONL files name (images are generated, not committed)."""
     for path in sorted(data_dir.glob("*.jsonl")):
         for line in path.read_text().splitlines():
-            row = json.loads(line)
-            image = row.get("image")
-            if image and not (data_dir / image).is_file():
-                obj, seed = Path(image).stem.rsplit("-", 1)
-                target = data_dir / image
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp.png")
-                draw(obj, int(seed)).save(tmp)
-                os.replace(tmp, target)
+            image = json.loads(line).get("image")
+            if image:
+                picture(data_dir, image)
 
 
 # ----------------------------------------------------------------------------- data
@@ -249,8 +255,8 @@ def build_model(spec: VLSpec):
 def _encode(rows, processor, data_dir: Path, phase: str, rng: random.Random):
     from hsr_plugin.calibration import Conversation, render_samples
 
-    conversations = [Conversation(tuple(_chat(r, answer_for(r, phase, rng))["messages"]), data_dir / r["image"], "vl")
-                     for r in rows]
+    conversations = [Conversation(tuple(_chat(r, answer_for(r, phase, rng))["messages"]), picture(data_dir, r["image"]),
+                                  "vl") for r in rows]
     return render_samples(conversations, processor, 128)
 
 
