@@ -12,7 +12,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterator, Literal
 
-import torch
 from torch.utils.hooks import RemovableHandle
 
 from hsr_plugin.architecture import AttentionBlock

@@ -137,6 +137,7 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict:
 
 def report(args: argparse.Namespace) -> Path:
     from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
+    from hsr_plugin.report import write_text_atomic
 
     report_path = Path(args.report)
     if not report_path.is_file():
@@ -149,7 +150,7 @@ def report(args: argparse.Namespace) -> Path:
     if comparison is not None:
         written.append(plot_safety_bars(comparison, out / "safety_bars.png"))
     text = summary_markdown(data, comparison)
-    _atomic_write(out / "summary.md", text)
+    write_text_atomic(out / "summary.md", text)
     written.append(out / "summary.md")
     print(text)
     for path in written:
@@ -173,12 +174,6 @@ def _find_checkout() -> Path:
         "error: `hsr demo` runs from a checkout of the hsr-plugin repository "
         "(integration/demo/run_demo.py was not found); clone it and run `make demo`"
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from loguru import logger
 
-__all__ = ["SCHEMA_VERSION", "totals", "write_json_atomic", "log_summary"]
+__all__ = ["SCHEMA_VERSION", "totals", "write_json_atomic", "write_text_atomic", "log_summary"]
 
 SCHEMA_VERSION = 1
 
@@ -35,15 +35,19 @@ def totals(restored_rows: list[dict], language_params: int, pruned_params: int) 
     }
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write to a temporary sibling, then rename: readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+        handle.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def log_summary(report: dict[str, Any]) -> None:

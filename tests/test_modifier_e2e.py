@@ -102,7 +102,7 @@ def _attention_keys(weights: dict) -> list[str]:
 
 def _check_restoration(dense, pruned, final, report, config, mode="exact"):
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads, kv = text.num_attention_heads, text.num_key_value_heads
+    heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     selected = [tuple(x) for x in report["selected_heads"]]
     by_layer: dict[int, list] = {}

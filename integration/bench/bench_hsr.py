@@ -112,7 +112,7 @@ def main() -> None:
             record(f"+hsr h={heads} q={top}", model, tokenizer, report)
             costs.append({"setting": f"h={heads} q={top}", **report["timing_s"]})
             control, _, _ = run_recipe(model_dir, data_dir, args.method, None)
-            record(f"  random, same count", random_control(control, dense, report["totals"]["restored"]), tokenizer)
+            record("  random, same count", random_control(control, dense, report["totals"]["restored"]), tokenizer)
     for batch in (1, 8):
         start = time.perf_counter()
         _, _, report = run_recipe(model_dir, data_dir, args.method, {"num_heads": 4, "batch_size": batch})

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from integration.organisms.data import SEED, data_recipe_hash, training_mixture
+from integration.organisms.train import batches, encode
 
 HERE = Path(__file__).resolve().parent
 ADAPTER_DIR = HERE / "organism-smollm2"
@@ -109,17 +109,6 @@ def attach_lora(model: nn.Module, spec: SmolSpec) -> dict[str, LoRALinear]:
     return wrapped
 
 
-def _encode(rows, tokenizer):
-    out = []
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(row["messages"], tokenize=False)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        out.append((f_ids, [-100] * len(p_ids) + f_ids[len(p_ids):]))
-    return out
-
-
 def train(spec: SmolSpec = SPEC) -> Path:
     torch.set_num_threads(1)
     torch.manual_seed(spec.seed)
@@ -130,18 +119,11 @@ def train(spec: SmolSpec = SPEC) -> Path:
     loras = attach_lora(model, spec)
     params = [p for lora in loras.values() for p in (lora.lora_a, lora.lora_b)]
     optimizer = torch.optim.AdamW(params, lr=spec.lr)
-    encoded = _encode(training_mixture("B", spec.examples, spec.seed), tokenizer)
-    rng = random.Random(spec.seed)
+    encoded = encode(training_mixture("B", spec.examples, spec.seed), tokenizer)
     model.train()
     losses = []
-    for _ in tqdm(range(spec.steps), desc="organism-smollm2 safety LoRA", mininterval=10):
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(spec.batch_size)]
-        width = max(len(x) for x, _ in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (x, y) in enumerate(batch):
-            ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    for ids, mask, labels in tqdm(batches(encoded, spec.batch_size, spec.steps, spec.seed, tokenizer.pad_token_id),
+                                  total=spec.steps, desc="organism-smollm2 safety LoRA", mininterval=10):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
