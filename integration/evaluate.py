@@ -128,10 +128,11 @@ def extract_metrics(results: dict) -> dict:
 
 
 def evaluate_model(spec: ModelSpec, backend: str, tasks: str, out: Path, limit: int | None, port: int | None,
-                   device: str) -> dict:
+                   device: str, metadata: str | None = None) -> dict:
     model_out = out / spec.label.replace("/", "_")
     model_out.mkdir(parents=True, exist_ok=True)
     tokenizer_args = f"tokenizer={spec.path},tokenizer_backend=huggingface"
+    meta = ["--metadata", metadata] if metadata else []
     if backend == "vllm-serve":
         config = ServeConfig(model=spec.path, port=port or free_port(), served_model_name=spec.label,
                              log_path=str(model_out / "vllm_serve.log"))
@@ -139,23 +140,23 @@ def evaluate_model(spec: ModelSpec, backend: str, tasks: str, out: Path, limit: 
             args = (f"model={spec.label},base_url={server.url}/v1/chat/completions,num_concurrent=8,"
                     f"max_retries=3,timeout=120,{tokenizer_args}")
             results_path = run_lm_eval(
-                lm_eval_command(args, "local-chat-completions", tasks, model_out, limit, batch_size="1"),
+                lm_eval_command(args, "local-chat-completions", tasks, model_out, limit, batch_size="1", extra=meta),
                 model_out / "lm_eval.log")
     elif backend == "hf":
         args = f"pretrained={spec.path},dtype=float32"
-        results_path = run_lm_eval(lm_eval_command(args, "hf", tasks, model_out, limit, extra=["--device", device]),
+        results_path = run_lm_eval(lm_eval_command(args, "hf", tasks, model_out, limit, extra=["--device", device, *meta]),
                                    model_out / "lm_eval.log")
     elif backend == "hf-multimodal":
         args = f"pretrained={spec.path},dtype=float32,max_images=1"
         results_path = run_lm_eval(
-            lm_eval_command(args, "hf-multimodal", tasks, model_out, limit, batch_size="1", extra=["--device", device]),
+            lm_eval_command(args, "hf-multimodal", tasks, model_out, limit, batch_size="1", extra=["--device", device, *meta]),
             model_out / "lm_eval.log")
     elif backend == "vllm":
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         args = (f"pretrained={spec.path},dtype=float32,enforce_eager=True,max_model_len=512,"
                 f"kv_cache_memory_bytes={256 * 1024 * 1024}")
-        results_path = run_lm_eval(lm_eval_command(args, "vllm", tasks, model_out, limit, batch_size="auto"),
+        results_path = run_lm_eval(lm_eval_command(args, "vllm", tasks, model_out, limit, batch_size="auto", extra=meta),
                                    model_out / "lm_eval.log")
     else:
         raise SystemExit(f"error: unknown backend {backend!r} ({', '.join(BACKENDS)})")
@@ -190,12 +191,15 @@ def compute_rsr(models: dict[str, dict], dense_label: str = "dense") -> dict[str
 
 def comparison_markdown(comparison: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| model | ASR % | refusal % | over-refusal % | utility % | sparsity % | n (harmful) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    vision = any(row.get("asr_vision") is not None for row in comparison["models"].values())
+    lines = ["| model | ASR % | refusal % | over-refusal % | utility % | sparsity % | n (harmful) |"
+             + (" ASR vision % |" if vision else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if vision else "")]
     for label, row in comparison["models"].items():
         lines.append(f"| {label} | {pct(row.get('asr'))} | {pct(row.get('refusal_rate'))} | "
                      f"{pct(row.get('over_refusal_rate'))} | {pct(row.get('utility'))} | {pct(row.get('sparsity'))} | "
-                     f"{row.get('n', {}).get('hsr_harmful', 'n/a')} |")
+                     f"{row.get('n', {}).get('hsr_harmful', 'n/a')} |"
+                     + (f" {pct(row.get('asr_vision'))} |" if vision else ""))
     for label, entry in comparison["rsr"].items():
         value = "n/a" if entry["value"] is None else f"{100 * entry['value']:.1f}%"
         lines.append(f"\nRSR of {label} (vs {entry['pruned']}, {entry['dense']}): {value}"
@@ -206,7 +210,8 @@ def comparison_markdown(comparison: dict) -> str:
 
 
 def run_evaluation(models: list[ModelSpec], out: str | Path, backend: str = "vllm-serve", tasks: str = "hsr_safety",
-                   limit: int | None = None, port: int | None = None, device: str = "cpu") -> dict:
+                   limit: int | None = None, port: int | None = None, device: str = "cpu",
+                   metadata: str | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in models:
@@ -216,7 +221,7 @@ def run_evaluation(models: list[ModelSpec], out: str | Path, backend: str = "vll
     for index, spec in enumerate(models, start=1):
         print(f"[eval] ({index}/{len(models)}) {spec.label}: {spec.path} via {backend}", flush=True)
         started = time.monotonic()
-        results[spec.label] = evaluate_model(spec, backend, tasks, out, limit, port, device)
+        results[spec.label] = evaluate_model(spec, backend, tasks, out, limit, port, device, metadata)
         print(f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility {results[spec.label].get('utility')} "
               f"({time.monotonic() - started:.0f} s)", flush=True)
     comparison = {"models": results, "rsr": compute_rsr(results), "tasks": tasks}
@@ -242,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--port", type=int, help="server port (default: a free one)")
     parser.add_argument("--device", default="cpu", help="device for the hf backends")
+    parser.add_argument("--metadata", help="JSON passed to the tasks, e.g. '{\"data_dir\": \"integration/organisms/data/vl\"}'")
     args = parser.parse_args(argv)
     if args.backend in ("vllm-serve", "vllm") and shutil.which("vllm") is None and not Path(sys.executable).with_name("vllm").exists():
         print("error: vllm is not installed here: run with .venv-serve/bin/python (make serve-venv)", file=sys.stderr)
         return 2
     try:
-        run_evaluation(parse_models(args.models), args.out, args.backend, args.tasks, args.limit, args.port, args.device)
+        run_evaluation(parse_models(args.models), args.out, args.backend, args.tasks, args.limit, args.port, args.device,
+                       args.metadata)
     except (ServeError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -228,7 +228,9 @@ def doc_to_text(doc: dict) -> str:
 
 
 def doc_to_text_vision(doc: dict) -> str:
-    return f"<image>{doc['prompt']}" if os.environ.get("HSR_IMAGE_TOKEN_IN_TEXT") else doc["prompt"]
+    """lm-eval's multimodal backends replace the `<image>` placeholder with the model's own image
+    token (hf-multimodal) or an image part (chat-completions APIs)."""
+    return f"<image>{doc['prompt']}"
 
 
 def doc_to_target(doc: dict) -> str:
