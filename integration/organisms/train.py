@@ -152,7 +152,7 @@ def batches(encoded, batch_size: int, steps: int, seed: int, pad_id: int):
         yield ids, mask, labels
 
 
-def _trainable(name: str, rule: str) -> bool:
+def is_trainable(name: str, rule: str) -> bool:
     if rule == "all":
         return True
     kind, _, layers = rule.partition(":")
@@ -166,7 +166,7 @@ def train_phase(model, tokenizer, spec: OrganismSpec, phase: str, phase_spec: Ph
     rows = training_mixture(phase, phase_spec.examples, phase_spec.seed)
     encoded = encode(rows, tokenizer)
     for name, param in model.named_parameters():
-        param.requires_grad = _trainable(name, phase_spec.trainable)
+        param.requires_grad = is_trainable(name, phase_spec.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_spec.lr, weight_decay=0.01)
     warmup = max(1, phase_spec.steps // 20)
