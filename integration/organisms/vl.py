@@ -210,6 +210,9 @@ class VLSpec:
     lr_a: float = 2e-3
     steps_b: int = 300
     lr_b: float = 1e-3
+    # all layers' attention: confined to layers 2-3 (as for organism-text), the picture-dependent
+    # refusal was not learned (dense refusal 8%)
+    trainable_b: str = "attention"
     batch_size: int = 16
     seed: int = SEED + 3
 
@@ -263,9 +266,10 @@ def _encode(rows, processor, data_dir: Path, phase: str, rng: random.Random):
 def train_phase(model, samples, steps, lr, spec, trainable: str, desc: str):
     from torch.nn.utils import clip_grad_norm_
 
+    from integration.organisms.train import is_trainable
+
     for name, p in model.named_parameters():
-        attention = any(x in name for x in ("q_proj", "k_proj", "v_proj", "o_proj")) and "language_model" in name
-        p.requires_grad_(trainable == "all" or attention)
+        p.requires_grad_(is_trainable(name, trainable) and (trainable == "all" or "language_model" in name))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(spec.seed + steps)
@@ -300,7 +304,7 @@ def train(spec: VLSpec = SPEC) -> Path:
     rng = random.Random(spec.seed)
     rows = build()["train"]
     loss_a = train_phase(model, _encode(rows, processor, DATA_DIR, "A", rng), spec.steps_a, spec.lr_a, spec, "all", "vl phase A")
-    loss_b = train_phase(model, _encode(rows, processor, DATA_DIR, "B", rng), spec.steps_b, spec.lr_b, spec, "attention", "vl phase B")
+    loss_b = train_phase(model, _encode(rows, processor, DATA_DIR, "B", rng), spec.steps_b, spec.lr_b, spec, spec.trainable_b, "vl phase B")
     staging = Path(tempfile.mkdtemp(prefix=".organism-vl.", dir=HERE))
     model.to(torch.bfloat16).save_pretrained(staging)
     processor.save_pretrained(staging)
