@@ -237,9 +237,12 @@ class HSRModifier(Modifier):
         if not targeted:
             raise ValueError(f"HSRModifier targets {self.targets} match no module of {type(model).__name__} (ignore={self.ignore})")
         blocks = find_attention_blocks(model, within=targeted)
-        ignored = [b.name for b in blocks if any(
-            name for name, _ in match_named_modules(b.module, self.ignore, None))]
-        return [b for b in blocks if b.name not in ignored and not is_vision_module(b.name)]
+        ignored = {name for name, _ in match_named_modules(model, self.ignore)} if self.ignore else set()
+        kept = [b for b in blocks
+                if b.name not in ignored and not any(name in ignored for _, name, _ in b.projections())]
+        if not kept:
+            raise ValueError(f"HSRModifier: every self-attention block is ignored by {self.ignore}")
+        return kept
 
     def _units(self, block: AttentionBlock) -> range:
         return range(block.num_kv_heads if self.head_score == "reference" else block.num_heads)

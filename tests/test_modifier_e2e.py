@@ -257,3 +257,13 @@ def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["totals"]["restored"] > 0
     assert (tmp_path / "out" / "recipe.yaml").read_text().count("HSRModifier") == 1
+
+
+def test_ignore_excludes_attention_blocks(model_dirs, calib_files):
+    extra = "      ignore: ['re:.*lm_head', 're:.*layers\\.0\\.self_attn.*']\n"
+    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
+    assert {h["layer"] for h in report["heads"]} == {1}
+    assert all("layers.0." not in row["module"] for row in report["restored"])
+    for key in final:
+        if "layers.0." in key:
+            assert torch.equal(final[key], pruned[key]), key
