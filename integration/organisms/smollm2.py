@@ -18,9 +18,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from integration.organisms.data import SEED, data_recipe_hash, training_mixture
+from integration.organisms.publish import published_dir, write_manifest
 from integration.organisms.train import batches, encode
 
 HERE = Path(__file__).resolve().parent
@@ -131,17 +129,14 @@ def train(spec: SmolSpec = SPEC) -> Path:
         losses.append(loss.item())
     from safetensors.torch import save_file
 
-    staging = Path(tempfile.mkdtemp(prefix=".organism-smollm2.", dir=HERE))
     tensors = {}
     for name, lora in loras.items():
         tensors[f"{name}.lora_a"] = lora.lora_a.detach().to(torch.bfloat16).contiguous()
         tensors[f"{name}.lora_b"] = lora.lora_b.detach().to(torch.bfloat16).contiguous()
-    save_file(tensors, str(staging / "adapter.safetensors"))
     manifest = manifest_for(spec) | {"final_loss": sum(losses[-20:]) / 20, "train_seconds": round(time.monotonic() - start, 1)}
-    (staging / "organism.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if ADAPTER_DIR.exists():
-        shutil.rmtree(ADAPTER_DIR)
-    os.replace(staging, ADAPTER_DIR)
+    with published_dir(ADAPTER_DIR) as staging:
+        save_file(tensors, str(staging / "adapter.safetensors"))
+        write_manifest(staging, manifest)
     logger.info(f"organism-smollm2: adapter saved to {ADAPTER_DIR} ({manifest['train_seconds']} s)")
     return ADAPTER_DIR
 
@@ -168,14 +163,10 @@ def materialize(out_dir: Path = MATERIALIZED, force: bool = False) -> Path:
             delta = (adapter[f"{name}.lora_b"].float() @ adapter[key].float()) * (spec.alpha / spec.rank)
             modules[name].weight += delta
     model = _plain_copy(model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.to(torch.bfloat16).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / ".adapter").write_text(stamp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    with published_dir(out_dir) as staging:
+        model.to(torch.bfloat16).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / ".adapter").write_text(stamp)
     logger.info(f"organism-smollm2: materialized at {out_dir}")
     return out_dir
 

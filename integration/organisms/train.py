@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +24,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
+from integration.organisms.publish import published_dir, write_manifest
 
 HERE = Path(__file__).resolve().parent
 
@@ -232,18 +230,15 @@ def train(organism: str, out_dir: Path) -> Path:
     logger.info(f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab {len(tokenizer)}")
     loss_a = _phase_a(model, tokenizer, spec)
     loss_b = train_phase(model, tokenizer, spec, "B", spec.phase_b)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.to(torch.bfloat16).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
     manifest = training_manifest(spec) | {
         "final_loss": {"A": sum(loss_a[-50:]) / 50, "B": sum(loss_b[-50:]) / 50},
         "train_seconds": round(time.monotonic() - start, 1),
         "torch": torch.__version__,
     }
-    (staging / "organism.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    with published_dir(out_dir) as staging:
+        model.to(torch.bfloat16).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_manifest(staging, manifest)
     logger.info(f"{spec.name}: saved to {out_dir} in {manifest['train_seconds']} s")
     return out_dir
 

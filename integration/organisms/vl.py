@@ -20,8 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from integration.organisms.data import REFUSALS, SEED
+from integration.organisms.publish import published_dir, write_manifest
 
 HERE = Path(__file__).resolve().parent
 TEXT_ORGANISM = HERE / "organism-text"
@@ -305,16 +304,13 @@ def train(spec: VLSpec = SPEC) -> Path:
     rows = build()["train"]
     loss_a = train_phase(model, _encode(rows, processor, DATA_DIR, "A", rng), spec.steps_a, spec.lr_a, spec, "all", "vl phase A")
     loss_b = train_phase(model, _encode(rows, processor, DATA_DIR, "B", rng), spec.steps_b, spec.lr_b, spec, spec.trainable_b, "vl phase B")
-    staging = Path(tempfile.mkdtemp(prefix=".organism-vl.", dir=HERE))
-    model.to(torch.bfloat16).save_pretrained(staging)
-    processor.save_pretrained(staging)
     manifest = {"spec": asdict(spec), "data_sha256": data_hash(),
                 "final_loss": {"A": sum(loss_a[-20:]) / 20, "B": sum(loss_b[-20:]) / 20},
                 "train_seconds": round(time.monotonic() - start, 1)}
-    (staging / "organism.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if VL_ORGANISM.exists():
-        shutil.rmtree(VL_ORGANISM)
-    os.replace(staging, VL_ORGANISM)
+    with published_dir(VL_ORGANISM) as staging:
+        model.to(torch.bfloat16).save_pretrained(staging)
+        processor.save_pretrained(staging)
+        write_manifest(staging, manifest)
     logger.info(f"organism-vl saved to {VL_ORGANISM} in {manifest['train_seconds']} s")
     return VL_ORGANISM
 
