@@ -267,3 +267,14 @@ def test_ignore_excludes_attention_blocks(model_dirs, calib_files):
     for key in final:
         if "layers.0." in key:
             assert torch.equal(final[key], pruned[key]), key
+
+
+def test_sequential_pipeline_restores_after_pruning(model_dirs, calib_files):
+    """With pipeline='sequential' every modifier shares one pass; HSR still restores only after pruning ended."""
+    prune = WANDA.format(structure="0:0")
+    dense = _weights(_load(model_dirs["llama"]))
+    pruned = _weights(_oneshot(model_dirs["llama"], prune, calib_files["utility"], pipeline="sequential"))
+    recipe = prune + HSR.format(num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
+    final = _weights(_oneshot(model_dirs["llama"], recipe, calib_files["utility"], pipeline="sequential"))
+    report = _hsr_modifier(None).report
+    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config) > 0
