@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from loguru import logger
@@ -75,6 +73,7 @@ def compress(args: argparse.Namespace) -> Path:
 
     import hsr_plugin  # noqa: F401  registers HSRModifier
     from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, recipe_modifiers
+    from hsr_plugin.report import published_dir
 
     output = Path(args.output).resolve()
     _check_output(output, args.overwrite)
@@ -83,39 +82,30 @@ def compress(args: argparse.Namespace) -> Path:
         raise SystemExit(f"error: {model_path} is a local path but holds no config.json")
 
     recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    for name, mod_args in recipe_modifiers(recipe):
-        if name == "HSRModifier" and not mod_args.get("report_path"):
-            mod_args["report_path"] = str(staging / REPORT_NAME)
-
-    oneshot_kwargs = dict(
-        model=args.model,
-        recipe=yaml.safe_dump(recipe, sort_keys=False),
-        output_dir=str(staging),
-        num_calibration_samples=args.num_samples,
-        max_seq_length=args.max_seq_length,
-        pipeline=args.pipeline,
-    )
-    if args.sequential_targets:
-        oneshot_kwargs["sequential_targets"] = args.sequential_targets
-    if args.dataset:
-        oneshot_kwargs.update(_dataset_kwargs(args))
 
     import torch
     from llmcompressor import oneshot
 
     torch.manual_seed(args.seed)  # oneshot's calibration sampler shuffles with torch's generator
     logger.info(f"hsr compress: {args.model} with {args.recipe} -> {output}")
-    try:
+    with published_dir(output) as staging:
+        for name, mod_args in recipe_modifiers(recipe):
+            if name == "HSRModifier" and not mod_args.get("report_path"):
+                mod_args["report_path"] = str(staging / REPORT_NAME)
+        oneshot_kwargs = dict(
+            model=args.model,
+            recipe=yaml.safe_dump(recipe, sort_keys=False),
+            output_dir=str(staging),
+            num_calibration_samples=args.num_samples,
+            max_seq_length=args.max_seq_length,
+            pipeline=args.pipeline,
+        )
+        if args.sequential_targets:
+            oneshot_kwargs["sequential_targets"] = args.sequential_targets
+        if args.dataset:
+            oneshot_kwargs.update(_dataset_kwargs(args))
         oneshot(**oneshot_kwargs)
         (staging / "hsr_recipe_resolved.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     report = output / REPORT_NAME
     logger.info(f"hsr compress: model saved to {output}" + (f", report {report}" if report.exists() else ""))
     return output

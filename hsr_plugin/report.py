@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from loguru import logger
 
-__all__ = ["SCHEMA_VERSION", "totals", "write_json_atomic", "write_text_atomic", "log_summary"]
+__all__ = ["SCHEMA_VERSION", "totals", "published_dir", "write_json_atomic", "write_text_atomic", "log_summary"]
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +46,23 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         handle.write(text)
     os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def published_dir(target: str | Path) -> Iterator[Path]:
+    """Yields a hidden staging folder next to `target`; on success it replaces `target`,
+    on error it is removed, so readers never see a half-written folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
