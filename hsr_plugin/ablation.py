@@ -5,13 +5,19 @@ pre-hook scales the head's columns of the o_proj input (the per-head attention o
 K/V are never touched, so the other heads of the KV group are unchanged.
 Reference mode (the authors' code): the unit is the KV group g; q rows of head g, k/v rows of
 group g and o_proj input columns of head g are scaled, so under GQA the whole group is hit.
+
+The hooks are registered through llm-compressor's `HooksMixin` and the ablated pass runs inside
+`HooksMixin.disable_hooks(keep=<these hooks>)`: every other modifier's hooks (a SparseGPT
+Hessian hook, say) stay silent while HSR's own run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch.utils.hooks import RemovableHandle
 
 from hsr_plugin.architecture import AttentionBlock
@@ -52,24 +58,26 @@ def ablate_head(
     head: int,
     eps: float = 1e-5,
     mode: AblationMode = "exact",
+    hooks: HooksMixin | None = None,
 ) -> Iterator[list[RemovableHandle]]:
-    """Ablate `head` of `block` while the context is open (plain torch hooks, always removed)."""
+    """Ablate `head` of `block` while the context is open; only HSR's hooks run inside it.
+
+    `hooks` owns the hooks (the HSRModifier; a bare `HooksMixin` when called on its own). They
+    are always removed on exit.
+    """
     if not 0 <= head < block.num_heads:
         raise ValueError(f"head {head} is outside [0, {block.num_heads}) for {block.name}")
+    if mode == "reference" and head >= block.num_kv_heads:
+        raise ValueError(f"reference ablation scores KV groups: {head} >= {block.num_kv_heads}")
+    owner = hooks if hooks is not None else HooksMixin()
     d = block.head_dim
-    q_lo, q_hi = head * d, (head + 1) * d
-    handles = [
-        block.projection("q").register_forward_hook(_scale_output(q_lo, q_hi, eps)),
-        block.projection("o").register_forward_pre_hook(_scale_input(q_lo, q_hi, eps)),
-    ]
-    if mode == "reference":
-        if head >= block.num_kv_heads:
-            raise ValueError(f"reference ablation scores KV groups: {head} >= {block.num_kv_heads}")
-        g_lo, g_hi = head * d, (head + 1) * d
-        handles.append(block.projection("k").register_forward_hook(_scale_output(g_lo, g_hi, eps)))
-        handles.append(block.projection("v").register_forward_hook(_scale_output(g_lo, g_hi, eps)))
+    lo, hi = head * d, (head + 1) * d
+    plan = [("q", "forward", _scale_output(lo, hi, eps)), ("o", "forward_pre", _scale_input(lo, hi, eps))]
+    if mode == "reference":  # head is the KV group g here: its k/v rows go too
+        plan += [("k", "forward", _scale_output(lo, hi, eps)), ("v", "forward", _scale_output(lo, hi, eps))]
+    handles = [owner.register_hook(block.projection(short), fn, kind) for short, kind, fn in plan]
     try:
-        yield handles
+        with HooksMixin.disable_hooks(keep=set(handles)):
+            yield handles
     finally:
-        for handle in handles:
-            handle.remove()
+        owner.remove_hooks(set(handles))

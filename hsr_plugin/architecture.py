@@ -10,18 +10,15 @@ query_key_value, Wqkv) in the language model get a clear error naming the module
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-import torch
 from torch import nn
 
-__all__ = ["AttentionBlock", "UnsupportedArchitectureError", "find_attention_blocks", "is_vision_module", "VISION_PATTERNS"]
+from hsr_plugin.common import is_vision_module
 
-VISION_PATTERNS = (
-    r"vision_tower", r"vision_model", r"(^|\.)visual(\.|$)", r"multi_modal_projector", r"vision_encoder",
-    r"image_newline", r"mm_projector", r"vision_embed",
-)
+__all__ = ["AttentionBlock", "UnsupportedArchitectureError", "find_attention_blocks"]
+
 FUSED_NAMES = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "qkv")
 LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -57,10 +54,6 @@ class AttentionBlock:
         """(short name, full module name, module) for q, k, v, o."""
         for short in ("q", "k", "v", "o"):
             yield short, self.projection_name(short), self.projection(short)
-
-
-def is_vision_module(name: str) -> bool:
-    return any(re.search(pattern, name) for pattern in VISION_PATTERNS)
 
 
 def _text_config(model: nn.Module):
@@ -133,17 +126,3 @@ def find_attention_blocks(model: nn.Module, within: Iterable[str] | None = None)
         dupes = sorted({b.name for b in blocks if layers.count(b.layer) > 1})
         raise UnsupportedArchitectureError(f"several self-attention blocks share a layer index: {dupes}")
     return sorted(blocks, key=lambda b: b.layer)
-
-
-def language_linear_params(model: nn.Module) -> int:
-    """Parameters of the language model's Linear layers (lm_head, vision and projector excluded)."""
-    total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and not is_vision_module(name) and not name.endswith("lm_head"):
-            total += module.weight.numel()
-    return total
-
-
-@torch.no_grad()
-def count_zeros(modules: Iterable[nn.Module]) -> int:
-    return sum(int((m.weight == 0).sum()) for m in modules)

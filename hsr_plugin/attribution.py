@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from tqdm import tqdm
 
 from hsr_plugin.ablation import ablate_head, ablation_units
@@ -94,20 +95,22 @@ def score_heads(
     batch_size: int = 8,
     pad_id: int = 0,
     progress: bool = True,
+    hooks: HooksMixin | None = None,
 ) -> list[HeadScore]:
     """Score every head (every KV group in reference mode) of `blocks` on the safety prompts.
 
-    The ablation hooks are plain torch hooks: they keep running inside llm-compressor's
-    `HooksMixin.disable_hooks()`, which silences every other modifier's hooks.
+    Every pass runs inside `HooksMixin.disable_hooks`: the intact pass with no hooks at all,
+    each ablated pass with only its own ablation hooks (owned by `hooks`, the HSRModifier).
     """
     if not samples:
         raise ValueError("head attribution needs at least one safety prompt")
     mode = "reference" if method == "reference" else "exact"
-    dense = last_token_outputs(model, samples, batch_size, pad_id)
+    with HooksMixin.disable_hooks():
+        dense = last_token_outputs(model, samples, batch_size, pad_id)
     units = [(block, head, group) for block in blocks for head, group in ablation_units(block, mode)]
     scores = []
     for block, head, group in tqdm(units, desc=f"HSR head scores ({method})", disable=not progress):
-        with ablate_head(block, head, eps, mode):
+        with ablate_head(block, head, eps, mode, hooks):
             ablated = last_token_outputs(model, samples, batch_size, pad_id)
         scores.append(HeadScore(block.layer, head, group, _score(method, dense, ablated, subspace_rank)))
     return scores

@@ -30,6 +30,7 @@ __all__ = [
     "load_conversations",
     "load_jsonl",
     "load_vlguard",
+    "encode_conversation",
     "render_samples",
     "load_processor",
 ]
@@ -265,6 +266,30 @@ def render_samples(conversations: Iterable[Conversation], processor: Any, max_se
     return samples
 
 
+def _check_prefix(full_ids: list[int], prompt_ids: list[int], source: str) -> int:
+    """The prompt's token count, once the prompt is checked to be a prefix of the whole."""
+    n_prompt = len(prompt_ids)
+    if len(full_ids) <= n_prompt or full_ids[:n_prompt] != prompt_ids:
+        raise ValueError(
+            f"{source}: the chat template is not prefix-stable: the rendered prompt is not a "
+            "token prefix of the rendered conversation, so the response tokens cannot be located"
+        )
+    return n_prompt
+
+
+def encode_conversation(tokenizer: Any, messages: list[dict], source: str = "conversation") -> tuple[list[int], int]:
+    """(token ids of the whole conversation, number of prompt tokens), text only.
+
+    The prompt is every turn before the last (the response) plus the generation prompt, rendered
+    with the chat template; it must be a token prefix of the whole conversation.
+    """
+    prompt = _chat(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = _chat(tokenizer, messages, add_generation_prompt=False)
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return full_ids, _check_prefix(full_ids, prompt_ids, source)
+
+
 def _render_one(conv: Conversation, processor: Any, max_seq_length: int) -> CalibrationSample:
     tokenizer = _tokenizer_of(processor)
     if conv.image is not None and not _has_images(processor):
@@ -288,12 +313,7 @@ def _render_one(conv: Conversation, processor: Any, max_seq_length: int) -> Cali
     else:
         full_ids = torch.tensor(tokenizer(full_text, add_special_tokens=False)["input_ids"])
         prompt_ids = torch.tensor(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-    n_prompt = len(prompt_ids)
-    if len(full_ids) <= n_prompt or not torch.equal(full_ids[:n_prompt], prompt_ids):
-        raise ValueError(
-            f"{conv.source}: the chat template is not prefix-stable: the rendered prompt is not a "
-            "token prefix of the rendered conversation, so the response tokens cannot be located"
-        )
+    n_prompt = _check_prefix(full_ids.tolist(), prompt_ids.tolist(), conv.source)
     if n_prompt >= max_seq_length:
         raise ValueError(f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}")
     if len(full_ids) > max_seq_length:

@@ -73,7 +73,7 @@ def compress(args: argparse.Namespace) -> Path:
 
     import hsr_plugin  # noqa: F401  registers HSRModifier
     from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, recipe_modifiers
-    from hsr_plugin.report import published_dir
+    from hsr_plugin.common import published_dir
 
     output = Path(args.output).resolve()
     _check_output(output, args.overwrite)
@@ -115,19 +115,16 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict:
     spec = args.dataset
     if spec.endswith(".jsonl"):
         from hsr_plugin.calibration import load_processor
-        from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+        from hsr_plugin.oneshot_data import calibration_kwargs
 
         processor = load_processor(args.model)
-        dataset = conversation_dataset(
-            spec, processor, num_samples=args.num_samples, max_seq_length=args.max_seq_length, seed=args.seed
-        )
-        return {"dataset": dataset, "data_collator": single_sample_collator, "batch_size": 1}
+        return calibration_kwargs(spec, processor, args.num_samples, args.max_seq_length, args.seed)
     return {"dataset": spec}
 
 
 def report(args: argparse.Namespace) -> Path:
     from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
-    from hsr_plugin.report import write_text_atomic
+    from hsr_plugin.common import write_text_atomic
 
     report_path = Path(args.report)
     if not report_path.is_file():

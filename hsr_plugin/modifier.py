@@ -1,6 +1,6 @@
 """HSRModifier: Hierarchical Safety Realignment as an llm-compressor modifier.
 
-Lifecycle under `oneshot` (see the project's llmcompressor notes):
+Lifecycle under `oneshot` (llm-compressor 0.14):
 - `on_initialize` runs for every modifier before any data flows and before any pruning. HSR
   validates its order and inputs there, then scores on the DENSE model: head attribution on
   the safety prompts, and weight importance on the safety and utility responses, for the layers
@@ -23,16 +23,16 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from llmcompressor.core import Event, State, active_session
 from llmcompressor.modifiers import Modifier
-from llmcompressor.modifiers.utils.hooks import HooksMixin
 from llmcompressor.utils.helpers import DisableQuantization, eval_context
 
-from hsr_plugin.architecture import AttentionBlock, find_attention_blocks, is_vision_module
+from hsr_plugin.architecture import AttentionBlock, find_attention_blocks
+from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.attribution import HeadScore, score_heads
 from hsr_plugin.calibration import CalibrationSample, load_conversations, load_processor, render_samples
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
-from hsr_plugin.report import SCHEMA_VERSION, log_summary, totals, write_json_atomic
+from hsr_plugin.report import build_report, log_summary
 from hsr_plugin.restore import parse_nm, restore_matrix
 from hsr_plugin.selection import candidate_mask
 from hsr_plugin.slicing import union_head_slices
@@ -46,10 +46,6 @@ DEFAULT_IGNORE = [
     "re:.*multi_modal_projector.*",
     "re:.*visual.*",
 ]
-SPARSEGPT_NOTE = (
-    "SparseGPT updated the surviving weights (OBS update); HSR copies dense values back only at "
-    "pruned positions, as the paper does, so restored weights sit among updated ones"
-)
 
 
 class _Plan:
@@ -190,7 +186,9 @@ class HSRModifier(Modifier):
             "head_dim": blocks[0].head_dim,
         }
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
-        with torch.no_grad(), HooksMixin.disable_hooks(), DisableQuantization(model), eval_context(model):
+        # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
+        # context manager does not nest: leaving an inner one would re-enable everyone's).
+        with torch.no_grad(), DisableQuantization(model), eval_context(model):
             self._score_and_plan(model, blocks, safety, utility, pad_id)
         return True
 
@@ -262,7 +260,8 @@ class HSRModifier(Modifier):
     def _score_and_plan(self, model, blocks, safety, utility, pad_id: int) -> None:
         start = time.perf_counter()
         self._head_scores = score_heads(
-            model, blocks, safety, self.head_score, self.ablation_eps, self.subspace_rank, self.batch_size, pad_id
+            model, blocks, safety, self.head_score, self.ablation_eps, self.subspace_rank,
+            self.batch_size, pad_id, hooks=self,
         )
         ranked = rank_heads({(s.layer, s.head): s.score for s in self._head_scores})
         self._selected = select_top_heads(ranked, self.num_heads)
@@ -276,8 +275,12 @@ class HSRModifier(Modifier):
         modules = {name: module for b in chosen for _, name, module in b.projections()}
 
         start = time.perf_counter()
-        stats_s = collect_statistics(model, modules, safety, self.neuron_score, "HSR safety importance")
-        stats_u = collect_statistics(model, modules, utility, self.neuron_score, "HSR utility importance")
+        stats_s = collect_statistics(
+            model, modules, safety, self.neuron_score, "HSR safety importance", hooks=self
+        )
+        stats_u = collect_statistics(
+            model, modules, utility, self.neuron_score, "HSR utility importance", hooks=self
+        )
         for block in chosen:
             for short, name, module in block.projections():
                 with align_module_device(module):
@@ -312,46 +315,41 @@ class HSRModifier(Modifier):
             rows.append(stats.as_report())
         self._timing["restore"] = time.perf_counter() - start
         self._restored = True
-        self._report = self._build_report(rows, language_params, pruned_params)
+        self._report = build_report(
+            config=self.model_dump(mode="json"),
+            model=self._model_info,
+            pruned_by=[type(m).__name__ for m in self._earlier_pruning],
+            head_scores=self._head_scores,
+            selected=self._selected,
+            rows=rows,
+            language_params=language_params,
+            pruned_params=pruned_params,
+            timing=self._timing,
+        )
         if self.report_path:
             write_json_atomic(self.report_path, self._report)
             logger.info(f"HSR report written to {self.report_path}")
         log_summary(self._report)
 
-    def _build_report(self, rows, language_params: int, pruned_params: int) -> dict[str, Any]:
-        notes = []
-        if any(type(m).__name__ == "SparseGPTModifier" for m in self._earlier_pruning):
-            notes.append(SPARSEGPT_NOTE)
-        if self.head_score == "reference":
-            notes.append("reference head score: one score per KV group, reported as head index g")
-        heads = sorted(self._head_scores, key=lambda s: (-s.score, s.layer, s.head))
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "config": self.model_dump(mode="json"),
-            "model": self._model_info,
-            "pruned_by": [type(m).__name__ for m in self._earlier_pruning],
-            "heads": [{"layer": s.layer, "head": s.head, "kv_group": s.kv_group, "score": s.score} for s in heads],
-            "selected_heads": [[layer, head] for layer, head in self._selected],
-            "restored": rows,
-            "totals": totals(rows, language_params, pruned_params),
-            "timing_s": {k: round(v, 4) for k, v in self._timing.items()},
-            "notes": notes,
-        }
-
 
 def _is_pruning(modifier: Modifier) -> bool:
+    """Modifiers that zero weights: Wanda and SparseGPT (SparsityModifierBase) and magnitude
+    pruning. ConstantPruningModifier only keeps existing zeros, so it is not one."""
+    from llmcompressor.modifiers.pruning import MagnitudePruningModifier
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 
-    return isinstance(modifier, SparsityModifierBase) or "Pruning" in type(modifier).__name__
+    return isinstance(modifier, SparsityModifierBase | MagnitudePruningModifier)
 
 
 @torch.no_grad()
 def _language_counts(model) -> tuple[int, int]:
-    """(weights, zeros) of the language model's Linear layers, lm_head and vision excluded."""
-    params = zeros = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not is_vision_module(name) and not name.endswith("lm_head"):
-            with align_module_device(module):
-                params += module.weight.numel()
-                zeros += int((module.weight == 0).sum())
+    """(weights, zeros) of the language decoder's Linear layers (lm_head and vision excluded)."""
+
+    def weights():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                with align_module_device(module):
+                    yield f"{name}.weight", module.weight
+
+    zeros, params = language_sparsity_counts(weights())
     return params, zeros

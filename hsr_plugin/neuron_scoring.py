@@ -1,17 +1,21 @@
 """Weight importance of the q/k/v/o matrices of selected layers, over response tokens only.
 
 Wanda and SparseGPT need layer-input statistics, gathered by forward pre-hooks that feed the
-accumulators of `hsr_plugin.importance` with the response-token mask of the current sample.
+accumulators of `hsr_plugin.importance` with the response-token mask of the current sample. The
+hooks go through llm-compressor's `HooksMixin` and run inside `disable_hooks(keep=...)`, so no
+other modifier's hooks see HSR's passes.
 SNIP needs gradients of the response NLL with respect to the weights. Samples run one at a time
 (batch 1, no padding), so every token mask lines up with the layer inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch import nn
 from tqdm import tqdm
 
@@ -38,20 +42,29 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+class _CurrentSample:
+    """The response-token mask of the sample being run, read by the statistics hooks."""
+
+    def __init__(self) -> None:
+        self.response_mask: torch.Tensor | None = None
+
+
 @contextmanager
-def _input_hooks(modules: dict[str, nn.Linear], stats: MatrixStatistics, mask_box: list) -> Iterator[None]:
+def _input_hooks(
+    modules: dict[str, nn.Linear], stats: MatrixStatistics, current: _CurrentSample, owner: HooksMixin
+) -> Iterator[None]:
     def make(name: str):
         def hook(_module, args):
-            stats[name].update(args[0], mask_box[0])
+            stats[name].update(args[0], current.response_mask)
 
         return hook
 
-    handles = [module.register_forward_pre_hook(make(name)) for name, module in modules.items()]
+    handles = {owner.register_hook(module, make(name), "forward_pre") for name, module in modules.items()}
     try:
-        yield
+        with HooksMixin.disable_hooks(keep=handles):
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
+        owner.remove_hooks(handles)
 
 
 def collect_statistics(
@@ -61,8 +74,12 @@ def collect_statistics(
     method: NeuronScore,
     desc: str = "HSR neuron statistics",
     progress: bool = True,
+    hooks: HooksMixin | None = None,
 ) -> MatrixStatistics:
-    """Per-matrix statistics of `modules` over the response tokens of `samples`."""
+    """Per-matrix statistics of `modules` over the response tokens of `samples`.
+
+    `hooks` owns the statistics hooks (the HSRModifier; a bare `HooksMixin` by default).
+    """
     if not samples:
         raise ValueError("neuron scoring needs at least one calibration sample")
     if method == "snip":
@@ -70,10 +87,11 @@ def collect_statistics(
     factory = InputNormAccumulator if method == "wanda" else HessianAccumulator
     stats = MatrixStatistics({name: factory(module.in_features) for name, module in modules.items()})
     device = _device(model)
-    mask_box = [None]
-    with torch.no_grad(), _input_hooks(modules, stats, mask_box):
+    current = _CurrentSample()
+    owner = hooks if hooks is not None else HooksMixin()
+    with torch.no_grad(), _input_hooks(modules, stats, current, owner):
         for sample in tqdm(samples, desc=f"{desc} ({method})", disable=not progress):
-            mask_box[0] = sample.response_mask.to(device)
+            current.response_mask = sample.response_mask.to(device)
             model(**{k: v.to(device) for k, v in sample.model_inputs().items()}, use_cache=False)
     _check_seen(stats)
     return stats
@@ -88,7 +106,7 @@ def _collect_snip(model, modules, samples, desc, progress) -> MatrixStatistics:
             p.requires_grad_(False)
         for module in modules.values():
             module.weight.requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), HooksMixin.disable_hooks():
             for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
                 inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
                 labels = torch.where(sample.response_mask.to(device), inputs["input_ids"], torch.full_like(inputs["input_ids"], -100))

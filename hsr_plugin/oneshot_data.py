@@ -14,7 +14,27 @@ from datasets import Dataset
 
 from hsr_plugin.calibration import load_conversations, render_samples
 
-__all__ = ["conversation_dataset", "single_sample_collator"]
+__all__ = ["calibration_kwargs", "conversation_dataset", "single_sample_collator"]
+
+
+def calibration_kwargs(
+    spec: str, processor: Any, num_samples: int | None = 128, max_seq_length: int = 512, seed: int = 0
+) -> dict[str, Any]:
+    """`oneshot`'s calibration arguments for a plugin-format JSONL (or any set HSR can load).
+
+        oneshot(model=..., processor=processor, recipe=..., **calibration_kwargs(path, processor))
+
+    Gives `dataset` (pre-tokenized with the model's chat template and processor, images
+    included), the batch-size-1 `data_collator` it needs, `batch_size=1` and
+    `num_calibration_samples`.
+    """
+    dataset = conversation_dataset(spec, processor, num_samples, max_seq_length, seed)
+    return {
+        "dataset": dataset,
+        "data_collator": single_sample_collator,
+        "batch_size": 1,
+        "num_calibration_samples": len(dataset),
+    }
 
 
 def conversation_dataset(

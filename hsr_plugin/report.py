@@ -11,19 +11,53 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from loguru import logger
 
-__all__ = ["SCHEMA_VERSION", "totals", "published_dir", "write_json_atomic", "write_text_atomic", "log_summary"]
+__all__ = ["SCHEMA_VERSION", "build_report", "log_summary", "totals"]
 
 SCHEMA_VERSION = 1
+SPARSEGPT_NOTE = (
+    "SparseGPT updated the surviving weights (OBS update); HSR copies dense values back only at "
+    "pruned positions, as the paper does, so restored weights sit among updated ones"
+)
+
+
+def build_report(
+    *,
+    config: dict[str, Any],
+    model: dict[str, Any],
+    pruned_by: list[str],
+    head_scores: list,
+    selected: list[tuple[int, int]],
+    rows: list[dict],
+    language_params: int,
+    pruned_params: int,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """Assemble the report: heads sorted by score (ties by layer, head), totals and notes."""
+    notes = []
+    if "SparseGPTModifier" in pruned_by:
+        notes.append(SPARSEGPT_NOTE)
+    if config.get("head_score") == "reference":
+        notes.append("reference head score: one score per KV group, reported as head index g")
+    heads = sorted(head_scores, key=lambda s: (-s.score, s.layer, s.head))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "model": model,
+        "pruned_by": pruned_by,
+        "heads": [
+            {"layer": s.layer, "head": s.head, "kv_group": s.kv_group, "score": s.score}
+            for s in heads
+        ],
+        "selected_heads": [[layer, head] for layer, head in selected],
+        "restored": rows,
+        "totals": totals(rows, language_params, pruned_params),
+        "timing_s": {k: round(v, 4) for k, v in timing.items()},
+        "notes": notes,
+    }
 
 
 def totals(restored_rows: list[dict], language_params: int, pruned_params: int) -> dict[str, Any]:
@@ -35,38 +69,6 @@ def totals(restored_rows: list[dict], language_params: int, pruned_params: int) 
         "restored_per_10k_params": 1e4 * restored / language_params if language_params else 0.0,
         "restored_per_10k_pruned": 1e4 * restored / pruned_params if pruned_params else 0.0,
     }
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary sibling, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-@contextmanager
-def published_dir(target: str | Path) -> Iterator[Path]:
-    """Yields a hidden staging folder next to `target`; on success it replaces `target`,
-    on error it is removed, so readers never see a half-written folder."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def log_summary(report: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 import hsr_plugin  # noqa: F401
 from hsr_plugin import HSRModifier
 from hsr_plugin.architecture import UnsupportedArchitectureError, find_attention_blocks
-from test_modifier_e2e import FP8, HSR, WANDA, _oneshot
+from tests.helpers import FP8, HSR, WANDA, run_oneshot
 
 
 @pytest.mark.parametrize(
@@ -43,20 +43,20 @@ def _recipe(calib, extra="", prune=True):
 
 def test_no_pruning_stage_before_hsr(model_dirs, calib_files):
     with pytest.raises(ValueError, match="needs a pruning modifier before it.*after the sparsity stage"):
-        _oneshot(model_dirs["llama"], _recipe(calib_files, prune=False), calib_files["utility"])
+        run_oneshot(model_dirs["llama"], _recipe(calib_files, prune=False), calib_files["utility"])
 
 
 def test_quantization_before_hsr(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + FP8 + HSR.format(
         num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
     with pytest.raises(ValueError, match="BEFORE quantization"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_missing_dense_source(model_dirs, calib_files, tmp_path):
     recipe = _recipe(calib_files, extra=f"      dense_model: {tmp_path / 'nowhere'}\n")
     with pytest.raises(FileNotFoundError, match="dense_model .*nowhere does not exist"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_dense_source_with_inconsistent_shapes(model_dirs, calib_files, tmp_path):
@@ -69,7 +69,7 @@ def test_dense_source_with_inconsistent_shapes(model_dirs, calib_files, tmp_path
     save_file(weights, str(folder / "model.safetensors"))
     recipe = _recipe(calib_files, extra=f"      dense_model: {folder}\n")
     with pytest.raises(ValueError, match=r"has shape \(8, 8\).*is it the same model"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_empty_calibration_data(model_dirs, calib_files, tmp_path):
@@ -77,7 +77,7 @@ def test_empty_calibration_data(model_dirs, calib_files, tmp_path):
     empty.write_text("\n")
     recipe = WANDA.format(structure="0:0") + HSR.format(num_heads=2, safety=empty, utility=calib_files["utility"], extra="")
     with pytest.raises(ValueError, match="is empty"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_bad_calibration_row_names_file_and_line(model_dirs, calib_files, tmp_path):
@@ -85,21 +85,21 @@ def test_bad_calibration_row_names_file_and_line(model_dirs, calib_files, tmp_pa
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     recipe = WANDA.format(structure="0:0") + HSR.format(num_heads=2, safety=bad, utility=calib_files["utility"], extra="")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: the last turn must be the assistant"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_unknown_dataset_offline(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + HSR.format(
         num_heads=2, safety="nobody/no-such-dataset", utility=calib_files["utility"], extra="")
     with pytest.raises(ValueError, match="not a bundled set .*hsr-safety-mini.*not an existing local path"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_too_many_heads(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + HSR.format(
         num_heads=99, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
     with pytest.raises(ValueError, match="num_heads=99 exceeds the 8 heads"):
-        _oneshot(model_dirs["llama"], recipe, calib_files["utility"])
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 class _FusedAttention(nn.Module):

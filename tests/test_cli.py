@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hsr_plugin.cli import main
-from test_modifier_e2e import _digest
+from tests.helpers import folder_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def _compress(model, out, calib, *extra):
 
 def test_compress_writes_model_report_and_resolved_recipe(model_dirs, calib_files, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    before = _digest(model_dirs["llama"])
+    before = folder_digest(model_dirs["llama"])
     out = tmp_path / "out"
     assert _compress(model_dirs["llama"], out, calib_files) == 0
     report = json.loads((out / "hsr_report.json").read_text())
@@ -31,7 +31,7 @@ def test_compress_writes_model_report_and_resolved_recipe(model_dirs, calib_file
     assert (out / "config.json").is_file() and (out / "hsr_recipe_resolved.yaml").is_file()
     assert "num_heads: 2" in (out / "hsr_recipe_resolved.yaml").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
-    assert _digest(model_dirs["llama"]) == before
+    assert folder_digest(model_dirs["llama"]) == before
     with pytest.raises(SystemExit, match="exists and is not empty"):
         _compress(model_dirs["llama"], out, calib_files)
     assert _compress(model_dirs["llama"], out, calib_files, "--overwrite") == 0

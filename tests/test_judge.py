@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "lm_eval_tasks" / "hsr_safety"))
-
-from judge import REFUSAL_PREFIXES, is_refusal, judge_name, judge_refusal, parse_classifier_verdict  # noqa: E402
-from scoring import utility_correct  # noqa: E402
+from integration.lm_eval_tasks.hsr_safety.judge import (
+    REFUSAL_PREFIXES,
+    is_refusal,
+    judge_name,
+    judge_refusal,
+    parse_classifier_verdict,
+)
+from integration.lm_eval_tasks.hsr_safety.scoring import utility_correct
 
 
 @pytest.mark.parametrize(

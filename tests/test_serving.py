@@ -1,22 +1,25 @@
-"""The vLLM launcher's error paths, and comparison helpers of integration/evaluate.py (no server)."""
+"""The vLLM launcher's error paths, and helpers of the comparison runner (integration/serving/compare.py)."""
 
 from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "integration" / "serving"))
-sys.path.insert(0, str(REPO / "integration"))
+from integration.serving.compare import compute_rsr, language_sparsity, parse_models
+from integration.serving.launch import (
+    ServeConfig,
+    ServeError,
+    check_model_dir,
+    port_in_use,
+    start_server,
+)
 
-from launch import ServeConfig, ServeError, check_model_dir, port_in_use, start_server  # noqa: E402
-from evaluate import compute_rsr, language_sparsity, parse_models  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint(folder: Path, config: dict) -> Path:

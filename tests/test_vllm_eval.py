@@ -1,7 +1,7 @@
 """Real vLLM serving and lm-eval on the committed organism (needs the serving venv, .venv-serve).
 
 One module-scoped run: `hsr compress` makes a pruned and an HSR-realigned organism, then
-integration/evaluate.py serves all three with `vllm serve` and scores them through lm-eval's
+`hsr-compare` (integration/serving/compare.py) serves all three with `vllm serve` and scores them through lm-eval's
 local-chat-completions; the dense model is scored again with lm-eval's `hf` backend, and both
 backends must agree. Three server starts, about two minutes on two cores.
 """
@@ -24,18 +24,18 @@ LIMIT = 40
 pytestmark = pytest.mark.vllm
 
 
-def serve_python() -> Path:
-    python = Path(os.environ.get("HSR_SERVE_VENV", REPO / ".venv-serve")) / "bin" / "python"
-    if not python.exists():
-        message = f"the serving venv is missing ({python}): run `make serve-venv`"
+def serve_bin(name: str) -> Path:
+    exe = Path(os.environ.get("HSR_SERVE_VENV", REPO / ".venv-serve")) / "bin" / name
+    if not exe.exists():
+        message = f"the serving venv is missing ({exe}): run `make serve-venv`"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return python
+    return exe
 
 
 def _run(cmd: list, timeout: int = 600) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd[:4]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -43,7 +43,7 @@ def _run(cmd: list, timeout: int = 600) -> str:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    python = serve_python()
+    compare = serve_bin("hsr-compare")
     root = tmp_path_factory.mktemp("vllm-eval")
     for name, recipe, extra in [("wanda", "recipes/wanda.yaml", []),
                                 ("wanda_hsr", "recipes/wanda_hsr.yaml",
@@ -51,9 +51,9 @@ def evaluated(tmp_path_factory):
                                   "--set", f"HSRModifier.utility_data={DATA / 'calib_utility.jsonl'}"])]:
         _run([sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", ORGANISM, "--recipe", recipe,
               "--output", root / name, "--dataset", DATA / "calib_utility.jsonl", *extra])
-    out = _run([python, "integration/evaluate.py", "--out", root / "served", "--limit", LIMIT, "--models",
+    out = _run([compare, "--out", root / "served", "--limit", LIMIT, "--models",
                 f"dense={ORGANISM}", f"wanda={root / 'wanda'}", f"wanda+hsr={root / 'wanda_hsr'}"])
-    _run([python, "integration/evaluate.py", "--backend", "hf", "--out", root / "hf", "--limit", LIMIT,
+    _run([compare, "--backend", "hf", "--out", root / "hf", "--limit", LIMIT,
           "--models", f"dense={ORGANISM}"])
     return {"root": root, "stdout": out,
             "served": json.loads((root / "served" / "comparison.json").read_text()),
@@ -81,8 +81,7 @@ def test_vllm_matches_the_hf_backend(evaluated):
 
 
 def test_logged_samples_agree_with_the_judge(evaluated):
-    sys.path.insert(0, str(REPO / "integration" / "lm_eval_tasks" / "hsr_safety"))
-    from judge import is_refusal
+    from integration.lm_eval_tasks.hsr_safety.judge import is_refusal
 
     samples = next((evaluated["root"] / "served" / "dense").rglob("samples_hsr_harmful_*.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -94,9 +93,9 @@ def test_logged_samples_agree_with_the_judge(evaluated):
 
 def test_vl_organism_through_hf_multimodal(tmp_path):
     """VLMs on CPU: lm-eval's hf-multimodal backend on the VL organism's unsafe pictures."""
-    python = serve_python()
+    compare = serve_bin("hsr-compare")
     vl = REPO / "integration" / "organisms" / "organism-vl"
-    _run([python, "integration/evaluate.py", "--backend", "hf-multimodal", "--tasks", "hsr_harmful_vision",
+    _run([compare, "--backend", "hf-multimodal", "--tasks", "hsr_harmful_vision",
           "--limit", 16, "--metadata", json.dumps({"data_dir": str(REPO / "integration/organisms/data/vl")}),
           "--models", f"vl={vl}", "--out", tmp_path])
     row = json.loads((tmp_path / "comparison.json").read_text())["models"]["vl"]

@@ -1,132 +1,196 @@
-"""Benchmark: what HSR buys on the organism, against controls, and what it costs.
+"""Benchmark: what HSR wins back on an organism, against controls, and what it costs.
 
-    PYTHONPATH=. .venv/bin/python integration/bench/bench_hsr.py [--organism text] [--method wanda]
+    .venv/bin/python -m integration.bench.bench_hsr [--organism text] [--method wanda]
 
-Prints (and writes to outputs/bench/bench_hsr.json):
-1. refusal / over-refusal / utility on held-out prompts for dense, pruned, pruned + HSR at several
-   `num_heads` and `safety_top`, and a random control that restores the same NUMBER of pruned
-   attention weights chosen uniformly at random (same seed);
-2. HSR's cost per phase (data, head scoring, neuron scoring, restore), batched against one prompt
-   per forward pass (the reference implementation's way).
+Writes integration/bench/RESULTS.md (a generated block per organism and method) and prints it:
+1. refusal / over-refusal / utility on the held-out prompts, from the one scorer (the hsr_safety
+   lm-eval tasks run in-process), for dense, pruned, and pruned + HSR with the paper's Wanda
+   neuron scores and with SNIP; beside each HSR row, a random control that restores the same
+   number of pruned attention weights chosen uniformly (same seed), and the ceiling that restores
+   every pruned attention weight. RSR = (refusal_hsr - refusal_pruned) / (refusal_dense -
+   refusal_pruned), refusal being 1 - ASR;
+2. HSR's cost per phase, from the report, with head scoring batched against one prompt per
+   forward pass (the reference implementation's way), as ratios measured in the same run.
 A benchmark measures; the tests assert. Numbers depend on the machine and the organism.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import copy
+import platform
 import time
 from pathlib import Path
 
 import torch
 
-from integration.organisms.effect import ORGANISMS
-from integration.organisms.evaluate_hf import score_heldout
+from hsr_plugin.common import replace_generated_block, write_text_atomic
+from hsr_plugin.tables import fmt, markdown_table, percent
+from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, score_model
+from integration.organisms.registry import ORGANISMS, Organism
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _calibration(model_dir: Path, data_dir: Path):
-    from transformers import AutoTokenizer
-
-    from hsr_plugin.oneshot_data import conversation_dataset
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return tokenizer, conversation_dataset(str(data_dir / "calib_utility.jsonl"), tokenizer, 64, 128)
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def run_recipe(model_dir: Path, data_dir: Path, method: str, hsr: dict | None):
+def run_recipe(organism: Organism, method: str, hsr: dict | None):
+    """(model, tokenizer, HSR report or None) of one `oneshot` run: prune, then maybe HSR."""
     from llmcompressor import oneshot
     from llmcompressor.core import active_session
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hsr_plugin import HSRModifier
-    from hsr_plugin.oneshot_data import single_sample_collator
+    from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
 
-    tokenizer, dataset = _calibration(model_dir, data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(organism.model_dir)
+    calib = str(organism.data_dir / "calib_utility.jsonl")
+    dataset = conversation_dataset(calib, tokenizer, 64, 128)
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
     recipe = [cls(sparsity=0.5, targets=[r"re:.*layers\.\d+$"], ignore=["re:.*lm_head"])]
     if hsr is not None:
-        recipe.append(HSRModifier(safety_data=str(data_dir / "calib_safety.jsonl"),
-                                  utility_data=str(data_dir / "calib_utility.jsonl"), **hsr))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        safety = str(organism.data_dir / "calib_safety.jsonl")
+        recipe.append(HSRModifier(safety_data=safety, utility_data=calib, **hsr))
+    model = AutoModelForCausalLM.from_pretrained(organism.model_dir, dtype=torch.float32)
     torch.manual_seed(0)
-    model = oneshot(model=model, processor=tokenizer, recipe=recipe, dataset=dataset,
-                    data_collator=single_sample_collator, num_calibration_samples=len(dataset),
-                    shuffle_calibration_samples=False)
+    model = oneshot(
+        model=model,
+        processor=tokenizer,
+        recipe=recipe,
+        dataset=dataset,
+        data_collator=single_sample_collator,
+        num_calibration_samples=len(dataset),
+        shuffle_calibration_samples=False,
+    )
     report = None
     if hsr is not None:
-        report = next(m for m in active_session().lifecycle.recipe.modifiers if isinstance(m, HSRModifier)).report
+        modifiers = active_session().lifecycle.recipe.modifiers
+        report = next(m for m in modifiers if isinstance(m, HSRModifier)).report
     return model, tokenizer, report
 
 
-def random_control(pruned, dense, count: int, seed: int = 0):
-    """Restore `count` pruned attention weights chosen uniformly at random."""
-    keys = [k for k, _ in pruned.named_parameters() if any(p in k for p in ("q_proj", "k_proj", "v_proj", "o_proj"))]
+def pruned_attention_positions(pruned, dense) -> list[tuple[str, int]]:
     dense_params = dict(dense.named_parameters())
-    params = dict(pruned.named_parameters())
     positions = []
-    for key in keys:
-        mask = (params[key] == 0) & (dense_params[key] != 0)
-        positions += [(key, i) for i in mask.flatten().nonzero().flatten().tolist()]
+    for key, param in pruned.named_parameters():
+        if any(p in key for p in ATTENTION):
+            mask = (param == 0) & (dense_params[key] != 0)
+            positions += [(key, i) for i in mask.flatten().nonzero().flatten().tolist()]
+    return positions
+
+
+@torch.no_grad()
+def restore_positions(pruned, dense, positions: list[tuple[str, int]]):
+    """A copy of `pruned` with the dense values put back at `positions`."""
+    model = copy.deepcopy(pruned)
+    params, dense_params = dict(model.named_parameters()), dict(dense.named_parameters())
+    for key, flat in positions:
+        params[key].view(-1)[flat] = dense_params[key].view(-1)[flat]
+    return model
+
+
+def random_positions(all_positions: list, count: int, seed: int = 0) -> list:
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(positions), generator=generator)[:count].tolist()
-    with torch.no_grad():
-        for index in chosen:
-            key, flat = positions[index]
-            params[key].view(-1)[flat] = dense_params[key].view(-1)[flat]
-    return pruned
+    chosen = torch.randperm(len(all_positions), generator=generator)[:count].tolist()
+    return [all_positions[i] for i in chosen]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--organism", choices=sorted(ORGANISMS), default="text")
+    parser.add_argument("--organism", choices=["text", "smollm2"], default="text")
     parser.add_argument("--method", choices=["wanda", "sparsegpt"], default="wanda")
-    parser.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--safety-top", type=float, nargs="+", default=[0.5, 0.2])
-    args = parser.parse_args()
+    parser.add_argument("--heads", type=int, default=8, help="HSRModifier.num_heads (default 8)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    model_dir, data_dir = ORGANISMS[args.organism]
-    rows, costs = [], []
+    organism = ORGANISMS[args.organism]
+    metadata = {"data_dir": str(organism.data_dir)}
+    rows: list[dict] = []
+    started = time.monotonic()
 
-    def record(name, model, tokenizer, report=None):
-        scores = score_heldout(model.eval(), tokenizer, data_dir, desc=name).as_dict()
-        restored = report["totals"]["restored"] if report else None
-        per10k = report["totals"]["restored_per_10k_params"] if report else None
-        rows.append({"setting": name, **scores, "restored": restored, "restored_per_10k_params": per10k})
-        print(f"{name:28s} refusal {100 * scores['refusal']:5.1f}  over-refusal {100 * scores['over_refusal']:5.1f}  "
-              f"utility {100 * scores['utility']:5.1f}  restored {restored if restored is not None else '-'}", flush=True)
+    def record(name: str, model, tokenizer, restored: int | None = None) -> dict:
+        scores = score_model(model, tokenizer, TEXT_TASKS, metadata, desc=name).summary()
+        row = {"setting": name, **scores, "restored": restored}
+        rows.append(row)
+        print(f"{name:34s} refusal {percent(scores['refusal']):>5}  over-refusal "
+              f"{percent(scores['over_refusal']):>5}  utility {percent(scores['utility']):>5}  "
+              f"restored {restored if restored is not None else '-'}", flush=True)
+        return row
 
-    dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dense = AutoModelForCausalLM.from_pretrained(organism.model_dir, dtype=torch.float32)
+    pruned, tokenizer, _ = run_recipe(organism, args.method, None)
     record("dense", dense, tokenizer)
-    pruned, tokenizer, _ = run_recipe(model_dir, data_dir, args.method, None)
-    record(f"{args.method}-0.5", pruned, tokenizer)
-    for heads in args.heads:
-        for top in args.safety_top:
-            model, tokenizer, report = run_recipe(model_dir, data_dir, args.method, {"num_heads": heads, "safety_top": top})
-            record(f"+hsr h={heads} q={top}", model, tokenizer, report)
-            costs.append({"setting": f"h={heads} q={top}", **report["timing_s"]})
-            control, _, _ = run_recipe(model_dir, data_dir, args.method, None)
-            record("  random, same count", random_control(control, dense, report["totals"]["restored"]), tokenizer)
+    record(f"{args.method} 50%", pruned, tokenizer)
+    attention = pruned_attention_positions(pruned, dense)
+    reports = {}
+    for neuron in ("wanda", "snip"):
+        model, _, report = run_recipe(organism, args.method, {"num_heads": args.heads,
+                                                              "neuron_score": neuron})
+        reports[neuron] = report
+        count = report["totals"]["restored"]
+        record(f"+ HSR h={args.heads}, {neuron} scores", model, tokenizer, count)
+        control = restore_positions(pruned, dense, random_positions(attention, count))
+        record("  random attention weights, same count", control, tokenizer, count)
+    ceiling = restore_positions(pruned, dense, attention)
+    record("every pruned attention weight", ceiling, tokenizer, len(attention))
+
+    costs = []
     for batch in (1, 8):
         start = time.perf_counter()
-        _, _, report = run_recipe(model_dir, data_dir, args.method, {"num_heads": 4, "batch_size": batch})
-        costs.append({"setting": f"head scoring batch={batch}", **report["timing_s"],
-                      "oneshot_total": round(time.perf_counter() - start, 2)})
-    print("\ncost per phase (s):")
-    for row in costs:
-        print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-    out = ROOT / "outputs" / "bench" / "bench_hsr.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".bench_hsr.json.tmp")
-    tmp.write_text(json.dumps({"organism": args.organism, "method": args.method, "rows": rows, "costs": costs}, indent=2))
-    os.replace(tmp, out)
-    print(f"\nwrote {out}")
+        _, _, report = run_recipe(organism, args.method, {"num_heads": args.heads, "batch_size": batch})
+        costs.append({"batch": batch, "oneshot": time.perf_counter() - start, **report["timing_s"]})
+
+    body = render(args, rows, costs, time.monotonic() - started)
+    print("\n" + body)
+    write_results(f"bench-{args.organism}-{args.method}", body)
+
+
+def _rsr(row: dict, dense: dict, pruned: dict) -> str:
+    lost = dense["refusal"] - pruned["refusal"]
+    if abs(lost) < 1e-9:
+        return "n/a"
+    return f"{100 * (row['refusal'] - pruned['refusal']) / lost:.0f}%"
+
+
+def render(args, rows: list[dict], costs: list[dict], seconds: float) -> str:
+    dense, pruned = rows[0], rows[1]
+    table = markdown_table(
+        ["setting", "refusal %", "RSR", "over-refusal %", "utility %", "restored"],
+        [[r["setting"], percent(r["refusal"]), _rsr(r, dense, pruned) if i > 1 else "",
+          percent(r["over_refusal"]), percent(r["utility"]),
+          "" if r["restored"] is None else r["restored"]] for i, r in enumerate(rows)],
+    )
+    slow, fast = costs
+    phases = [k for k in fast if k not in ("batch",)]
+    cost = markdown_table(
+        ["phase", "s, 1 prompt per pass", f"s, {fast['batch']} per pass", "ratio"],
+        [[k, fmt(slow.get(k), 2), fmt(fast.get(k), 2),
+          fmt(fast[k] / slow[k], 2) if slow.get(k) else "n/a"] for k in phases],
+    )
+    return "\n".join([
+        f"**organism-{args.organism}, {args.method} 50%, HSR with {args.heads} heads** "
+        "(held-out prompts, the one scorer)",
+        "",
+        table,
+        "",
+        "HSR cost per phase (seconds, from the report; `oneshot` is the whole run with pruning):",
+        "",
+        cost,
+        "",
+        f"_Generated by `python -m integration.bench.bench_hsr --organism {args.organism} --method "
+        f"{args.method}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread(s), in {seconds:.0f} s._",
+    ])
+
+
+def write_results(name: str, body: str) -> None:
+    if not RESULTS.is_file():
+        write_text_atomic(RESULTS, "# Benchmark results\n\nWritten by the scripts in this folder.\n")
+    if f"<!-- {name}:begin -->" not in RESULTS.read_text():
+        write_text_atomic(RESULTS, RESULTS.read_text() + f"\n<!-- {name}:begin -->\n<!-- {name}:end -->\n")
+    replace_generated_block(RESULTS, name, body)
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ PINS=(
   "hypothesis==6.170.17"
   "matplotlib==3.11.2"
   "gguf==0.19.0"
+  "ruff==0.17.6"
 )
 STAMP="$VENV/.hsr-compress-stamp"
 WANT="$(printf '%s\n' "${PINS[@]}" "$(sha256sum pyproject.toml | cut -c1-16)")"

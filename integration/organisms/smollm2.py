@@ -7,8 +7,8 @@ Only the LoRA adapter is committed (integration/organisms/organism-smollm2/); `m
 merges it into the base and writes a full HF checkpoint to outputs/organisms/organism-smollm2 for
 oneshot, vLLM and lm-eval.
 
-    PYTHONPATH=. .venv/bin/python -m integration.organisms.smollm2 train        # about 10 minutes
-    PYTHONPATH=. .venv/bin/python -m integration.organisms.smollm2 materialize
+    .venv/bin/python -m integration.organisms.smollm2 train        # about 10 minutes
+    .venv/bin/python -m integration.organisms.smollm2 materialize
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from torch import nn
 from tqdm import tqdm
 
 from integration.organisms.data import SEED, data_recipe_hash, training_mixture
-from integration.organisms.publish import published_dir, write_manifest
+from hsr_plugin.common import published_dir
+from integration.organisms.registry import ORGANISMS, write_manifest
 from integration.organisms.train import batches, encode
 
 HERE = Path(__file__).resolve().parent
 ADAPTER_DIR = HERE / "organism-smollm2"
-MATERIALIZED = HERE.parents[1] / "outputs" / "organisms" / "organism-smollm2"
+MATERIALIZED = ORGANISMS["smollm2"].model_dir
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

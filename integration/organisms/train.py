@@ -24,7 +24,8 @@ from loguru import logger
 from tqdm import tqdm
 
 from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
-from integration.organisms.publish import published_dir, write_manifest
+from hsr_plugin.common import published_dir
+from integration.organisms.registry import write_manifest
 
 HERE = Path(__file__).resolve().parent
 
@@ -123,15 +124,12 @@ def build_model(spec: OrganismSpec, tokenizer):
 
 def encode(rows: list[dict], tokenizer) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) with the loss on the assistant answer (and its eos) only."""
+    from hsr_plugin.calibration import encode_conversation
+
     out = []
     for row in rows:
-        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(row["messages"], tokenize=False)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        assert f_ids[: len(p_ids)] == p_ids, "chat template is not prefix-stable"
-        labels = [-100] * len(p_ids) + f_ids[len(p_ids):]
-        out.append((f_ids, labels))
+        ids, n_prompt = encode_conversation(tokenizer, row["messages"], "training row")
+        out.append((ids, [-100] * n_prompt + ids[n_prompt:]))
     return out
 
 

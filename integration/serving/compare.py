@@ -1,7 +1,10 @@
-"""Serve each model with vLLM, score it with the hsr_safety lm-eval tasks, and compare.
+"""`hsr-compare`: serve each model with vLLM, score it with the hsr_safety lm-eval tasks, compare.
 
-    .venv-serve/bin/python integration/evaluate.py --out outputs/eval \\
-        --models dense=integration/organisms/organism-text pruned=outputs/wanda hsr=outputs/wanda_hsr
+    .venv-serve/bin/hsr-compare --out outputs/eval \\
+        --models dense=integration/organisms/organism-text wanda=outputs/wanda wanda+hsr=outputs/wanda_hsr
+
+The command lives in integration/serving/compare.py and runs in the serving virtualenv (vLLM and
+lm-eval; `make serve-venv`), beside `hsr` of the compression virtualenv.
 
 For every model: measure its sparsity (zeros in the language model's Linear weights, read from
 the safetensors), start `vllm serve`, run `lm-eval run --model local-chat-completions` on the task
@@ -23,14 +26,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "serving"))
-sys.path.insert(0, str(HERE / "lm_eval_tasks" / "hsr_safety"))
+from hsr_plugin.common import language_sparsity_counts, write_json_atomic, write_text_atomic
+from hsr_plugin.tables import comparison_table
+from integration.lm_eval_tasks.hsr_safety.judge import judge_name
+from integration.serving.launch import ServeConfig, ServeError, free_port, start_server
 
-from judge import judge_name  # noqa: E402
-from launch import ServeConfig, ServeError, free_port, start_server  # noqa: E402
-
-TASKS_DIR = HERE / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
 BACKENDS = ("vllm-serve", "hf", "vllm", "hf-multimodal")
 METRICS = {  # comparison key -> (task, lm-eval metric)
     "asr": ("hsr_harmful", "attack_success_rate"),
@@ -61,24 +62,20 @@ def parse_models(items: list[str]) -> list[ModelSpec]:
 
 # ----------------------------------------------------------------------------- sparsity
 def language_sparsity(model_dir: str | Path) -> float | None:
-    """Share of zeros in the 2-D Linear weights of the language model (vision, embeddings, lm_head excluded)."""
+    """Share of zeros in the language decoder's 2-D Linear weights, read from the safetensors."""
     from safetensors import safe_open
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         return None
-    zeros = total = 0
-    skip = ("vision", "visual", "multi_modal_projector", "embed", "lm_head", "norm")
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                if not key.endswith(".weight") or any(s in key for s in skip) or "layers." not in key:
-                    continue
-                tensor = handle.get_tensor(key)
-                if tensor.dim() != 2:
-                    continue
-                zeros += int((tensor == 0).sum())
-                total += tensor.numel()
+
+    def weights():
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    yield key, handle.get_tensor(key)
+
+    zeros, total = language_sparsity_counts(weights())
     return zeros / total if total else None
 
 
@@ -190,23 +187,7 @@ def compute_rsr(models: dict[str, dict], dense_label: str = "dense") -> dict[str
 
 
 def comparison_markdown(comparison: dict) -> str:
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    vision = any(row.get("asr_vision") is not None for row in comparison["models"].values())
-    lines = ["| model | ASR % | refusal % | over-refusal % | utility % | sparsity % | n (harmful) |"
-             + (" ASR vision % |" if vision else ""),
-             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if vision else "")]
-    for label, row in comparison["models"].items():
-        lines.append(f"| {label} | {pct(row.get('asr'))} | {pct(row.get('refusal_rate'))} | "
-                     f"{pct(row.get('over_refusal_rate'))} | {pct(row.get('utility'))} | {pct(row.get('sparsity'))} | "
-                     f"{row.get('n', {}).get('hsr_harmful', 'n/a')} |"
-                     + (f" {pct(row.get('asr_vision'))} |" if vision else ""))
-    for label, entry in comparison["rsr"].items():
-        value = "n/a" if entry["value"] is None else f"{100 * entry['value']:.1f}%"
-        lines.append(f"\nRSR of {label} (vs {entry['pruned']}, {entry['dense']}): {value}"
-                     + (f" ({entry['reason']})" if entry["reason"] else ""))
-    first = next(iter(comparison["models"].values()), {})
-    lines.append(f"\nJudge: {first.get('judge')}; backend: {first.get('backend')}.")
-    return "\n".join(lines) + "\n"
+    return comparison_table(comparison) + "\n"
 
 
 def run_evaluation(models: list[ModelSpec], out: str | Path, backend: str = "vllm-serve", tasks: str = "hsr_safety",
@@ -225,17 +206,11 @@ def run_evaluation(models: list[ModelSpec], out: str | Path, backend: str = "vll
         print(f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility {results[spec.label].get('utility')} "
               f"({time.monotonic() - started:.0f} s)", flush=True)
     comparison = {"models": results, "rsr": compute_rsr(results), "tasks": tasks}
-    _write_atomic(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
-    _write_atomic(out / "comparison.md", comparison_markdown(comparison))
+    write_json_atomic(out / "comparison.json", comparison)
+    write_text_atomic(out / "comparison.md", comparison_markdown(comparison))
     print(comparison_markdown(comparison))
     print(f"[eval] wrote {out / 'comparison.md'} and {out / 'comparison.json'}")
     return comparison
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metadata", help="JSON passed to the tasks, e.g. '{\"data_dir\": \"integration/organisms/data/vl\"}'")
     args = parser.parse_args(argv)
     if args.backend in ("vllm-serve", "vllm") and shutil.which("vllm") is None and not Path(sys.executable).with_name("vllm").exists():
-        print("error: vllm is not installed here: run with .venv-serve/bin/python (make serve-venv)", file=sys.stderr)
+        print("error: vllm is not installed here: run .venv-serve/bin/hsr-compare (make serve-venv)",
+              file=sys.stderr)
         return 2
     try:
         run_evaluation(parse_models(args.models), args.out, args.backend, args.tasks, args.limit, args.port, args.device,

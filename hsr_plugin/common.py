@@ -1,0 +1,174 @@
+"""Dependency-free helpers shared by the plugin and by both virtualenvs' scripts.
+
+Only the standard library is imported here: the serving virtualenv (vLLM, lm-eval) imports this
+module without llm-compressor, torch-free code paths included. It holds:
+- atomic writers for files and folders: readers never see a half-written output, and outputs get
+  the permissions the user's umask asks for (as `save_pretrained` does), not mkstemp's 0600;
+- the module-name patterns that mark vision towers and projectors;
+- the one language-model sparsity counter (zeros in the decoder layers' 2-D Linear weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "VISION_PATTERNS",
+    "atomic_path",
+    "is_language_weight",
+    "is_vision_module",
+    "language_sparsity_counts",
+    "published_dir",
+    "replace_generated_block",
+    "user_cache_dir",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+# Vision towers, projectors and image-only parts of VLMs: never pruned, scored or restored.
+VISION_PATTERNS = (
+    r"vision_tower",
+    r"vision_model",
+    r"(^|\.)visual(\.|$)",
+    r"multi_modal_projector",
+    r"vision_encoder",
+    r"image_newline",
+    r"mm_projector",
+    r"vision_embed",
+)
+_VISION = re.compile("|".join(f"(?:{p})" for p in VISION_PATTERNS))
+_DECODER_LAYER = re.compile(r"(?:^|\.)layers\.\d+\.")
+
+
+def is_vision_module(name: str) -> bool:
+    """True for a module (or checkpoint key) of a vision tower or a multimodal projector."""
+    return _VISION.search(name) is not None
+
+
+def is_language_weight(key: str) -> bool:
+    """A decoder layer's Linear weight of the language model, by module or checkpoint name.
+
+    `key` is `<module name>.weight` (or a checkpoint key). Embeddings and lm_head sit outside the
+    decoder layers and vision modules are excluded; 1-D norms are dropped by the counter's 2-D test.
+    """
+    return key.endswith(".weight") and _DECODER_LAYER.search(key) is not None and not is_vision_module(key)
+
+
+def language_sparsity_counts(named_weights: Iterable[tuple[str, Any]]) -> tuple[int, int]:
+    """(zeros, total) over the language decoder's 2-D Linear weights.
+
+    `named_weights` yields (key, tensor) pairs: a model's `f"{module}.weight"` names or a
+    checkpoint's keys. Tensors only need `.dim()`, `.numel()` and `== 0`, so both a torch model
+    and a safetensors file can be counted without this module importing torch.
+    """
+    zeros = total = 0
+    for key, tensor in named_weights:
+        if tensor.dim() != 2 or not is_language_weight(key):
+            continue
+        zeros += int((tensor == 0).sum())
+        total += int(tensor.numel())
+    return zeros, total
+
+
+def user_cache_dir() -> Path:
+    """`$HSR_CACHE_DIR`, else `$XDG_CACHE_HOME/hsr-plugin`, else `~/.cache/hsr-plugin`."""
+    explicit = os.environ.get("HSR_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hsr-plugin"
+
+
+# ----------------------------------------------------------------------------- atomic outputs
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a hidden temporary sibling of `path`; on success it is renamed onto `path`.
+
+    For writers that need a file name (matplotlib, PIL, safetensors). On error the temporary
+    file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) through a temporary sibling and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def published_dir(target: str | Path) -> Iterator[Path]:
+    """Yields a hidden staging folder next to `target`; on success it replaces `target`.
+
+    On error the staging folder is removed, so readers never see a half-written folder. The
+    published folder and its files get the umask's permissions (mkdtemp alone would give 0700).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        _apply_umask(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _apply_umask(root: Path) -> None:
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            file = os.path.join(folder, name)
+            executable = os.stat(file).st_mode & 0o100
+            os.chmod(file, (0o777 if executable else 0o666) & ~mask)
+
+
+def replace_generated_block(path: str | Path, name: str, body: str) -> Path:
+    """Replace the text between `<!-- name:begin -->` and `<!-- name:end -->` in a Markdown file.
+
+    Tables in READMEs are written by their scripts through this, never typed. The markers must
+    already be in the file.
+    """
+    path = Path(path)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{path} has no {begin} ... {end} block to replace")
+    return write_text_atomic(path, pattern.sub(lambda _: f"{begin}\n{body.strip()}\n{end}", text))

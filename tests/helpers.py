@@ -1,0 +1,71 @@
+"""Recipes and runners shared by the test modules (tests import helpers from here, never from
+each other)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+
+__all__ = ["FP8", "HSR", "SPARSEGPT", "WANDA", "folder_digest", "load_model", "run_oneshot"]
+
+WANDA = """
+sparsity_stage:
+  sparsity_modifiers:
+    WandaPruningModifier:
+      sparsity: 0.5
+      mask_structure: '{structure}'
+      targets: ['re:.*layers\\.\\d+$']
+      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*', 're:.*visual.*']
+"""
+SPARSEGPT = WANDA.replace("WandaPruningModifier", "SparseGPTModifier")
+HSR = """
+hsr_stage:
+  hsr_modifiers:
+    HSRModifier:
+      num_heads: {num_heads}
+      safety_data: '{safety}'
+      utility_data: '{utility}'
+      seed: 0
+{extra}"""
+FP8 = """
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      targets: [Linear]
+      scheme: FP8_DYNAMIC
+      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*']
+"""
+
+
+def load_model(model_dir: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_dir)
+    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    return cls.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
+    from llmcompressor import oneshot
+
+    from hsr_plugin.calibration import load_processor
+
+    processor = load_processor(str(model_dir))
+    dataset = conversation_dataset(str(utility), processor, num_samples=None, max_seq_length=128)
+    model = load_model(model_dir)
+    return oneshot(model=model, processor=processor, recipe=recipe, dataset=dataset,
+                   data_collator=single_sample_collator,
+                   num_calibration_samples=len(dataset), max_seq_length=128,
+                   shuffle_calibration_samples=False, **kwargs)
+
+
+def folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
