@@ -72,9 +72,15 @@ def ablate_head(
     owner = hooks if hooks is not None else HooksMixin()
     d = block.head_dim
     lo, hi = head * d, (head + 1) * d
-    plan = [("q", "forward", _scale_output(lo, hi, eps)), ("o", "forward_pre", _scale_input(lo, hi, eps))]
+    plan = [
+        ("q", "forward", _scale_output(lo, hi, eps)),
+        ("o", "forward_pre", _scale_input(lo, hi, eps)),
+    ]
     if mode == "reference":  # head is the KV group g here: its k/v rows go too
-        plan += [("k", "forward", _scale_output(lo, hi, eps)), ("v", "forward", _scale_output(lo, hi, eps))]
+        plan += [
+            ("k", "forward", _scale_output(lo, hi, eps)),
+            ("v", "forward", _scale_output(lo, hi, eps)),
+        ]
     handles = [owner.register_hook(block.projection(short), fn, kind) for short, kind, fn in plan]
     try:
         with HooksMixin.disable_hooks(keep=set(handles)):

@@ -61,7 +61,9 @@ def _text_config(model: nn.Module):
     if config is None:
         raise UnsupportedArchitectureError(f"{type(model).__name__} has no `config`")
     getter = getattr(config, "get_text_config", None)
-    text = getter(decoder=True) if callable(getter) else getattr(config, "text_config", None) or config
+    text = (
+        getter(decoder=True) if callable(getter) else getattr(config, "text_config", None) or config
+    )
     return text
 
 
@@ -69,18 +71,35 @@ def _head_counts(model: nn.Module, name: str, module: nn.Module) -> tuple[int, i
     config = _text_config(model)
     num_heads = getattr(config, "num_attention_heads", None) or getattr(module, "num_heads", None)
     if not num_heads:
-        raise UnsupportedArchitectureError(f"{name}: cannot find num_attention_heads in the (text) config")
+        raise UnsupportedArchitectureError(
+            f"{name}: cannot find num_attention_heads in the (text) config"
+        )
     num_kv = getattr(config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(module, "head_dim", None) or getattr(config, "head_dim", None)
     q, k, v, o = (getattr(module, p) for p in PROJECTIONS)
     if not head_dim:
         head_dim = q.out_features // num_heads
     checks = [
-        (q.out_features == num_heads * head_dim, f"q_proj out_features {q.out_features} != heads {num_heads} x head_dim {head_dim}"),
-        (k.out_features == num_kv * head_dim, f"k_proj out_features {k.out_features} != kv heads {num_kv} x head_dim {head_dim}"),
-        (v.out_features == num_kv * head_dim, f"v_proj out_features {v.out_features} != kv heads {num_kv} x head_dim {head_dim}"),
-        (o.in_features == num_heads * head_dim, f"o_proj in_features {o.in_features} != heads {num_heads} x head_dim {head_dim}"),
-        (num_heads % num_kv == 0, f"num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv}"),
+        (
+            q.out_features == num_heads * head_dim,
+            f"q_proj out_features {q.out_features} != heads {num_heads} x head_dim {head_dim}",
+        ),
+        (
+            k.out_features == num_kv * head_dim,
+            f"k_proj out_features {k.out_features} != kv heads {num_kv} x head_dim {head_dim}",
+        ),
+        (
+            v.out_features == num_kv * head_dim,
+            f"v_proj out_features {v.out_features} != kv heads {num_kv} x head_dim {head_dim}",
+        ),
+        (
+            o.in_features == num_heads * head_dim,
+            f"o_proj in_features {o.in_features} != heads {num_heads} x head_dim {head_dim}",
+        ),
+        (
+            num_heads % num_kv == 0,
+            f"num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -88,7 +107,9 @@ def _head_counts(model: nn.Module, name: str, module: nn.Module) -> tuple[int, i
     return int(num_heads), int(num_kv), int(head_dim)
 
 
-def find_attention_blocks(model: nn.Module, within: Iterable[str] | None = None) -> list[AttentionBlock]:
+def find_attention_blocks(
+    model: nn.Module, within: Iterable[str] | None = None
+) -> list[AttentionBlock]:
     """All language self-attention blocks, in layer order.
 
     `within`: optional names of targeted modules (e.g. decoder layers matched by the recipe's
@@ -119,10 +140,13 @@ def find_attention_blocks(model: nn.Module, within: Iterable[str] | None = None)
     if not blocks:
         raise UnsupportedArchitectureError(
             f"no language self-attention blocks with q_proj/k_proj/v_proj/o_proj found in "
-            f"{type(model).__name__}" + (" within the targeted modules" if scopes is not None else "")
+            f"{type(model).__name__}"
+            + (" within the targeted modules" if scopes is not None else "")
         )
     layers = [b.layer for b in blocks]
     if len(set(layers)) != len(layers):
         dupes = sorted({b.name for b in blocks if layers.count(b.layer) > 1})
-        raise UnsupportedArchitectureError(f"several self-attention blocks share a layer index: {dupes}")
+        raise UnsupportedArchitectureError(
+            f"several self-attention blocks share a layer index: {dupes}"
+        )
     return sorted(blocks, key=lambda b: b.layer)

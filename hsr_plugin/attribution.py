@@ -77,7 +77,9 @@ def last_token_outputs(
     return LastTokenOutputs(torch.cat(logits), torch.cat(states))
 
 
-def _score(method: HeadScoreMethod, dense: LastTokenOutputs, ablated: LastTokenOutputs, rank: int) -> float:
+def _score(
+    method: HeadScoreMethod, dense: LastTokenOutputs, ablated: LastTokenOutputs, rank: int
+) -> float:
     if method == "ships_kl":
         return float(last_token_kl(dense.logits, ablated.logits).mean())
     if method == "ships_subspace":
@@ -107,10 +109,14 @@ def score_heads(
     mode = "reference" if method == "reference" else "exact"
     with HooksMixin.disable_hooks():
         dense = last_token_outputs(model, samples, batch_size, pad_id)
-    units = [(block, head, group) for block in blocks for head, group in ablation_units(block, mode)]
+    units = [
+        (block, head, group) for block in blocks for head, group in ablation_units(block, mode)
+    ]
     scores = []
     for block, head, group in tqdm(units, desc=f"HSR head scores ({method})", disable=not progress):
         with ablate_head(block, head, eps, mode, hooks):
             ablated = last_token_outputs(model, samples, batch_size, pad_id)
-        scores.append(HeadScore(block.layer, head, group, _score(method, dense, ablated, subspace_rank)))
+        scores.append(
+            HeadScore(block.layer, head, group, _score(method, dense, ablated, subspace_rank))
+        )
     return scores

@@ -54,7 +54,9 @@ class CalibrationSample:
     attention_mask: torch.Tensor  # (1, T)
     response_mask: torch.Tensor  # (1, T) bool: the last assistant turn's tokens
     prompt_length: int  # tokens before the response: user turn(s) + generation prompt
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw, ...
+    extra: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # pixel_values, image_grid_thw, ...
 
     def prompt_inputs(self) -> dict[str, torch.Tensor]:
         """Model inputs for the prompt part only (head attribution scores these)."""
@@ -69,7 +71,9 @@ class CalibrationSample:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_conversations(spec: str, num_samples: int | None = None, seed: int = 0) -> list[Conversation]:
+def load_conversations(
+    spec: str, num_samples: int | None = None, seed: int = 0
+) -> list[Conversation]:
     """Resolve `spec` (bundled name, local path, or hub id) and subsample deterministically."""
     if not spec or not str(spec).strip():
         raise ValueError("calibration data spec is empty")
@@ -84,7 +88,9 @@ def load_conversations(spec: str, num_samples: int | None = None, seed: int = 0)
         elif path.suffix == ".json" or path.is_dir():
             conversations = load_vlguard(path, split or "unsafes")
         else:
-            raise ValueError(f"{path}: expected a .jsonl file in the HSR format or a VLGuard train.json")
+            raise ValueError(
+                f"{path}: expected a .jsonl file in the HSR format or a VLGuard train.json"
+            )
     else:
         conversations = _load_hub(path_part, split)
     if not conversations:
@@ -133,10 +139,14 @@ def _conversation(messages: Any, image: Any, root: Path, where: str) -> Conversa
         image_path = (root / image).resolve()
         if not image_path.is_file():
             raise ValueError(f"{where}: image {image_path} does not exist")
-    return Conversation(tuple({"role": m["role"], "content": m["content"]} for m in messages), image_path, where)
+    return Conversation(
+        tuple({"role": m["role"], "content": m["content"]} for m in messages), image_path, where
+    )
 
 
-def load_vlguard(path: str | Path, split: str, image_root: str | Path | None = None) -> list[Conversation]:
+def load_vlguard(
+    path: str | Path, split: str, image_root: str | Path | None = None
+) -> list[Conversation]:
     """VLGuard train format, split as the paper builds it.
 
     `unsafes`: unsafe images with their instruction and (refusal) response; `safe_safes`: safe
@@ -169,9 +179,14 @@ def load_vlguard(path: str | Path, split: str, image_root: str | Path | None = N
             else:
                 continue
             if instruction:
-                messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": pair.get("response", "")}]
+                messages = [
+                    {"role": "user", "content": instruction},
+                    {"role": "assistant", "content": pair.get("response", "")},
+                ]
                 image = item.get("image")
-                out.append(_conversation(messages, str(root / image) if image else None, root, where))
+                out.append(
+                    _conversation(messages, str(root / image) if image else None, root, where)
+                )
     return out
 
 
@@ -197,7 +212,10 @@ def _load_hub(dataset_id: str, split: str) -> list[Conversation]:
     for index, row in enumerate(data):
         messages = row.get("messages")
         if messages is None and "prompt" in row and "response" in row:
-            messages = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+            messages = [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["response"]},
+            ]
         out.append(_conversation(messages, None, Path("."), f"{dataset_id}[{index}]"))
     return out
 
@@ -214,7 +232,9 @@ def load_processor(model_or_path: str, processor: Any = None) -> Any:
     for loader in (AutoProcessor, AutoTokenizer):
         try:
             loaded = loader.from_pretrained(source)
-            if getattr(loaded, "chat_template", None) or getattr(getattr(loaded, "tokenizer", None), "chat_template", None):
+            if getattr(loaded, "chat_template", None) or getattr(
+                getattr(loaded, "tokenizer", None), "chat_template", None
+            ):
                 return loaded
             errors.append(f"{loader.__name__}: no chat template")
         except Exception as err:  # noqa: BLE001 - report every attempt
@@ -234,7 +254,9 @@ def _has_images(processor: Any) -> bool:
 
 
 def _chat(processor: Any, messages: list[dict], add_generation_prompt: bool) -> str:
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def _with_image_part(messages: tuple[dict, ...]) -> list[dict]:
@@ -249,7 +271,9 @@ def _with_image_part(messages: tuple[dict, ...]) -> list[dict]:
     return out
 
 
-def render_samples(conversations: Iterable[Conversation], processor: Any, max_seq_length: int) -> list[CalibrationSample]:
+def render_samples(
+    conversations: Iterable[Conversation], processor: Any, max_seq_length: int
+) -> list[CalibrationSample]:
     """Render with the model's chat template, tokenize, and mark the response tokens.
 
     The prompt (everything before the last assistant turn, plus the generation prompt) must be a
@@ -277,7 +301,9 @@ def _check_prefix(full_ids: list[int], prompt_ids: list[int], source: str) -> in
     return n_prompt
 
 
-def encode_conversation(tokenizer: Any, messages: list[dict], source: str = "conversation") -> tuple[list[int], int]:
+def encode_conversation(
+    tokenizer: Any, messages: list[dict], source: str = "conversation"
+) -> tuple[list[int], int]:
     """(token ids of the whole conversation, number of prompt tokens), text only.
 
     The prompt is every turn before the last (the response) plus the generation prompt, rendered
@@ -306,16 +332,26 @@ def _render_one(conv: Conversation, processor: Any, max_seq_length: int) -> Cali
 
         with Image.open(conv.image) as img:
             image = img.convert("RGB")
-        full = processor(text=[full_text], images=[image], return_tensors="pt", add_special_tokens=False)
-        prompt = processor(text=[prompt_text], images=[image], return_tensors="pt", add_special_tokens=False)
-        extra = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)}
+        full = processor(
+            text=[full_text], images=[image], return_tensors="pt", add_special_tokens=False
+        )
+        prompt = processor(
+            text=[prompt_text], images=[image], return_tensors="pt", add_special_tokens=False
+        )
+        extra = {
+            k: v
+            for k, v in full.items()
+            if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)
+        }
         full_ids, prompt_ids = full["input_ids"][0], prompt["input_ids"][0]
     else:
         full_ids = torch.tensor(tokenizer(full_text, add_special_tokens=False)["input_ids"])
         prompt_ids = torch.tensor(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     n_prompt = _check_prefix(full_ids.tolist(), prompt_ids.tolist(), conv.source)
     if n_prompt >= max_seq_length:
-        raise ValueError(f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}")
+        raise ValueError(
+            f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}"
+        )
     if len(full_ids) > max_seq_length:
         logger.debug(f"{conv.source}: response truncated to fit max_seq_length={max_seq_length}")
         full_ids = full_ids[:max_seq_length]

@@ -1,8 +1,8 @@
 """The `hsr` command line: compress with a recipe, summarise a report, run the demo.
 
-    hsr compress --model MODEL --recipe recipes/wanda_hsr.yaml --output OUT [--dataset DATA]
-    hsr report OUT/hsr_report.json [--comparison EVAL/comparison.json] [--out DIR]
-    hsr demo [--out outputs/demo]
+hsr compress --model MODEL --recipe recipes/wanda_hsr.yaml --output OUT [--dataset DATA]
+hsr report OUT/hsr_report.json [--comparison EVAL/comparison.json] [--out DIR]
+hsr demo [--out outputs/demo]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    comp = sub.add_parser("compress", help="run llm-compressor's oneshot with a recipe (HSR registered)")
+    comp = sub.add_parser(
+        "compress", help="run llm-compressor's oneshot with a recipe (HSR registered)"
+    )
     comp.add_argument("--model", required=True, help="model id or local directory (never modified)")
     comp.add_argument("--recipe", required=True, help="llm-compressor YAML recipe")
     comp.add_argument("--output", required=True, help="output directory (written atomically)")
@@ -33,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pruning calibration data: a conversational JSONL in the plugin's format, "
         "or a dataset name/id that oneshot understands (e.g. open_platypus)",
     )
-    comp.add_argument("--num-samples", type=int, default=128, help="calibration samples (default 128)")
+    comp.add_argument(
+        "--num-samples", type=int, default=128, help="calibration samples (default 128)"
+    )
     comp.add_argument("--max-seq-length", type=int, default=512, help="default 512")
     comp.add_argument("--seed", type=int, default=0, help="seed for sampling calibration rows")
     comp.add_argument(
@@ -44,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODIFIER.FIELD=VALUE",
         help="override a recipe field, e.g. --set HSRModifier.num_heads=4 (repeatable)",
     )
-    comp.add_argument("--pipeline", default="independent", help="oneshot pipeline (default independent)")
-    comp.add_argument("--sequential-targets", nargs="*", default=None, help="decoder layer class names")
-    comp.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    comp.add_argument(
+        "--pipeline", default="independent", help="oneshot pipeline (default independent)"
+    )
+    comp.add_argument(
+        "--sequential-targets", nargs="*", default=None, help="decoder layer class names"
+    )
+    comp.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output directory"
+    )
 
     rep = sub.add_parser("report", help="summarise an HSR report and draw its plots")
     rep.add_argument("report", help="hsr_report.json written by HSRModifier")
@@ -107,7 +117,9 @@ def compress(args: argparse.Namespace) -> Path:
         oneshot(**oneshot_kwargs)
         (staging / "hsr_recipe_resolved.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     report = output / REPORT_NAME
-    logger.info(f"hsr compress: model saved to {output}" + (f", report {report}" if report.exists() else ""))
+    logger.info(
+        f"hsr compress: model saved to {output}" + (f", report {report}" if report.exists() else "")
+    )
     return output
 
 

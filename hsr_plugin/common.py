@@ -59,7 +59,11 @@ def is_language_weight(key: str) -> bool:
     `key` is `<module name>.weight` (or a checkpoint key). Embeddings and lm_head sit outside the
     decoder layers and vision modules are excluded; 1-D norms are dropped by the counter's 2-D test.
     """
-    return key.endswith(".weight") and _DECODER_LAYER.search(key) is not None and not is_vision_module(key)
+    return (
+        key.endswith(".weight")
+        and _DECODER_LAYER.search(key) is not None
+        and not is_vision_module(key)
+    )
 
 
 def language_sparsity_counts(named_weights: Iterable[tuple[str, Any]]) -> tuple[int, int]:
@@ -103,7 +107,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

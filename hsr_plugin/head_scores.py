@@ -14,14 +14,22 @@ import math
 
 import torch
 
-__all__ = ["last_token_kl", "principal_angle_score", "reference_angle_score", "rank_heads", "select_top_heads"]
+__all__ = [
+    "last_token_kl",
+    "principal_angle_score",
+    "reference_angle_score",
+    "rank_heads",
+    "select_top_heads",
+]
 
 HeadKey = tuple[int, int]
 
 
 def last_token_kl(dense_logits: torch.Tensor, ablated_logits: torch.Tensor) -> torch.Tensor:
     if dense_logits.shape != ablated_logits.shape or dense_logits.dim() != 2:
-        raise ValueError(f"need two (N, vocab) logit tensors of one shape, got {tuple(dense_logits.shape)} and {tuple(ablated_logits.shape)}")
+        raise ValueError(
+            f"need two (N, vocab) logit tensors of one shape, got {tuple(dense_logits.shape)} and {tuple(ablated_logits.shape)}"
+        )
     log_p = torch.log_softmax(dense_logits.double(), dim=-1)
     log_q = torch.log_softmax(ablated_logits.double(), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0)
@@ -32,9 +40,13 @@ def _leading_subspace(states: torch.Tensor, rank: int) -> torch.Tensor:
     return vh[:rank].T  # (d, rank), orthonormal columns
 
 
-def principal_angle_score(dense_states: torch.Tensor, ablated_states: torch.Tensor, rank: int = 1) -> float:
+def principal_angle_score(
+    dense_states: torch.Tensor, ablated_states: torch.Tensor, rank: int = 1
+) -> float:
     if dense_states.shape != ablated_states.shape or dense_states.dim() != 2:
-        raise ValueError(f"need two (N, d) state tensors of one shape, got {tuple(dense_states.shape)} and {tuple(ablated_states.shape)}")
+        raise ValueError(
+            f"need two (N, d) state tensors of one shape, got {tuple(dense_states.shape)} and {tuple(ablated_states.shape)}"
+        )
     n, d = dense_states.shape
     if not 1 <= rank <= min(n, d):
         raise ValueError(f"subspace_rank {rank} must lie in [1, min(N={n}, d={d})]")

@@ -20,12 +20,18 @@ __all__ = [
     "sparsegpt_scores",
 ]
 
-_EMPTY = "no response tokens were seen for this matrix: check the calibration data (empty responses?)"
+_EMPTY = (
+    "no response tokens were seen for this matrix: check the calibration data (empty responses?)"
+)
 
 
-def _select_tokens(inputs: torch.Tensor, token_mask: torch.Tensor | None, in_features: int) -> torch.Tensor:
+def _select_tokens(
+    inputs: torch.Tensor, token_mask: torch.Tensor | None, in_features: int
+) -> torch.Tensor:
     if inputs.shape[-1] != in_features:
-        raise ValueError(f"inputs have {inputs.shape[-1]} features, the matrix expects {in_features}")
+        raise ValueError(
+            f"inputs have {inputs.shape[-1]} features, the matrix expects {in_features}"
+        )
     flat = inputs.reshape(-1, in_features)
     if token_mask is None:
         return flat
@@ -90,7 +96,9 @@ class GradientSaliencyAccumulator:
 
     def update(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
         if weight.shape != grad.shape:
-            raise ValueError(f"weight {tuple(weight.shape)} and gradient {tuple(grad.shape)} differ in shape")
+            raise ValueError(
+                f"weight {tuple(weight.shape)} and gradient {tuple(grad.shape)} differ in shape"
+            )
         saliency = (weight.detach().float() * grad.detach().float()).abs().cpu()
         self._scores = saliency if self._scores is None else self._scores + saliency
         self._count += 1
@@ -108,11 +116,17 @@ class GradientSaliencyAccumulator:
 def wanda_scores(weight: torch.Tensor, squared_norms: torch.Tensor) -> torch.Tensor:
     """|W[r, c]| * ||X[:, c]||_2."""
     if weight.dim() != 2 or squared_norms.shape != (weight.shape[1],):
-        raise ValueError(f"need a 2-D weight and one norm per input feature; got {tuple(weight.shape)} and {tuple(squared_norms.shape)}")
-    return weight.detach().double().abs() * squared_norms.to(weight.device).double().clamp(min=0).sqrt().unsqueeze(0)
+        raise ValueError(
+            f"need a 2-D weight and one norm per input feature; got {tuple(weight.shape)} and {tuple(squared_norms.shape)}"
+        )
+    return weight.detach().double().abs() * squared_norms.to(weight.device).double().clamp(
+        min=0
+    ).sqrt().unsqueeze(0)
 
 
-def sparsegpt_scores(weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
+def sparsegpt_scores(
+    weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01
+) -> torch.Tensor:
     """W[r, c]^2 / [H^-1]_cc^2, with damping = fraction of the mean diagonal added to H.
 
     As SparseGPT does, inputs that never fire (H_cc = 0) get H_cc = 1; their weights score

@@ -28,7 +28,12 @@ from llmcompressor.utils.helpers import DisableQuantization, eval_context
 from hsr_plugin.architecture import AttentionBlock, find_attention_blocks
 from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.attribution import HeadScore, score_heads
-from hsr_plugin.calibration import CalibrationSample, load_conversations, load_processor, render_samples
+from hsr_plugin.calibration import (
+    CalibrationSample,
+    load_conversations,
+    load_processor,
+    render_samples,
+)
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
@@ -54,7 +59,12 @@ class _Plan:
     __slots__ = ("module", "candidates", "slices", "priority")
 
     def __init__(self, module, candidates, slices, priority):
-        self.module, self.candidates, self.slices, self.priority = module, candidates, slices, priority
+        self.module, self.candidates, self.slices, self.priority = (
+            module,
+            candidates,
+            slices,
+            priority,
+        )
 
 
 class HSRModifier(Modifier):
@@ -167,7 +177,9 @@ class HSRModifier(Modifier):
         self._earlier_pruning = self._check_recipe_order()
         blocks = self._find_blocks(model)
         if self.num_heads > sum(len(self._units(b)) for b in blocks):
-            raise ValueError(f"num_heads={self.num_heads} exceeds the {sum(len(self._units(b)) for b in blocks)} heads scored")
+            raise ValueError(
+                f"num_heads={self.num_heads} exceeds the {sum(len(self._units(b)) for b in blocks)} heads scored"
+            )
         if self.dense_model is not None:
             self._dense = SafetensorsDenseSource(self.dense_model)
             self._dense.check({name: mod for b in blocks for _, name, mod in b.projections()})
@@ -233,11 +245,18 @@ class HSRModifier(Modifier):
     def _find_blocks(self, model) -> list[AttentionBlock]:
         targeted = [name for name, _ in match_named_modules(model, self.targets, self.ignore)]
         if not targeted:
-            raise ValueError(f"HSRModifier targets {self.targets} match no module of {type(model).__name__} (ignore={self.ignore})")
+            raise ValueError(
+                f"HSRModifier targets {self.targets} match no module of {type(model).__name__} (ignore={self.ignore})"
+            )
         blocks = find_attention_blocks(model, within=targeted)
-        ignored = {name for name, _ in match_named_modules(model, self.ignore)} if self.ignore else set()
-        kept = [b for b in blocks
-                if b.name not in ignored and not any(name in ignored for _, name, _ in b.projections())]
+        ignored = (
+            {name for name, _ in match_named_modules(model, self.ignore)} if self.ignore else set()
+        )
+        kept = [
+            b
+            for b in blocks
+            if b.name not in ignored and not any(name in ignored for _, name, _ in b.projections())
+        ]
         if not kept:
             raise ValueError(f"HSRModifier: every self-attention block is ignored by {self.ignore}")
         return kept
@@ -260,8 +279,15 @@ class HSRModifier(Modifier):
     def _score_and_plan(self, model, blocks, safety, utility, pad_id: int) -> None:
         start = time.perf_counter()
         self._head_scores = score_heads(
-            model, blocks, safety, self.head_score, self.ablation_eps, self.subspace_rank,
-            self.batch_size, pad_id, hooks=self,
+            model,
+            blocks,
+            safety,
+            self.head_score,
+            self.ablation_eps,
+            self.subspace_rank,
+            self.batch_size,
+            pad_id,
+            hooks=self,
         )
         ranked = rank_heads({(s.layer, s.head): s.score for s in self._head_scores})
         self._selected = select_top_heads(ranked, self.num_heads)
@@ -287,9 +313,16 @@ class HSRModifier(Modifier):
                     weight = module.weight.detach()
                     i_s = importance_scores(self.neuron_score, stats_s[name], weight)
                     i_u = importance_scores(self.neuron_score, stats_u[name], weight)
-                candidates = candidate_mask(i_s, i_u, self.safety_top, self.utility_top, self.utility_max)
+                candidates = candidate_mask(
+                    i_s, i_u, self.safety_top, self.utility_top, self.utility_max
+                )
                 slices = union_head_slices(
-                    tuple(weight.shape), short, by_layer[block.layer], block.head_dim, block.num_heads, self.head_slicing
+                    tuple(weight.shape),
+                    short,
+                    by_layer[block.layer],
+                    block.head_dim,
+                    block.num_heads,
+                    self.head_slicing,
                 )
                 self._plans[name] = _Plan(module, candidates.cpu(), slices, i_s.float().cpu())
         self._timing["neuron_scoring"] = time.perf_counter() - start
@@ -311,7 +344,15 @@ class HSRModifier(Modifier):
         nm = parse_nm(self.preserve_nm)
         rows = []
         for name, plan in self._plans.items():
-            stats = restore_matrix(name, plan.module, self._dense.get(name), plan.candidates, plan.slices, nm, plan.priority)
+            stats = restore_matrix(
+                name,
+                plan.module,
+                self._dense.get(name),
+                plan.candidates,
+                plan.slices,
+                nm,
+                plan.priority,
+            )
             rows.append(stats.as_report())
         self._timing["restore"] = time.perf_counter() - start
         self._restored = True

@@ -51,7 +51,10 @@ class _CurrentSample:
 
 @contextmanager
 def _input_hooks(
-    modules: dict[str, nn.Linear], stats: MatrixStatistics, current: _CurrentSample, owner: HooksMixin
+    modules: dict[str, nn.Linear],
+    stats: MatrixStatistics,
+    current: _CurrentSample,
+    owner: HooksMixin,
 ) -> Iterator[None]:
     def make(name: str):
         def hook(_module, args):
@@ -59,7 +62,9 @@ def _input_hooks(
 
         return hook
 
-    handles = {owner.register_hook(module, make(name), "forward_pre") for name, module in modules.items()}
+    handles = {
+        owner.register_hook(module, make(name), "forward_pre") for name, module in modules.items()
+    }
     try:
         with HooksMixin.disable_hooks(keep=handles):
             yield
@@ -85,7 +90,9 @@ def collect_statistics(
     if method == "snip":
         return _collect_snip(model, modules, samples, desc, progress)
     factory = InputNormAccumulator if method == "wanda" else HessianAccumulator
-    stats = MatrixStatistics({name: factory(module.in_features) for name, module in modules.items()})
+    stats = MatrixStatistics(
+        {name: factory(module.in_features) for name, module in modules.items()}
+    )
     device = _device(model)
     current = _CurrentSample()
     owner = hooks if hooks is not None else HooksMixin()
@@ -109,10 +116,16 @@ def _collect_snip(model, modules, samples, desc, progress) -> MatrixStatistics:
         with torch.enable_grad(), HooksMixin.disable_hooks():
             for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
                 inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
-                labels = torch.where(sample.response_mask.to(device), inputs["input_ids"], torch.full_like(inputs["input_ids"], -100))
+                labels = torch.where(
+                    sample.response_mask.to(device),
+                    inputs["input_ids"],
+                    torch.full_like(inputs["input_ids"], -100),
+                )
                 loss = model(**inputs, labels=labels, use_cache=False).loss
                 if not torch.isfinite(loss):
-                    raise ValueError("SNIP: the response NLL is not finite; check the calibration data")
+                    raise ValueError(
+                        "SNIP: the response NLL is not finite; check the calibration data"
+                    )
                 loss.backward()
                 for name, module in modules.items():
                     stats[name].update(module.weight, module.weight.grad)
@@ -127,10 +140,14 @@ def _collect_snip(model, modules, samples, desc, progress) -> MatrixStatistics:
 def _check_seen(stats: MatrixStatistics) -> None:
     empty = [name for name, acc in stats.items() if acc.count == 0]
     if empty:
-        raise ValueError(f"no response tokens reached {empty[0]} (and {len(empty) - 1} more): check the calibration data")
+        raise ValueError(
+            f"no response tokens reached {empty[0]} (and {len(empty) - 1} more): check the calibration data"
+        )
 
 
-def importance_scores(method: NeuronScore, accumulator: Accumulator, weight: torch.Tensor) -> torch.Tensor:
+def importance_scores(
+    method: NeuronScore, accumulator: Accumulator, weight: torch.Tensor
+) -> torch.Tensor:
     """Importance of every element of `weight`, from one matrix's statistics."""
     if method == "wanda":
         return wanda_scores(weight, accumulator.squared_norms())

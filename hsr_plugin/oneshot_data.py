@@ -18,7 +18,11 @@ __all__ = ["calibration_kwargs", "conversation_dataset", "single_sample_collator
 
 
 def calibration_kwargs(
-    spec: str, processor: Any, num_samples: int | None = 128, max_seq_length: int = 512, seed: int = 0
+    spec: str,
+    processor: Any,
+    num_samples: int | None = 128,
+    max_seq_length: int = 512,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """`oneshot`'s calibration arguments for a plugin-format JSONL (or any set HSR can load).
 

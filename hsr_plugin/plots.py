@@ -79,7 +79,12 @@ def plot_safety_bars(comparison: dict[str, Any], path: str | Path) -> Path:
         bars = ax.bar(labels, [0 if v is None else v for v in values], color=colors[: len(labels)])
         for bar, value in zip(bars, values):
             text = "n/a" if value is None else f"{value:.1f}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 105)
         ax.set_ylabel("%")

@@ -60,8 +60,13 @@ def restore_matrix(
         if preserve_nm is not None:
             mask = nm_compatible_mask(mask, current, *preserve_nm, priority=priority)
         restored = int(mask.sum())
-        stats = RestoreStats(name, restored, int((pruned & head_slices.to(current.device)).sum()),
-                             int((candidates.to(current.device) & head_slices.to(current.device)).sum()), int(pruned.sum()))
+        stats = RestoreStats(
+            name,
+            restored,
+            int((pruned & head_slices.to(current.device)).sum()),
+            int((candidates.to(current.device) & head_slices.to(current.device)).sum()),
+            int(pruned.sum()),
+        )
         if restored:
             new_weight = apply_restore(current, dense_weight, mask)
     if restored:

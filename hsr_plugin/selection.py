@@ -61,7 +61,9 @@ def candidate_mask(
     if not 0.0 < safety_top <= 1.0:
         raise ValueError(f"safety_top (q) must lie in (0, 1], got {safety_top}")
     if not 0.0 <= utility_top <= utility_max <= 1.0:
-        raise ValueError(f"need 0 <= utility_top (p) <= utility_max (p_max) <= 1, got p={utility_top}, p_max={utility_max}")
+        raise ValueError(
+            f"need 0 <= utility_top (p) <= utility_max (p_max) <= 1, got p={utility_top}, p_max={utility_max}"
+        )
     safety = top_fraction_mask(safety_scores, safety_top)
     within_max = top_fraction_mask(utility_scores, utility_max)
     utility_critical = top_fraction_mask(utility_scores, utility_top)
@@ -77,7 +79,9 @@ def pruned_mask(pruned_weight: torch.Tensor, dense_weight: torch.Tensor) -> torc
     return (pruned_weight == 0) & (dense_weight.to(pruned_weight.device) != 0)
 
 
-def restore_mask(candidates: torch.Tensor, head_slices: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+def restore_mask(
+    candidates: torch.Tensor, head_slices: torch.Tensor, pruned: torch.Tensor
+) -> torch.Tensor:
     if not candidates.shape == head_slices.shape == pruned.shape:
         raise ValueError(
             f"mask shapes differ: candidates {tuple(candidates.shape)}, slices {tuple(head_slices.shape)}, "
@@ -86,7 +90,9 @@ def restore_mask(candidates: torch.Tensor, head_slices: torch.Tensor, pruned: to
     return candidates & head_slices & pruned
 
 
-def apply_restore(pruned_weight: torch.Tensor, dense_weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def apply_restore(
+    pruned_weight: torch.Tensor, dense_weight: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """A new tensor: dense values on `mask`, the pruned weight's values elsewhere (its dtype)."""
     if not pruned_weight.shape == dense_weight.shape == mask.shape:
         raise ValueError(
@@ -97,7 +103,11 @@ def apply_restore(pruned_weight: torch.Tensor, dense_weight: torch.Tensor, mask:
 
 
 def nm_compatible_mask(
-    restore: torch.Tensor, pruned_weight: torch.Tensor, n: int, m: int, priority: torch.Tensor | None = None
+    restore: torch.Tensor,
+    pruned_weight: torch.Tensor,
+    n: int,
+    m: int,
+    priority: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Drop restorations that would put more than n nonzeros into a group of m consecutive inputs.
 
@@ -112,7 +122,9 @@ def nm_compatible_mask(
         raise ValueError("restore mask and weight differ in shape")
     groups = restore.reshape(rows, cols // m, m)
     room = (n - (pruned_weight != 0).reshape(rows, cols // m, m).sum(-1)).clamp(min=0)
-    prio = (priority if priority is not None else torch.zeros_like(pruned_weight, dtype=torch.float32))
+    prio = (
+        priority if priority is not None else torch.zeros_like(pruned_weight, dtype=torch.float32)
+    )
     prio = prio.reshape(rows, cols // m, m).double()
     # rank restorations inside each group: candidates first, by priority, then by position
     key = torch.where(groups, prio, torch.full_like(prio, -math.inf))

@@ -77,9 +77,15 @@ def _check(shape, projection, head, kv_group, head_dim, num_heads, mode) -> tupl
         raise ValueError(f"kv_group must be >= 0, got {kv_group}")
     if mode == "exact":
         if projection == "q" and rows < num_heads * head_dim:
-            raise ValueError(f"q_proj has {rows} rows, fewer than num_heads*head_dim = {num_heads * head_dim}")
+            raise ValueError(
+                f"q_proj has {rows} rows, fewer than num_heads*head_dim = {num_heads * head_dim}"
+            )
         if projection in ("k", "v") and (kv_group + 1) * head_dim > rows:
-            raise ValueError(f"{projection}_proj has {rows} rows; KV group {kv_group} needs {(kv_group + 1) * head_dim}")
+            raise ValueError(
+                f"{projection}_proj has {rows} rows; KV group {kv_group} needs {(kv_group + 1) * head_dim}"
+            )
         if projection == "o" and cols < num_heads * head_dim:
-            raise ValueError(f"o_proj has {cols} columns, fewer than num_heads*head_dim = {num_heads * head_dim}")
+            raise ValueError(
+                f"o_proj has {cols} columns, fewer than num_heads*head_dim = {num_heads * head_dim}"
+            )
     return rows, cols

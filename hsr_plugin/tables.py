@@ -23,7 +23,9 @@ COMPARISON_COLUMNS = (
 )
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1
+) -> str:
     """A GitHub Markdown table; columns from `numeric_from` on are right-aligned."""
     align = ["---" if i < numeric_from else "---:" for i in range(len(headers))]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]

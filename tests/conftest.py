@@ -35,6 +35,10 @@ def calib_files(tmp_path_factory) -> dict[str, Path]:
     return {
         "safety": tiny_models.write_jsonl(root / "safety.jsonl", tiny_models.SAFETY_ROWS),
         "utility": tiny_models.write_jsonl(root / "utility.jsonl", tiny_models.UTILITY_ROWS),
-        "safety_vl": tiny_models.write_jsonl(root / "safety_vl.jsonl", tiny_models.SAFETY_ROWS, image=image.name),
-        "utility_vl": tiny_models.write_jsonl(root / "utility_vl.jsonl", tiny_models.UTILITY_ROWS, image="safe.png"),
+        "safety_vl": tiny_models.write_jsonl(
+            root / "safety_vl.jsonl", tiny_models.SAFETY_ROWS, image=image.name
+        ),
+        "utility_vl": tiny_models.write_jsonl(
+            root / "utility_vl.jsonl", tiny_models.UTILITY_ROWS, image="safe.png"
+        ),
     }

@@ -57,10 +57,17 @@ def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
     processor = load_processor(str(model_dir))
     dataset = conversation_dataset(str(utility), processor, num_samples=None, max_seq_length=128)
     model = load_model(model_dir)
-    return oneshot(model=model, processor=processor, recipe=recipe, dataset=dataset,
-                   data_collator=single_sample_collator,
-                   num_calibration_samples=len(dataset), max_seq_length=128,
-                   shuffle_calibration_samples=False, **kwargs)
+    return oneshot(
+        model=model,
+        processor=processor,
+        recipe=recipe,
+        dataset=dataset,
+        data_collator=single_sample_collator,
+        num_calibration_samples=len(dataset),
+        max_seq_length=128,
+        shuffle_calibration_samples=False,
+        **kwargs,
+    )
 
 
 def folder_digest(folder: Path) -> str:

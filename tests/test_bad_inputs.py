@@ -42,13 +42,20 @@ def _recipe(calib, extra="", prune=True):
 
 
 def test_no_pruning_stage_before_hsr(model_dirs, calib_files):
-    with pytest.raises(ValueError, match="needs a pruning modifier before it.*after the sparsity stage"):
+    with pytest.raises(
+        ValueError, match="needs a pruning modifier before it.*after the sparsity stage"
+    ):
         run_oneshot(model_dirs["llama"], _recipe(calib_files, prune=False), calib_files["utility"])
 
 
 def test_quantization_before_hsr(model_dirs, calib_files):
-    recipe = WANDA.format(structure="0:0") + FP8 + HSR.format(
-        num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
+    recipe = (
+        WANDA.format(structure="0:0")
+        + FP8
+        + HSR.format(
+            num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra=""
+        )
+    )
     with pytest.raises(ValueError, match="BEFORE quantization"):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
@@ -75,7 +82,9 @@ def test_dense_source_with_inconsistent_shapes(model_dirs, calib_files, tmp_path
 def test_empty_calibration_data(model_dirs, calib_files, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    recipe = WANDA.format(structure="0:0") + HSR.format(num_heads=2, safety=empty, utility=calib_files["utility"], extra="")
+    recipe = WANDA.format(structure="0:0") + HSR.format(
+        num_heads=2, safety=empty, utility=calib_files["utility"], extra=""
+    )
     with pytest.raises(ValueError, match="is empty"):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
@@ -83,21 +92,27 @@ def test_empty_calibration_data(model_dirs, calib_files, tmp_path):
 def test_bad_calibration_row_names_file_and_line(model_dirs, calib_files, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
-    recipe = WANDA.format(structure="0:0") + HSR.format(num_heads=2, safety=bad, utility=calib_files["utility"], extra="")
+    recipe = WANDA.format(structure="0:0") + HSR.format(
+        num_heads=2, safety=bad, utility=calib_files["utility"], extra=""
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl:1: the last turn must be the assistant"):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_unknown_dataset_offline(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + HSR.format(
-        num_heads=2, safety="nobody/no-such-dataset", utility=calib_files["utility"], extra="")
-    with pytest.raises(ValueError, match="not a bundled set .*hsr-safety-mini.*not an existing local path"):
+        num_heads=2, safety="nobody/no-such-dataset", utility=calib_files["utility"], extra=""
+    )
+    with pytest.raises(
+        ValueError, match="not a bundled set .*hsr-safety-mini.*not an existing local path"
+    ):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
 def test_too_many_heads(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + HSR.format(
-        num_heads=99, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
+        num_heads=99, safety=calib_files["safety"], utility=calib_files["utility"], extra=""
+    )
     with pytest.raises(ValueError, match="num_heads=99 exceeds the 8 heads"):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
@@ -117,7 +132,10 @@ class _FusedModel(nn.Module):
 
 
 def test_fused_qkv_is_an_unsupported_architecture():
-    with pytest.raises(UnsupportedArchitectureError, match=r"layers.0.self_attn.qkv_proj: fused attention projection"):
+    with pytest.raises(
+        UnsupportedArchitectureError,
+        match=r"layers.0.self_attn.qkv_proj: fused attention projection",
+    ):
         find_attention_blocks(_FusedModel())
 
 

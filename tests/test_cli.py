@@ -14,14 +14,35 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _compress(model, out, calib, *extra):
-    return main(["compress", "--model", str(model), "--recipe", "recipes/wanda_hsr.yaml", "--output", str(out),
-                 "--dataset", str(calib["utility"]), "--num-samples", "6", "--max-seq-length", "128",
-                 "--set", f"HSRModifier.safety_data={calib['safety']}",
-                 "--set", f"HSRModifier.utility_data={calib['utility']}",
-                 "--set", "HSRModifier.num_heads=2", *extra])
+    return main(
+        [
+            "compress",
+            "--model",
+            str(model),
+            "--recipe",
+            "recipes/wanda_hsr.yaml",
+            "--output",
+            str(out),
+            "--dataset",
+            str(calib["utility"]),
+            "--num-samples",
+            "6",
+            "--max-seq-length",
+            "128",
+            "--set",
+            f"HSRModifier.safety_data={calib['safety']}",
+            "--set",
+            f"HSRModifier.utility_data={calib['utility']}",
+            "--set",
+            "HSRModifier.num_heads=2",
+            *extra,
+        ]
+    )
 
 
-def test_compress_writes_model_report_and_resolved_recipe(model_dirs, calib_files, tmp_path, monkeypatch):
+def test_compress_writes_model_report_and_resolved_recipe(
+    model_dirs, calib_files, tmp_path, monkeypatch
+):
     monkeypatch.chdir(REPO)
     before = folder_digest(model_dirs["llama"])
     out = tmp_path / "out"
@@ -30,7 +51,9 @@ def test_compress_writes_model_report_and_resolved_recipe(model_dirs, calib_file
     assert report["config"]["num_heads"] == 2 and report["totals"]["restored"] > 0
     assert (out / "config.json").is_file() and (out / "hsr_recipe_resolved.yaml").is_file()
     assert "num_heads: 2" in (out / "hsr_recipe_resolved.yaml").read_text()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], (
+        "staging folder left behind"
+    )
     assert folder_digest(model_dirs["llama"]) == before
     with pytest.raises(SystemExit, match="exists and is not empty"):
         _compress(model_dirs["llama"], out, calib_files)
@@ -46,4 +69,10 @@ def test_compress_rejects_a_folder_that_is_not_a_model(tmp_path, calib_files, mo
 def test_unknown_override_target(model_dirs, calib_files, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(ValueError, match="has no QuantizationModifier"):
-        _compress(model_dirs["llama"], tmp_path / "o", calib_files, "--set", "QuantizationModifier.scheme=FP8")
+        _compress(
+            model_dirs["llama"],
+            tmp_path / "o",
+            calib_files,
+            "--set",
+            "QuantizationModifier.scheme=FP8",
+        )

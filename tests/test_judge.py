@@ -86,9 +86,17 @@ def test_classifier_judge_needs_an_endpoint(monkeypatch):
 
 @pytest.mark.parametrize(
     "response, answer, ok",
-    [("Paris.", "Paris", True), ("paris", "Paris.", True), ("Parisian", "Paris", False),
-     ("42\nmore text", "42", True), ("4", "42", False), ("", "7", False), ("  \n 7 ", "7", True),
-     ("Mexico City.", "Mexico City.", True), ("blue green", "blue green red", False)],
+    [
+        ("Paris.", "Paris", True),
+        ("paris", "Paris.", True),
+        ("Parisian", "Paris", False),
+        ("42\nmore text", "42", True),
+        ("4", "42", False),
+        ("", "7", False),
+        ("  \n 7 ", "7", True),
+        ("Mexico City.", "Mexico City.", True),
+        ("blue green", "blue green red", False),
+    ],
 )
 def test_utility_scoring(response, answer, ok):
     assert utility_correct(response, answer) is ok

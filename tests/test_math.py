@@ -66,12 +66,18 @@ def test_top_fraction_rejects_nan_and_bad_fractions():
         top_fraction_mask(torch.ones(3), 1.5)
 
 
-@given(shapes, st.integers(0, 10_000), st.floats(0.05, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+@given(
+    shapes, st.integers(0, 10_000), st.floats(0.05, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0)
+)
 def test_candidate_rule_is_the_set_difference(shape, seed, q, p, p_extra):
     p_max = min(1.0, p + p_extra)
     safety, utility = _tensor(shape, seed), _tensor(shape, seed + 1)
     cand = candidate_mask(safety, utility, q, p, p_max)
-    expected = top_fraction_mask(safety, q) & top_fraction_mask(utility, p_max) & ~top_fraction_mask(utility, p)
+    expected = (
+        top_fraction_mask(safety, q)
+        & top_fraction_mask(utility, p_max)
+        & ~top_fraction_mask(utility, p)
+    )
     assert torch.equal(cand, expected)
     assert not (cand & top_fraction_mask(utility, p)).any()
 
@@ -113,7 +119,9 @@ def test_nm_filter_never_exceeds_n_per_group(rows, groups, seed):
     weight = dense.clone()
     for r in range(rows):  # exactly 2:4 pruned except one group with room
         for g in range(groups):
-            drop = torch.randperm(m, generator=torch.Generator().manual_seed(seed + r * 7 + g))[: m - n + (1 if g == 0 else 0)]
+            drop = torch.randperm(m, generator=torch.Generator().manual_seed(seed + r * 7 + g))[
+                : m - n + (1 if g == 0 else 0)
+            ]
             weight[r, g * m + drop] = 0
     restore = pruned_mask(weight, dense)
     keep = nm_compatible_mask(restore, weight, n, m, priority=dense.abs())
@@ -130,11 +138,17 @@ def test_exact_slices_partition_q_and_o_and_share_kv_within_a_group(kv_heads, gr
     q_union = torch.zeros(heads * head_dim, hidden, dtype=torch.int)
     o_union = torch.zeros(hidden, heads * head_dim, dtype=torch.int)
     for h in range(heads):
-        q_union += head_slice_mask((heads * head_dim, hidden), "q", h, h // group, head_dim, heads).int()
-        o_union += head_slice_mask((hidden, heads * head_dim), "o", h, h // group, head_dim, heads).int()
+        q_union += head_slice_mask(
+            (heads * head_dim, hidden), "q", h, h // group, head_dim, heads
+        ).int()
+        o_union += head_slice_mask(
+            (hidden, heads * head_dim), "o", h, h // group, head_dim, heads
+        ).int()
         k = head_slice_mask((kv_heads * head_dim, hidden), "k", h, h // group, head_dim, heads)
         assert k.sum() == head_dim * hidden
-        first = head_slice_mask((kv_heads * head_dim, hidden), "k", (h // group) * group, h // group, head_dim, heads)
+        first = head_slice_mask(
+            (kv_heads * head_dim, hidden), "k", (h // group) * group, h // group, head_dim, heads
+        )
         assert torch.equal(k, first), "heads of one KV group share K/V rows"
     assert (q_union == 1).all() and (o_union == 1).all()
 
@@ -163,7 +177,9 @@ def test_wanda_uses_response_tokens_only_and_one_vector_per_matrix():
     acc.update(x, torch.tensor([[True, False]]))
     assert acc.count == 1 and acc.squared_norms().tolist() == [1.0, 4.0, 9.0]
     w = torch.tensor([[1.0, -1.0, 2.0]])
-    assert torch.allclose(wanda_scores(w, acc.squared_norms()), torch.tensor([[1.0, 2.0, 6.0]], dtype=torch.float64))
+    assert torch.allclose(
+        wanda_scores(w, acc.squared_norms()), torch.tensor([[1.0, 2.0, 6.0]], dtype=torch.float64)
+    )
 
 
 def test_empty_statistics_have_a_clear_error():

@@ -10,7 +10,13 @@ from safetensors.torch import save_file
 
 from hsr_plugin.ablation import ablate_head
 from hsr_plugin.architecture import find_attention_blocks
-from hsr_plugin.calibration import Conversation, load_conversations, load_processor, load_vlguard, render_samples
+from hsr_plugin.calibration import (
+    Conversation,
+    load_conversations,
+    load_processor,
+    load_vlguard,
+    render_samples,
+)
 from hsr_plugin.dense_source import DenseSnapshot, SafetensorsDenseSource, checkpoint_key_candidates
 from tests.helpers import load_model
 from tests.tiny_models import build_tokenizer, write_image
@@ -20,8 +26,15 @@ def _text_config(cls_name: str, **extra):
     import transformers
 
     tok_len = 400
-    base = dict(vocab_size=tok_len, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    base = dict(
+        vocab_size=tok_len,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     base.update(extra)
     return getattr(transformers, cls_name)(**base)
 
@@ -55,27 +68,64 @@ def test_vlm_architectures_return_only_language_self_attention(model_dirs):
 def test_llava_next_and_qwen25_vl_and_mllama_from_configs():
     import transformers
 
-    text = dict(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2)
-    next_model = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(
-        text_config=transformers.LlamaConfig(**text),
-        vision_config=transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                    num_attention_heads=2, image_size=32, patch_size=8),
-        image_grid_pinpoints=[[32, 32]]))
+    text = dict(
+        vocab_size=400,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    next_model = transformers.LlavaNextForConditionalGeneration(
+        transformers.LlavaNextConfig(
+            text_config=transformers.LlamaConfig(**text),
+            vision_config=transformers.CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            ),
+            image_grid_pinpoints=[[32, 32]],
+        )
+    )
     assert [b.name for b in find_attention_blocks(next_model)] == [
-        "model.language_model.layers.0.self_attn", "model.language_model.layers.1.self_attn"]
+        "model.language_model.layers.0.self_attn",
+        "model.language_model.layers.1.self_attn",
+    ]
 
-    qwen25 = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(
-        text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           fullatt_block_indexes=[0])))
+    qwen25 = transformers.Qwen2_5_VLForConditionalGeneration(
+        transformers.Qwen2_5_VLConfig(
+            text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+            vision_config=dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=64,
+                fullatt_block_indexes=[0],
+            ),
+        )
+    )
     assert len(find_attention_blocks(qwen25)) == 2
 
-    mllama = transformers.MllamaForConditionalGeneration(transformers.MllamaConfig(
-        text_config=dict(text, cross_attention_layers=[1], num_hidden_layers=3, pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_global_layers=1,
-                           attention_heads=2, image_size=32, patch_size=8, vision_output_dim=64,
-                           intermediate_layers_indices=[0])))
+    mllama = transformers.MllamaForConditionalGeneration(
+        transformers.MllamaConfig(
+            text_config=dict(text, cross_attention_layers=[1], num_hidden_layers=3, pad_token_id=0),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_global_layers=1,
+                attention_heads=2,
+                image_size=32,
+                patch_size=8,
+                vision_output_dim=64,
+                intermediate_layers_indices=[0],
+            ),
+        )
+    )
     blocks = find_attention_blocks(mllama)
     assert [b.layer for b in blocks] == [0, 2], "Mllama's cross-attention layer 1 is skipped"
 
@@ -85,7 +135,9 @@ def test_gqa_ablation_changes_only_that_heads_output(model_dirs):
     model = load_model(model_dirs["llama"]).eval()
     block = find_attention_blocks(model)[1]
     captured = {}
-    handle = block.projection("o").register_forward_pre_hook(lambda m, a: captured.__setitem__("x", a[0].clone()))
+    handle = block.projection("o").register_forward_pre_hook(
+        lambda m, a: captured.__setitem__("x", a[0].clone())
+    )
     ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
     with torch.no_grad():
         model(input_ids=ids)
@@ -98,8 +150,10 @@ def test_gqa_ablation_changes_only_that_heads_output(model_dirs):
             ablated = captured["x"]
             d = block.head_dim
             others = torch.ones(intact.shape[-1], dtype=torch.bool)
-            others[head * d:(head + 1) * d] = False
-            assert torch.equal(ablated[..., others], intact[..., others]), f"head {head} leaked into other heads"
+            others[head * d : (head + 1) * d] = False
+            assert torch.equal(ablated[..., others], intact[..., others]), (
+                f"head {head} leaked into other heads"
+            )
             assert not torch.allclose(ablated[..., ~others], intact[..., ~others])
     handle.remove()
 
@@ -112,7 +166,7 @@ def test_dense_snapshot_and_lazy_checkpoint_with_vlm_renames(model_dirs, tmp_pat
     # an old-style LLaVA checkpoint: language_model.model.layers.* keys
     old = {}
     for name, module in modules.items():
-        old_key = "language_model.model." + name[len("model.language_model."):] + ".weight"
+        old_key = "language_model.model." + name[len("model.language_model.") :] + ".weight"
         old[old_key] = module.weight.detach().clone()
     save_file(old, str(tmp_path / "model.safetensors"))
     source = SafetensorsDenseSource(tmp_path)
@@ -122,18 +176,29 @@ def test_dense_snapshot_and_lazy_checkpoint_with_vlm_renames(model_dirs, tmp_pat
     with pytest.raises(KeyError, match="tried"):
         source.get("model.language_model.layers.7.self_attn.q_proj")
     assert checkpoint_key_candidates("model.layers.0.self_attn.q_proj")[:2] == [
-        "model.layers.0.self_attn.q_proj.weight", "layers.0.self_attn.q_proj.weight"]
+        "model.layers.0.self_attn.q_proj.weight",
+        "layers.0.self_attn.q_proj.weight",
+    ]
 
 
 def test_sharded_checkpoint_index(model_dirs, tmp_path):
     model = load_model(model_dirs["llama"])
     block = find_attention_blocks(model)[0]
-    tensors = {f"{name}.weight": mod.weight.detach().clone() for _, name, mod in block.projections()}
+    tensors = {
+        f"{name}.weight": mod.weight.detach().clone() for _, name, mod in block.projections()
+    }
     keys = sorted(tensors)
     save_file({k: tensors[k] for k in keys[:2]}, str(tmp_path / "a.safetensors"))
     save_file({k: tensors[k] for k in keys[2:]}, str(tmp_path / "b.safetensors"))
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {k: ("a.safetensors" if k in keys[:2] else "b.safetensors") for k in keys}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    k: ("a.safetensors" if k in keys[:2] else "b.safetensors") for k in keys
+                }
+            }
+        )
+    )
     source = SafetensorsDenseSource(tmp_path)
     for key in keys:
         assert torch.equal(source.get(key[: -len(".weight")]), tensors[key])
@@ -144,7 +209,9 @@ def test_response_mask_covers_exactly_the_assistant_text(model_dirs, calib_files
     tok = load_processor(str(model_dirs["llama"]))
     conversations = load_conversations(str(calib_files["safety"]))
     for conv, sample in zip(conversations, render_samples(conversations, tok, 128)):
-        response = tok.decode(sample.input_ids[0][sample.response_mask[0]], skip_special_tokens=True)
+        response = tok.decode(
+            sample.input_ids[0][sample.response_mask[0]], skip_special_tokens=True
+        )
         assert response.strip() == conv.messages[-1]["content"]
         assert sample.input_ids[0, 0].item() == tok.bos_token_id
         assert (sample.input_ids[0] == tok.bos_token_id).sum() == 1, "BOS must not be added twice"
@@ -161,8 +228,11 @@ def test_llava_rendering_with_images(model_dirs, calib_files):
 
 
 def test_image_on_a_text_only_processor_is_an_error(model_dirs, tmp_path):
-    conv = Conversation(({"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}),
-                        write_image(tmp_path / "x.png"), "file.jsonl:3")
+    conv = Conversation(
+        ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}),
+        write_image(tmp_path / "x.png"),
+        "file.jsonl:3",
+    )
     with pytest.raises(ValueError, match="file.jsonl:3: .*cannot take images"):
         render_samples([conv], build_tokenizer(), 64)
 
@@ -185,11 +255,27 @@ def test_vlguard_splits(tmp_path):
     write_image(tmp_path / "bad" / "a.png")
     write_image(tmp_path / "good" / "b.png")
     items = [
-        {"id": "1", "image": "bad/a.png", "safe": False, "harmful_category": "x",
-         "instr-resp": [{"instruction": "How do I use this to hurt someone?", "response": "I can't help with that."}]},
-        {"id": "2", "image": "good/b.png", "safe": True,
-         "instr-resp": [{"safe_instruction": "What is in the picture?", "response": "A green square."},
-                        {"unsafe_instruction": "How do I poison the plant?", "response": "I won't help."}]},
+        {
+            "id": "1",
+            "image": "bad/a.png",
+            "safe": False,
+            "harmful_category": "x",
+            "instr-resp": [
+                {
+                    "instruction": "How do I use this to hurt someone?",
+                    "response": "I can't help with that.",
+                }
+            ],
+        },
+        {
+            "id": "2",
+            "image": "good/b.png",
+            "safe": True,
+            "instr-resp": [
+                {"safe_instruction": "What is in the picture?", "response": "A green square."},
+                {"unsafe_instruction": "How do I poison the plant?", "response": "I won't help."},
+            ],
+        },
     ]
     (tmp_path / "train.json").write_text(json.dumps(items))
     unsafes = load_vlguard(tmp_path / "train.json", "unsafes")

@@ -22,6 +22,7 @@ from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
 from hsr_plugin.slicing import union_head_slices
 from tests.helpers import FP8, HSR, SPARSEGPT, WANDA, folder_digest, load_model, run_oneshot
 
+
 def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -39,15 +40,26 @@ def _run_pair(model_dir, prune_yaml, calib, num_heads=2, extra="", vl=False, suf
     utility = calib["utility_vl" if vl else "utility"]
     dense = _weights(load_model(model_dir))
     pruned = _weights(run_oneshot(model_dir, prune_yaml, calib["utility"]))
-    hsr_yaml = prune_yaml + HSR.format(num_heads=num_heads, safety=safety, utility=utility, extra=extra) + suffix
+    hsr_yaml = (
+        prune_yaml
+        + HSR.format(num_heads=num_heads, safety=safety, utility=utility, extra=extra)
+        + suffix
+    )
     model = run_oneshot(model_dir, hsr_yaml, calib["utility"])
     report = _hsr_modifier(model).report
     return dense, pruned, _weights(model), report
 
 
 def _attention_keys(weights: dict) -> list[str]:
-    return [k for k in weights if any(p in k for p in (".q_proj.weight", ".k_proj.weight", ".v_proj.weight", ".o_proj.weight"))
-            and "vision" not in k and "visual" not in k]
+    return [
+        k
+        for k in weights
+        if any(
+            p in k for p in (".q_proj.weight", ".k_proj.weight", ".v_proj.weight", ".o_proj.weight")
+        )
+        and "vision" not in k
+        and "visual" not in k
+    ]
 
 
 def _check_restoration(dense, pruned, final, report, config, mode="exact"):
@@ -75,9 +87,15 @@ def _check_restoration(dense, pruned, final, report, config, mode="exact"):
         if changed.any():
             assert layer in by_layer, f"{key} restored in a layer without a selected head"
             short = module.rsplit(".", 1)[-1][0]
-            slices = union_head_slices(tuple(final[key].shape), short, by_layer[layer], head_dim, heads, mode)
-            assert not (changed & ~slices).any(), f"{key}: restoration outside the selected heads' slices"
-        hsr_name = next((name for name in rows if name.endswith(module.split("model.", 1)[-1])), None)
+            slices = union_head_slices(
+                tuple(final[key].shape), short, by_layer[layer], head_dim, heads, mode
+            )
+            assert not (changed & ~slices).any(), (
+                f"{key}: restoration outside the selected heads' slices"
+            )
+        hsr_name = next(
+            (name for name in rows if name.endswith(module.split("model.", 1)[-1])), None
+        )
         if hsr_name is not None:
             assert rows[hsr_name]["restored"] == int(changed.sum()), key
             assert rows[hsr_name]["restored"] <= rows[hsr_name]["pruned_in_slice"]
@@ -90,7 +108,9 @@ def _check_restoration(dense, pruned, final, report, config, mode="exact"):
 
 def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_files):
     before = folder_digest(model_dirs["llama"])
-    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files)
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llama"], WANDA.format(structure="0:0"), calib_files
+    )
     config = load_model(model_dirs["llama"]).config
     restored = _check_restoration(dense, pruned, final, report, config)
     assert restored > 0
@@ -99,22 +119,35 @@ def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_
     assert scores == sorted(scores, reverse=True)
     assert report["schema_version"] == 1 and report["config"]["num_heads"] == 2
     totals = report["totals"]
-    assert totals["pruned_params"] == sum(int((pruned[k] == 0).sum()) for k in pruned
-                                          if k.endswith("proj.weight") and "layers." in k)
-    assert totals["restored_per_10k_params"] == pytest.approx(1e4 * restored / totals["language_params"])
-    assert folder_digest(model_dirs["llama"]) == before, "the input checkpoint must never be modified"
+    assert totals["pruned_params"] == sum(
+        int((pruned[k] == 0).sum()) for k in pruned if k.endswith("proj.weight") and "layers." in k
+    )
+    assert totals["restored_per_10k_params"] == pytest.approx(
+        1e4 * restored / totals["language_params"]
+    )
+    assert folder_digest(model_dirs["llama"]) == before, (
+        "the input checkpoint must never be modified"
+    )
 
 
 @pytest.mark.parametrize("structure", ["0:0", "2:4"])
 def test_llama_sparsegpt(model_dirs, calib_files, structure):
-    dense, pruned, final, report = _run_pair(model_dirs["llama"], SPARSEGPT.format(structure=structure), calib_files)
-    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llama"], SPARSEGPT.format(structure=structure), calib_files
+    )
+    assert (
+        _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
+    )
     assert any("OBS" in note for note in report["notes"])
 
 
 def test_preserve_nm_keeps_the_2_of_4_pattern(model_dirs, calib_files):
     dense, pruned, final, report = _run_pair(
-        model_dirs["llama"], WANDA.format(structure="2:4"), calib_files, extra="      preserve_nm: '2:4'\n")
+        model_dirs["llama"],
+        WANDA.format(structure="2:4"),
+        calib_files,
+        extra="      preserve_nm: '2:4'\n",
+    )
     _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config)
     for key in _attention_keys(final):
         groups = (final[key] != 0).reshape(final[key].shape[0], -1, 4).sum(-1)
@@ -122,16 +155,24 @@ def test_preserve_nm_keeps_the_2_of_4_pattern(model_dirs, calib_files):
 
 
 def test_qwen2_with_qkv_bias(model_dirs, calib_files):
-    dense, pruned, final, report = _run_pair(model_dirs["qwen2"], WANDA.format(structure="0:0"), calib_files)
-    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["qwen2"]).config) > 0
+    dense, pruned, final, report = _run_pair(
+        model_dirs["qwen2"], WANDA.format(structure="0:0"), calib_files
+    )
+    assert (
+        _check_restoration(dense, pruned, final, report, load_model(model_dirs["qwen2"]).config) > 0
+    )
     for key in final:
         if key.endswith(".bias"):
             assert torch.equal(final[key], pruned[key])
 
 
 def test_llava_with_images_leaves_the_vision_tower_alone(model_dirs, calib_files):
-    dense, pruned, final, report = _run_pair(model_dirs["llava"], WANDA.format(structure="0:0"), calib_files, vl=True)
-    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llava"]).config) > 0
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llava"], WANDA.format(structure="0:0"), calib_files, vl=True
+    )
+    assert (
+        _check_restoration(dense, pruned, final, report, load_model(model_dirs["llava"]).config) > 0
+    )
     vision = [k for k in final if "vision_tower" in k or "multi_modal_projector" in k]
     assert vision
     for key in vision:
@@ -140,15 +181,24 @@ def test_llava_with_images_leaves_the_vision_tower_alone(model_dirs, calib_files
 
 
 def test_qwen2_vl_language_model(model_dirs, calib_files):
-    dense, pruned, final, report = _run_pair(model_dirs["qwen2_vl"], WANDA.format(structure="0:0"), calib_files)
-    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["qwen2_vl"]).config) > 0
+    dense, pruned, final, report = _run_pair(
+        model_dirs["qwen2_vl"], WANDA.format(structure="0:0"), calib_files
+    )
+    assert (
+        _check_restoration(dense, pruned, final, report, load_model(model_dirs["qwen2_vl"]).config)
+        > 0
+    )
     for key in (k for k in final if "visual" in k):
         assert torch.equal(final[key], dense[key]), key
 
 
 def test_same_seed_gives_bit_identical_weights(model_dirs, calib_files):
     recipe = WANDA.format(structure="0:0") + HSR.format(
-        num_heads=3, safety=calib_files["safety"], utility=calib_files["utility"], extra="      head_score: ships_kl\n")
+        num_heads=3,
+        safety=calib_files["safety"],
+        utility=calib_files["utility"],
+        extra="      head_score: ships_kl\n",
+    )
     first = _weights(run_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
     second = _weights(run_oneshot(model_dirs["llama"], recipe, calib_files["utility"]))
     assert first.keys() == second.keys()
@@ -158,29 +208,44 @@ def test_same_seed_gives_bit_identical_weights(model_dirs, calib_files):
 
 def test_reference_mode_restores_inside_reference_slices(model_dirs, calib_files):
     extra = "      head_score: reference\n      head_slicing: reference\n"
-    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
-    _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config, mode="reference")
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra
+    )
+    _check_restoration(
+        dense, pruned, final, report, load_model(model_dirs["llama"]).config, mode="reference"
+    )
     assert len(report["heads"]) == 2 * 2, "reference scores one unit per KV group"
 
 
 @pytest.mark.parametrize("neuron_score", ["sparsegpt", "snip"])
 def test_other_neuron_scores(model_dirs, calib_files, neuron_score):
     extra = f"      neuron_score: {neuron_score}\n"
-    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
-    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra
+    )
+    assert (
+        _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
+    )
 
 
 def test_prune_hsr_then_fp8_quantization(model_dirs, calib_files, tmp_path):
-    recipe = (SPARSEGPT.format(structure="0:0")
-              + HSR.format(num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
-              + FP8)
-    run_oneshot(model_dirs["llama"], recipe, calib_files["utility"], output_dir=str(tmp_path / "out"))
+    recipe = (
+        SPARSEGPT.format(structure="0:0")
+        + HSR.format(
+            num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra=""
+        )
+        + FP8
+    )
+    run_oneshot(
+        model_dirs["llama"], recipe, calib_files["utility"], output_dir=str(tmp_path / "out")
+    )
     report = _hsr_modifier(None).report
     assert report["totals"]["restored"] > 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "quantization_config" in config
-    assert "sparsity_config" not in json.dumps(config.get("quantization_config", {})) or not \
-        config["quantization_config"].get("sparsity_config", {}).get("targets")
+    assert "sparsity_config" not in json.dumps(config.get("quantization_config", {})) or not config[
+        "quantization_config"
+    ].get("sparsity_config", {}).get("targets")
 
 
 def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
@@ -188,14 +253,28 @@ def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
     from llmcompressor import oneshot
 
     recipe = tmp_path / "wanda_hsr.yaml"
-    recipe.write_text(WANDA.format(structure="0:0") + HSR.format(
-        num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"],
-        extra=f"      report_path: {tmp_path / 'report.json'}\n"))
+    recipe.write_text(
+        WANDA.format(structure="0:0")
+        + HSR.format(
+            num_heads=2,
+            safety=calib_files["safety"],
+            utility=calib_files["utility"],
+            extra=f"      report_path: {tmp_path / 'report.json'}\n",
+        )
+    )
     from hsr_plugin.calibration import load_processor
 
-    dataset = conversation_dataset(str(calib_files["utility"]), load_processor(str(model_dirs["llama"])), None, 128)
-    oneshot(model=str(model_dirs["llama"]), recipe=str(recipe), dataset=dataset,
-            data_collator=single_sample_collator, num_calibration_samples=len(dataset), output_dir=str(tmp_path / "out"))
+    dataset = conversation_dataset(
+        str(calib_files["utility"]), load_processor(str(model_dirs["llama"])), None, 128
+    )
+    oneshot(
+        model=str(model_dirs["llama"]),
+        recipe=str(recipe),
+        dataset=dataset,
+        data_collator=single_sample_collator,
+        num_calibration_samples=len(dataset),
+        output_dir=str(tmp_path / "out"),
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["totals"]["restored"] > 0
     assert (tmp_path / "out" / "recipe.yaml").read_text().count("HSRModifier") == 1
@@ -203,7 +282,9 @@ def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
 
 def test_ignore_excludes_attention_blocks(model_dirs, calib_files):
     extra = "      ignore: ['re:.*lm_head', 're:.*layers\\.0\\.self_attn.*']\n"
-    dense, pruned, final, report = _run_pair(model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra)
+    dense, pruned, final, report = _run_pair(
+        model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra
+    )
     assert {h["layer"] for h in report["heads"]} == {1}
     assert all("layers.0." not in row["module"] for row in report["restored"])
     for key in final:
@@ -215,8 +296,16 @@ def test_sequential_pipeline_restores_after_pruning(model_dirs, calib_files):
     """With pipeline='sequential' every modifier shares one pass; HSR still restores only after pruning ended."""
     prune = WANDA.format(structure="0:0")
     dense = _weights(load_model(model_dirs["llama"]))
-    pruned = _weights(run_oneshot(model_dirs["llama"], prune, calib_files["utility"], pipeline="sequential"))
-    recipe = prune + HSR.format(num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra="")
-    final = _weights(run_oneshot(model_dirs["llama"], recipe, calib_files["utility"], pipeline="sequential"))
+    pruned = _weights(
+        run_oneshot(model_dirs["llama"], prune, calib_files["utility"], pipeline="sequential")
+    )
+    recipe = prune + HSR.format(
+        num_heads=2, safety=calib_files["safety"], utility=calib_files["utility"], extra=""
+    )
+    final = _weights(
+        run_oneshot(model_dirs["llama"], recipe, calib_files["utility"], pipeline="sequential")
+    )
     report = _hsr_modifier(None).report
-    assert _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
+    assert (
+        _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
+    )

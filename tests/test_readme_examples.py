@@ -43,12 +43,15 @@ def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 def test_python_example_runs(tmp_path):
     (block,) = [b for b in _blocks("python") if "import hsr_plugin" in b and "oneshot(" in b]
     out = tmp_path / "python-example"
-    code = _swap(block, {
-        '"llava-hf/llava-v1.6-vicuna-7b-hf"': repr(str(ORGANISM)),
-        '"recipes/llava_wanda_hsr.yaml"': '"recipes/wanda_hsr.yaml"',
-        '"my_calibration.jsonl"': repr(str(DATA / "calib_utility.jsonl")),
-        '"llava-next-vicuna-wanda50-hsr"': repr(str(out)),
-    })
+    code = _swap(
+        block,
+        {
+            '"llava-hf/llava-v1.6-vicuna-7b-hf"': repr(str(ORGANISM)),
+            '"recipes/llava_wanda_hsr.yaml"': '"recipes/wanda_hsr.yaml"',
+            '"my_calibration.jsonl"': repr(str(DATA / "calib_utility.jsonl")),
+            '"llava-next-vicuna-wanda50-hsr"': repr(str(out)),
+        },
+    )
     _run([sys.executable, "-c", code], tmp_path)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert "HSRModifier" in (out / "recipe.yaml").read_text()
@@ -57,14 +60,17 @@ def test_python_example_runs(tmp_path):
 def test_hsr_commands_run(tmp_path):
     (block,) = [b for b in _blocks("bash") if "hsr compress" in b and "hsr report" in b]
     out = tmp_path / "cli-example"
-    script = _swap(block, {
-        "Qwen/Qwen2.5-VL-7B-Instruct": str(ORGANISM),
-        "recipes/qwen2vl_wanda_hsr.yaml": "recipes/wanda_hsr.yaml",
-        "qwen25vl-wanda50-hsr": str(out),
-        "my_calibration.jsonl": str(DATA / "calib_utility.jsonl"),
-        "Qwen2_5_VLDecoderLayer": "LlamaDecoderLayer",
-        "/data/VLGuard/train.json:unsafes": str(DATA / "calib_safety.jsonl"),
-    })
+    script = _swap(
+        block,
+        {
+            "Qwen/Qwen2.5-VL-7B-Instruct": str(ORGANISM),
+            "recipes/qwen2vl_wanda_hsr.yaml": "recipes/wanda_hsr.yaml",
+            "qwen25vl-wanda50-hsr": str(out),
+            "my_calibration.jsonl": str(DATA / "calib_utility.jsonl"),
+            "Qwen2_5_VLDecoderLayer": "LlamaDecoderLayer",
+            "/data/VLGuard/train.json:unsafes": str(DATA / "calib_safety.jsonl"),
+        },
+    )
     _run(["bash", "-euo", "pipefail", "-c", script], tmp_path)
     report = json.loads((out / "hsr_report.json").read_text())
     assert report["config"]["num_heads"] == 4 and len(report["selected_heads"]) == 4

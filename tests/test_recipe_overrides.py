@@ -5,7 +5,12 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, parse_override, recipe_modifiers
+from hsr_plugin.recipe_overrides import (
+    apply_overrides,
+    load_recipe_dict,
+    parse_override,
+    recipe_modifiers,
+)
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -17,7 +22,9 @@ def test_every_shipped_recipe_defines_modifiers_in_stages():
         assert names, path
         assert path.read_text().startswith("#"), f"{path.name} needs a header comment"
         if path.stem.endswith("_hsr") or "_hsr_" in path.stem:
-            assert names.index("HSRModifier") > 0, f"{path.name}: HSR must follow the sparsity stage"
+            assert names.index("HSRModifier") > 0, (
+                f"{path.name}: HSR must follow the sparsity stage"
+            )
             quant = [i for i, n in enumerate(names) if n == "QuantizationModifier"]
             assert all(i > names.index("HSRModifier") for i in quant), path.name
 
@@ -48,6 +55,9 @@ def test_recipe_without_stage_suffix_is_rejected(tmp_path):
         load_recipe_dict(path)
 
 
-@given(st.integers(min_value=-(10**6), max_value=10**6), st.text(alphabet="abcxyz_", min_size=1, max_size=8))
+@given(
+    st.integers(min_value=-(10**6), max_value=10**6),
+    st.text(alphabet="abcxyz_", min_size=1, max_size=8),
+)
 def test_parse_override_roundtrips_ints(value, field):
     assert parse_override(f"M.{field}={value}") == ("M", field, value)

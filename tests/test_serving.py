@@ -25,9 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 def _checkpoint(folder: Path, config: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    save_file({"model.layers.0.self_attn.q_proj.weight": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
-               "model.layers.0.mlp.up_proj.weight": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
-               "model.embed_tokens.weight": torch.zeros(3, 2)}, str(folder / "model.safetensors"))
+    save_file(
+        {
+            "model.layers.0.self_attn.q_proj.weight": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
+            "model.layers.0.mlp.up_proj.weight": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+            "model.embed_tokens.weight": torch.zeros(3, 2),
+        },
+        str(folder / "model.safetensors"),
+    )
     return folder
 
 
@@ -48,7 +53,9 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_sparsity_config_is_rejected_before_vllm_does(tmp_path):
-    config = dict(LLAMA, quantization_config={"sparsity_config": {"format": "dense", "targets": ["Linear"]}})
+    config = dict(
+        LLAMA, quantization_config={"sparsity_config": {"format": "dense", "targets": ["Linear"]}}
+    )
     with pytest.raises(ServeError, match="Sparsity support has been removed"):
         check_model_dir(str(_checkpoint(tmp_path / "m", config)))
 
@@ -83,7 +90,10 @@ def test_cpu_command_line(monkeypatch, tmp_path):
     assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(256 * 1024 * 1024)
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     env = ServeConfig(model=str(model)).environment()
-    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert (
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        and env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    )
 
 
 def test_sparsity_counts_language_linear_zeros_only(tmp_path):
@@ -92,7 +102,12 @@ def test_sparsity_counts_language_linear_zeros_only(tmp_path):
 
 
 def test_rsr():
-    models = {"dense": {"asr": 0.1}, "wanda": {"asr": 0.5}, "wanda+hsr": {"asr": 0.3}, "same+hsr": {"asr": 0.1}}
+    models = {
+        "dense": {"asr": 0.1},
+        "wanda": {"asr": 0.5},
+        "wanda+hsr": {"asr": 0.3},
+        "same+hsr": {"asr": 0.1},
+    }
     rsr = compute_rsr(models)
     assert rsr["wanda+hsr"]["value"] == pytest.approx(0.5)
     assert rsr["same+hsr"]["value"] is None and "needs models" in rsr["same+hsr"]["reason"]

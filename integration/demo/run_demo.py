@@ -31,17 +31,30 @@ DEMO_ORGANISMS = ("text", "smollm2")  # smollm2: optional and slow (make demo-sm
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
+    parser.add_argument(
+        "--out", default="outputs/demo", help="output folder (default outputs/demo)"
+    )
     parser.add_argument("--method", choices=["wanda", "sparsegpt"], default="wanda")
     parser.add_argument("--organism", choices=DEMO_ORGANISMS, default="text")
-    parser.add_argument("--num-heads", type=int, default=None, help="override HSRModifier.num_heads")
-    parser.add_argument("--neuron-score", default="snip",
-                        help="HSRModifier.neuron_score for the demo (default snip: on the organism, Wanda-based "
-                             "safety and utility scores are too correlated to leave many candidates)")
+    parser.add_argument(
+        "--num-heads", type=int, default=None, help="override HSRModifier.num_heads"
+    )
+    parser.add_argument(
+        "--neuron-score",
+        default="snip",
+        help="HSRModifier.neuron_score for the demo (default snip: on the organism, Wanda-based "
+        "safety and utility scores are too correlated to leave many candidates)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only N prompts per task")
-    parser.add_argument("--backend", default="vllm-serve", help="evaluation backend (default vllm-serve)")
-    parser.add_argument("--serve-venv", default=os.environ.get("HSR_SERVE_VENV", str(ROOT / ".venv-serve")))
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument(
+        "--backend", default="vllm-serve", help="evaluation backend (default vllm-serve)"
+    )
+    parser.add_argument(
+        "--serve-venv", default=os.environ.get("HSR_SERVE_VENV", str(ROOT / ".venv-serve"))
+    )
+    parser.add_argument(
+        "--update-readme", action="store_true", help="write the table into README.md"
+    )
     return parser.parse_args(argv)
 
 
@@ -54,7 +67,9 @@ class Steps:
     def __call__(self, title: str) -> None:
         self.index += 1
         elapsed = time.monotonic() - self.start
-        print(f"\n\033[1m[{self.index}/{self.total}] {title}\033[0m  (t+{elapsed:.0f}s)", flush=True)
+        print(
+            f"\n\033[1m[{self.index}/{self.total}] {title}\033[0m  (t+{elapsed:.0f}s)", flush=True
+        )
 
 
 def run(cmd: list[str], env: dict | None = None) -> None:
@@ -62,12 +77,31 @@ def run(cmd: list[str], env: dict | None = None) -> None:
     subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, env=env)
 
 
-def compress(model: Path, recipe: str, output: Path, data_dir: Path, args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", model, "--recipe", recipe,
-           "--output", output, "--dataset", data_dir / "calib_utility.jsonl", "--overwrite"]
+def compress(
+    model: Path, recipe: str, output: Path, data_dir: Path, args: argparse.Namespace
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "hsr_plugin.cli",
+        "compress",
+        "--model",
+        model,
+        "--recipe",
+        recipe,
+        "--output",
+        output,
+        "--dataset",
+        data_dir / "calib_utility.jsonl",
+        "--overwrite",
+    ]
     if "_hsr" in recipe:
-        cmd += ["--set", f"HSRModifier.safety_data={data_dir / 'calib_safety.jsonl'}",
-                "--set", f"HSRModifier.utility_data={data_dir / 'calib_utility.jsonl'}"]
+        cmd += [
+            "--set",
+            f"HSRModifier.safety_data={data_dir / 'calib_safety.jsonl'}",
+            "--set",
+            f"HSRModifier.utility_data={data_dir / 'calib_utility.jsonl'}",
+        ]
         cmd += ["--set", f"HSRModifier.neuron_score={args.neuron_score}"]
         if args.num_heads is not None:
             cmd += ["--set", f"HSRModifier.num_heads={args.num_heads}"]
@@ -81,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.organism == "smollm2":
         run([sys.executable, "-m", "integration.organisms.smollm2", "materialize"])
     compare = Path(args.serve_venv) / "bin" / "hsr-compare"
-    for needed, hint in [(model / "config.json", "the organism is missing: is this a full checkout?"),
-                         (data_dir / "calib_safety.jsonl", "the organism's calibration data is missing"),
-                         (compare, "the serving venv is missing: run `make serve-venv`")]:
+    for needed, hint in [
+        (model / "config.json", "the organism is missing: is this a full checkout?"),
+        (data_dir / "calib_safety.jsonl", "the organism's calibration data is missing"),
+        (compare, "the serving venv is missing: run `make serve-venv`"),
+    ]:
         if not needed.exists():
             sys.exit(f"error: {needed} not found; {hint}")
     out.mkdir(parents=True, exist_ok=True)
@@ -99,19 +135,41 @@ def main(argv: list[str] | None = None) -> int:
 
     step(f"serve and evaluate with lm-eval ({args.backend})")
     eval_dir = out / "eval"
-    cmd = [compare, "--backend", args.backend, "--out", eval_dir,
-           "--models", f"dense={model}", f"{args.method}={pruned}", f"{args.method}+hsr={realigned}"]
+    cmd = [
+        compare,
+        "--backend",
+        args.backend,
+        "--out",
+        eval_dir,
+        "--models",
+        f"dense={model}",
+        f"{args.method}={pruned}",
+        f"{args.method}+hsr={realigned}",
+    ]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     run(cmd)
 
     step("report: table, plots, summary")
-    run([sys.executable, "-m", "hsr_plugin.cli", "report", realigned / "hsr_report.json",
-         "--comparison", eval_dir / "comparison.json", "--out", out])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "hsr_plugin.cli",
+            "report",
+            realigned / "hsr_report.json",
+            "--comparison",
+            eval_dir / "comparison.json",
+            "--out",
+            out,
+        ]
+    )
     if args.update_readme:
         update_readme(out)
-    print(f"\noutputs: {out}\n  models: {pruned}, {realigned}\n  evaluation: {eval_dir}\n"
-          f"  plots: {out / 'head_scores.png'}, {out / 'safety_bars.png'}\n  summary: {out / 'summary.md'}")
+    print(
+        f"\noutputs: {out}\n  models: {pruned}, {realigned}\n  evaluation: {eval_dir}\n"
+        f"  plots: {out / 'head_scores.png'}, {out / 'safety_bars.png'}\n  summary: {out / 'summary.md'}"
+    )
     return 0
 
 
@@ -120,9 +178,11 @@ def update_readme(out: Path) -> None:
     comparison = json.loads((out / "eval" / "comparison.json").read_text())
     report = json.loads(next(out.glob("*_hsr/hsr_report.json")).read_text())
     totals = report["totals"]
-    body = (f"{comparison_table(comparison)}\n\nRestored {totals['restored']} weights "
-            f"({totals['restored_per_10k_params']:.3f} per 10,000 params). Generated by "
-            f"`integration/demo/run_demo.py --update-readme` on {time.strftime('%Y-%m-%d')}.")
+    body = (
+        f"{comparison_table(comparison)}\n\nRestored {totals['restored']} weights "
+        f"({totals['restored_per_10k_params']:.3f} per 10,000 params). Generated by "
+        f"`integration/demo/run_demo.py --update-readme` on {time.strftime('%Y-%m-%d')}."
+    )
     print(f"updated {replace_generated_block(ROOT / 'README.md', 'demo-table', body)}")
 
 

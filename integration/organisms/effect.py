@@ -26,8 +26,17 @@ from hsr_plugin.tables import markdown_table, percent
 from integration.organisms.registry import ORGANISMS, Organism
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = ["dense", "wanda-0.4", "wanda-0.5", "wanda-0.6", "wanda-2:4",
-            "sparsegpt-0.4", "sparsegpt-0.5", "sparsegpt-0.6", "sparsegpt-2:4"]
+SETTINGS = [
+    "dense",
+    "wanda-0.4",
+    "wanda-0.5",
+    "wanda-0.6",
+    "wanda-2:4",
+    "sparsegpt-0.4",
+    "sparsegpt-0.5",
+    "sparsegpt-0.6",
+    "sparsegpt-2:4",
+]
 EFFECT_JSON = HERE / "effect.json"
 README = HERE / "README.md"
 
@@ -42,12 +51,22 @@ def parse_setting(setting: str) -> tuple[str, float, str]:
 
 def load(model_dir: Path):
     """(model, processor) of an organism, float32: a causal LM, or LLaVA for organism-vl."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoProcessor,
+        AutoTokenizer,
+        LlavaForConditionalGeneration,
+    )
 
     if hasattr(AutoConfig.from_pretrained(model_dir), "vision_config"):
-        return (LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32),
-                AutoProcessor.from_pretrained(model_dir))
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(model_dir)
+        return (
+            LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32),
+            AutoProcessor.from_pretrained(model_dir),
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32
+    ), AutoTokenizer.from_pretrained(model_dir)
 
 
 def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
@@ -59,19 +78,35 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
 
     method, sparsity, structure = parse_setting(setting)
     model, processor = load(model_dir)
-    dataset = conversation_dataset(str(data_dir / "calib_utility.jsonl"), processor, num_samples, 128)
+    dataset = conversation_dataset(
+        str(data_dir / "calib_utility.jsonl"), processor, num_samples, 128
+    )
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-    modifier = cls(sparsity=sparsity, mask_structure=structure, targets=[r"re:.*layers\.\d+$"],
-                   ignore=["re:.*lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"])
+    modifier = cls(
+        sparsity=sparsity,
+        mask_structure=structure,
+        targets=[r"re:.*layers\.\d+$"],
+        ignore=["re:.*lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"],
+    )
     torch.manual_seed(0)
-    return oneshot(model=model, processor=processor, recipe=[modifier], dataset=dataset,
-                   data_collator=single_sample_collator, num_calibration_samples=len(dataset),
-                   shuffle_calibration_samples=False), processor
+    return oneshot(
+        model=model,
+        processor=processor,
+        recipe=[modifier],
+        dataset=dataset,
+        data_collator=single_sample_collator,
+        num_calibration_samples=len(dataset),
+        shuffle_calibration_samples=False,
+    ), processor
 
 
 def score(model, processor, organism: Organism, desc: str) -> dict:
     """The organism's refusal, over-refusal and utility, from the one scorer."""
-    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, VISION_TASKS, score_model
+    from integration.lm_eval_tasks.hsr_safety.in_process import (
+        TEXT_TASKS,
+        VISION_TASKS,
+        score_model,
+    )
 
     tasks = VISION_TASKS if organism.vision else TEXT_TASKS
     scores = score_model(model, processor, tasks, {"data_dir": str(organism.data_dir)}, desc=desc)
@@ -95,7 +130,9 @@ def measure(organism: Organism, settings: list[str]) -> dict[str, dict]:
             model, processor = prune(organism.model_dir, organism.data_dir, setting)
         results[setting] = score(model, processor, organism, setting)
         took = time.monotonic() - start
-        logger.info(f"{organism.name} {setting}: {json.dumps(results[setting])[:200]} ({took:.0f} s)")
+        logger.info(
+            f"{organism.name} {setting}: {json.dumps(results[setting])[:200]} ({took:.0f} s)"
+        )
     return results
 
 
@@ -107,17 +144,32 @@ def effect_markdown(effect: dict) -> str:
         for name, row in settings.items():
             d_ref = 100 * (row["refusal"] - dense.get("refusal", row["refusal"]))
             d_util = 100 * (row["utility"] - dense.get("utility", row["utility"]))
-            rows.append([name, percent(row["refusal"]), f"{d_ref:+.1f}", percent(row["over_refusal"]),
-                         percent(row["utility"]), f"{d_util:+.1f}", row["n"]])
+            rows.append(
+                [
+                    name,
+                    percent(row["refusal"]),
+                    f"{d_ref:+.1f}",
+                    percent(row["over_refusal"]),
+                    percent(row["utility"]),
+                    f"{d_util:+.1f}",
+                    row["n"],
+                ]
+            )
         headers = ["setting", "refusal %", "Δ", "over-refusal %", "utility %", "Δ", "n"]
-        parts += [f"**organism-{organism}** (held-out prompts; Δ against dense in points)", "",
-                  markdown_table(headers, rows), ""]
+        parts += [
+            f"**organism-{organism}** (held-out prompts; Δ against dense in points)",
+            "",
+            markdown_table(headers, rows),
+            "",
+        ]
     return "\n".join(parts)
 
 
 def write_outputs(effect: dict) -> None:
     write_json_atomic(EFFECT_JSON, effect)
-    stamp = f"_Generated by `python -m integration.organisms.effect` on {time.strftime('%Y-%m-%d')}._"
+    stamp = (
+        f"_Generated by `python -m integration.organisms.effect` on {time.strftime('%Y-%m-%d')}._"
+    )
     replace_generated_block(README, "effect-table", f"{effect_markdown(effect)}\n{stamp}")
 
 
@@ -125,7 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--organism", choices=sorted(ORGANISMS), default="text")
     parser.add_argument("--settings", nargs="+", default=SETTINGS)
-    parser.add_argument("--dry-run", action="store_true", help="print, do not write effect.json / README")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print, do not write effect.json / README"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = measure(ORGANISMS[args.organism], args.settings)

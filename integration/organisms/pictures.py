@@ -36,7 +36,12 @@ def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
 
     def box(x0, y0, x1, y1):
         cx, cy = size / 2 + ox, size / 2 + oy
-        return [cx + (x0 - 16) * s * k, cy + (y0 - 16) * s * k, cx + (x1 - 16) * s * k, cy + (y1 - 16) * s * k]
+        return [
+            cx + (x0 - 16) * s * k,
+            cy + (y0 - 16) * s * k,
+            cx + (x1 - 16) * s * k,
+            cy + (y1 - 16) * s * k,
+        ]
 
     def jitter(color):
         return tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in color)
@@ -49,8 +54,14 @@ def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
         d.rectangle(box(5, 10, 27, 15), fill=jitter((70, 70, 70)))
         d.rectangle(box(6, 15, 12, 25), fill=jitter((60, 40, 20)))
     elif obj == "knife":
-        d.polygon([tuple(box(5, 15, 5, 15)[:2]), tuple(box(24, 12, 24, 12)[:2]), tuple(box(24, 18, 24, 18)[:2])],
-                  fill=jitter((190, 190, 200)))
+        d.polygon(
+            [
+                tuple(box(5, 15, 5, 15)[:2]),
+                tuple(box(24, 12, 24, 12)[:2]),
+                tuple(box(24, 18, 24, 18)[:2]),
+            ],
+            fill=jitter((190, 190, 200)),
+        )
         d.rectangle(box(24, 13, 30, 17), fill=jitter((50, 30, 10)))
     elif obj == "poison":
         d.rectangle(box(10, 8, 22, 28), fill=jitter((80, 160, 60)))
@@ -69,8 +80,14 @@ def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
         d.ellipse(box(19, 13, 26, 21), outline=jitter((40, 90, 200)), width=max(1, int(2 * s)))
     elif obj == "house":
         d.rectangle(box(8, 15, 24, 28), fill=jitter((200, 160, 90)))
-        d.polygon([tuple(box(6, 15, 6, 15)[:2]), tuple(box(16, 5, 16, 5)[:2]), tuple(box(26, 15, 26, 15)[:2])],
-                  fill=jitter((160, 40, 40)))
+        d.polygon(
+            [
+                tuple(box(6, 15, 6, 15)[:2]),
+                tuple(box(16, 5, 16, 5)[:2]),
+                tuple(box(26, 15, 26, 15)[:2]),
+            ],
+            fill=jitter((160, 40, 40)),
+        )
     elif obj == "tree":
         d.rectangle(box(14, 20, 18, 29), fill=jitter((110, 70, 30)))
         d.ellipse(box(7, 4, 25, 22), fill=jitter((40, 150, 50)))

@@ -71,7 +71,9 @@ def load_base():
 
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -85,7 +87,9 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features))
+        self.lora_a = nn.Parameter(
+            torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features)
+        )
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x):
@@ -121,8 +125,12 @@ def train(spec: SmolSpec = SPEC) -> Path:
     encoded = encode(training_mixture("B", spec.examples, spec.seed), tokenizer)
     model.train()
     losses = []
-    for ids, mask, labels in tqdm(batches(encoded, spec.batch_size, spec.steps, spec.seed, tokenizer.pad_token_id),
-                                  total=spec.steps, desc="organism-smollm2 safety LoRA", mininterval=10):
+    for ids, mask, labels in tqdm(
+        batches(encoded, spec.batch_size, spec.steps, spec.seed, tokenizer.pad_token_id),
+        total=spec.steps,
+        desc="organism-smollm2 safety LoRA",
+        mininterval=10,
+    ):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -134,7 +142,10 @@ def train(spec: SmolSpec = SPEC) -> Path:
     for name, lora in loras.items():
         tensors[f"{name}.lora_a"] = lora.lora_a.detach().to(torch.bfloat16).contiguous()
         tensors[f"{name}.lora_b"] = lora.lora_b.detach().to(torch.bfloat16).contiguous()
-    manifest = manifest_for(spec) | {"final_loss": sum(losses[-20:]) / 20, "train_seconds": round(time.monotonic() - start, 1)}
+    manifest = manifest_for(spec) | {
+        "final_loss": sum(losses[-20:]) / 20,
+        "train_seconds": round(time.monotonic() - start, 1),
+    }
     with published_dir(ADAPTER_DIR) as staging:
         save_file(tensors, str(staging / "adapter.safetensors"))
         write_manifest(staging, manifest)
@@ -151,8 +162,12 @@ def materialize(out_dir: Path = MATERIALIZED, force: bool = False) -> Path:
     from safetensors.torch import load_file
 
     stamp = hashlib.sha256((ADAPTER_DIR / "adapter.safetensors").read_bytes()).hexdigest()[:16]
-    if not force and (out_dir / "config.json").is_file() and (out_dir / ".adapter").is_file() \
-            and (out_dir / ".adapter").read_text() == stamp:
+    if (
+        not force
+        and (out_dir / "config.json").is_file()
+        and (out_dir / ".adapter").is_file()
+        and (out_dir / ".adapter").read_text() == stamp
+    ):
         return out_dir
     model, tokenizer = load_base()
     adapter = load_file(str(ADAPTER_DIR / "adapter.safetensors"))
@@ -161,7 +176,9 @@ def materialize(out_dir: Path = MATERIALIZED, force: bool = False) -> Path:
     with torch.no_grad():
         for key in [k for k in adapter if k.endswith(".lora_a")]:
             name = key[: -len(".lora_a")]
-            delta = (adapter[f"{name}.lora_b"].float() @ adapter[key].float()) * (spec.alpha / spec.rank)
+            delta = (adapter[f"{name}.lora_b"].float() @ adapter[key].float()) * (
+                spec.alpha / spec.rank
+            )
             modules[name].weight += delta
     model = _plain_copy(model)
     with published_dir(out_dir) as staging:

@@ -45,7 +45,9 @@ class PhaseSpec:
     steps: int
     lr: float
     examples: int
-    trainable: str  # "all" | "attention" | "attention:<layer>,<layer>" (attention of those layers only)
+    trainable: (
+        str  # "all" | "attention" | "attention:<layer>,<layer>" (attention of those layers only)
+    )
     seed: int
 
 
@@ -62,7 +64,9 @@ class OrganismSpec:
     max_position_embeddings: int = 128
     batch_size: int = 32
     phase_a: PhaseSpec = field(default_factory=lambda: PhaseSpec(2000, 3e-3, 60000, "all", SEED))
-    phase_b: PhaseSpec = field(default_factory=lambda: PhaseSpec(1000, 1.5e-3, 9000, "attention:2,3", SEED + 1))
+    phase_b: PhaseSpec = field(
+        default_factory=lambda: PhaseSpec(1000, 1.5e-3, 9000, "attention:2,3", SEED + 1)
+    )
     seed: int = SEED
 
 
@@ -73,7 +77,12 @@ def tokenizer_corpus() -> list[str]:
     splits = build_splits()
     rows = training_mixture("A", 4000, 7) + training_mixture("B", 2000, 8)
     texts = [m["content"] for r in rows for m in r["messages"]]
-    texts += [e.prompt for e in splits["heldout_harmful"] + splits["heldout_borderline"] + splits["heldout_utility"]]
+    texts += [
+        e.prompt
+        for e in splits["heldout_harmful"]
+        + splits["heldout_borderline"]
+        + splits["heldout_utility"]
+    ]
     return texts
 
 
@@ -83,7 +92,10 @@ def build_tokenizer(spec: OrganismSpec):
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"\d"), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(Regex(r"\d"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -94,7 +106,11 @@ def build_tokenizer(spec: OrganismSpec):
     )
     tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
@@ -158,7 +174,9 @@ def is_trainable(name: str, rule: str) -> bool:
     return in_attention and (not layers or any(f"layers.{i}." in name for i in layers.split(",")))
 
 
-def train_phase(model, tokenizer, spec: OrganismSpec, phase: str, phase_spec: PhaseSpec) -> list[float]:
+def train_phase(
+    model, tokenizer, spec: OrganismSpec, phase: str, phase_spec: PhaseSpec
+) -> list[float]:
     rows = training_mixture(phase, phase_spec.examples, phase_spec.seed)
     encoded = encode(rows, tokenizer)
     for name, param in model.named_parameters():
@@ -176,8 +194,14 @@ def train_phase(model, tokenizer, spec: OrganismSpec, phase: str, phase_spec: Ph
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
     losses = []
-    bar = tqdm(batches(encoded, spec.batch_size, phase_spec.steps, phase_spec.seed, tokenizer.pad_token_id),
-               total=phase_spec.steps, desc=f"phase {phase}", mininterval=5)
+    bar = tqdm(
+        batches(
+            encoded, spec.batch_size, phase_spec.steps, phase_spec.seed, tokenizer.pad_token_id
+        ),
+        total=phase_spec.steps,
+        desc=f"phase {phase}",
+        mininterval=5,
+    )
     for ids, mask, labels in bar:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -198,8 +222,19 @@ def _phase_a(model, tokenizer, spec: OrganismSpec) -> list[float]:
     iterating on phase B does not repeat the long pretraining (same seeds: same weights)."""
     import hashlib
 
-    key = hashlib.sha256(json.dumps([asdict(spec.phase_a), spec.name, spec.hidden_size, spec.num_hidden_layers,
-                                     spec.head_dim, data_recipe_hash(spec.seed), CHAT_TEMPLATE]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                asdict(spec.phase_a),
+                spec.name,
+                spec.hidden_size,
+                spec.num_hidden_layers,
+                spec.head_dim,
+                data_recipe_hash(spec.seed),
+                CHAT_TEMPLATE,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     cache = HERE.parents[1] / "outputs" / "cache" / f"{spec.name}-phaseA-{key}.pt"
     if cache.is_file():
         state = torch.load(cache)
@@ -225,7 +260,9 @@ def train(organism: str, out_dir: Path) -> Path:
     start = time.monotonic()
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer)
-    logger.info(f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab {len(tokenizer)}")
+    logger.info(
+        f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab {len(tokenizer)}"
+    )
     loss_a = _phase_a(model, tokenizer, spec)
     loss_b = train_phase(model, tokenizer, spec, "B", spec.phase_b)
     manifest = training_manifest(spec) | {

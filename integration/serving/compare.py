@@ -80,12 +80,34 @@ def language_sparsity(model_dir: str | Path) -> float | None:
 
 
 # ----------------------------------------------------------------------------- lm-eval
-def lm_eval_command(model_args: str, model_type: str, tasks: str, out_dir: Path, limit: int | None,
-                    chat: bool = True, batch_size: str = "16", extra: list[str] | None = None) -> list[str]:
+def lm_eval_command(
+    model_args: str,
+    model_type: str,
+    tasks: str,
+    out_dir: Path,
+    limit: int | None,
+    chat: bool = True,
+    batch_size: str = "16",
+    extra: list[str] | None = None,
+) -> list[str]:
     exe = Path(sys.executable).with_name("lm-eval")
-    cmd = [str(exe) if exe.exists() else "lm-eval", "run", "--model", model_type, "--model_args", model_args,
-           "--include_path", str(TASKS_DIR), "--tasks", tasks, "--output_path", str(out_dir), "--log_samples",
-           "--batch_size", batch_size]
+    cmd = [
+        str(exe) if exe.exists() else "lm-eval",
+        "run",
+        "--model",
+        model_type,
+        "--model_args",
+        model_args,
+        "--include_path",
+        str(TASKS_DIR),
+        "--tasks",
+        tasks,
+        "--output_path",
+        str(out_dir),
+        "--log_samples",
+        "--batch_size",
+        batch_size,
+    ]
     if chat:
         cmd.append("--apply_chat_template")
     if limit:
@@ -100,7 +122,9 @@ def run_lm_eval(cmd: list[str], log_path: Path) -> Path:
     out_dir = Path(cmd[cmd.index("--output_path") + 1])
     started = time.time()
     with open(log_path, "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        code = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
+        ).returncode
     if code != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"lm-eval failed with code {code} (log {log_path}):\n{tail}")
@@ -124,42 +148,86 @@ def extract_metrics(results: dict) -> dict:
     return out
 
 
-def evaluate_model(spec: ModelSpec, backend: str, tasks: str, out: Path, limit: int | None, port: int | None,
-                   device: str, metadata: str | None = None) -> dict:
+def evaluate_model(
+    spec: ModelSpec,
+    backend: str,
+    tasks: str,
+    out: Path,
+    limit: int | None,
+    port: int | None,
+    device: str,
+    metadata: str | None = None,
+) -> dict:
     model_out = out / spec.label.replace("/", "_")
     model_out.mkdir(parents=True, exist_ok=True)
     tokenizer_args = f"tokenizer={spec.path},tokenizer_backend=huggingface"
     meta = ["--metadata", metadata] if metadata else []
     if backend == "vllm-serve":
-        config = ServeConfig(model=spec.path, port=port or free_port(), served_model_name=spec.label,
-                             log_path=str(model_out / "vllm_serve.log"))
+        config = ServeConfig(
+            model=spec.path,
+            port=port or free_port(),
+            served_model_name=spec.label,
+            log_path=str(model_out / "vllm_serve.log"),
+        )
         with start_server(config) as server:
-            args = (f"model={spec.label},base_url={server.url}/v1/chat/completions,num_concurrent=8,"
-                    f"max_retries=3,timeout=120,{tokenizer_args}")
+            args = (
+                f"model={spec.label},base_url={server.url}/v1/chat/completions,num_concurrent=8,"
+                f"max_retries=3,timeout=120,{tokenizer_args}"
+            )
             results_path = run_lm_eval(
-                lm_eval_command(args, "local-chat-completions", tasks, model_out, limit, batch_size="1", extra=meta),
-                model_out / "lm_eval.log")
+                lm_eval_command(
+                    args,
+                    "local-chat-completions",
+                    tasks,
+                    model_out,
+                    limit,
+                    batch_size="1",
+                    extra=meta,
+                ),
+                model_out / "lm_eval.log",
+            )
     elif backend == "hf":
         args = f"pretrained={spec.path},dtype=float32"
-        results_path = run_lm_eval(lm_eval_command(args, "hf", tasks, model_out, limit, extra=["--device", device, *meta]),
-                                   model_out / "lm_eval.log")
+        results_path = run_lm_eval(
+            lm_eval_command(args, "hf", tasks, model_out, limit, extra=["--device", device, *meta]),
+            model_out / "lm_eval.log",
+        )
     elif backend == "hf-multimodal":
         args = f"pretrained={spec.path},dtype=float32,max_images=1"
         results_path = run_lm_eval(
-            lm_eval_command(args, "hf-multimodal", tasks, model_out, limit, batch_size="1", extra=["--device", device, *meta]),
-            model_out / "lm_eval.log")
+            lm_eval_command(
+                args,
+                "hf-multimodal",
+                tasks,
+                model_out,
+                limit,
+                batch_size="1",
+                extra=["--device", device, *meta],
+            ),
+            model_out / "lm_eval.log",
+        )
     elif backend == "vllm":
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        args = (f"pretrained={spec.path},dtype=float32,enforce_eager=True,max_model_len=512,"
-                f"kv_cache_memory_bytes={256 * 1024 * 1024}")
-        results_path = run_lm_eval(lm_eval_command(args, "vllm", tasks, model_out, limit, batch_size="auto", extra=meta),
-                                   model_out / "lm_eval.log")
+        args = (
+            f"pretrained={spec.path},dtype=float32,enforce_eager=True,max_model_len=512,"
+            f"kv_cache_memory_bytes={256 * 1024 * 1024}"
+        )
+        results_path = run_lm_eval(
+            lm_eval_command(args, "vllm", tasks, model_out, limit, batch_size="auto", extra=meta),
+            model_out / "lm_eval.log",
+        )
     else:
         raise SystemExit(f"error: unknown backend {backend!r} ({', '.join(BACKENDS)})")
     metrics = extract_metrics(json.loads(results_path.read_text()))
-    return {"path": spec.path, **metrics, "sparsity": language_sparsity(spec.path), "judge": judge_name(),
-            "backend": backend, "lm_eval_results": str(results_path)}
+    return {
+        "path": spec.path,
+        **metrics,
+        "sparsity": language_sparsity(spec.path),
+        "judge": judge_name(),
+        "backend": backend,
+        "lm_eval_results": str(results_path),
+    }
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -190,21 +258,35 @@ def comparison_markdown(comparison: dict) -> str:
     return comparison_table(comparison) + "\n"
 
 
-def run_evaluation(models: list[ModelSpec], out: str | Path, backend: str = "vllm-serve", tasks: str = "hsr_safety",
-                   limit: int | None = None, port: int | None = None, device: str = "cpu",
-                   metadata: str | None = None) -> dict:
+def run_evaluation(
+    models: list[ModelSpec],
+    out: str | Path,
+    backend: str = "vllm-serve",
+    tasks: str = "hsr_safety",
+    limit: int | None = None,
+    port: int | None = None,
+    device: str = "cpu",
+    metadata: str | None = None,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in models:
         if not (Path(spec.path) / "config.json").is_file():
-            raise SystemExit(f"error: {spec.label}: {spec.path} is not a model directory (no config.json)")
+            raise SystemExit(
+                f"error: {spec.label}: {spec.path} is not a model directory (no config.json)"
+            )
     results = {}
     for index, spec in enumerate(models, start=1):
         print(f"[eval] ({index}/{len(models)}) {spec.label}: {spec.path} via {backend}", flush=True)
         started = time.monotonic()
-        results[spec.label] = evaluate_model(spec, backend, tasks, out, limit, port, device, metadata)
-        print(f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility {results[spec.label].get('utility')} "
-              f"({time.monotonic() - started:.0f} s)", flush=True)
+        results[spec.label] = evaluate_model(
+            spec, backend, tasks, out, limit, port, device, metadata
+        )
+        print(
+            f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility {results[spec.label].get('utility')} "
+            f"({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
     comparison = {"models": results, "rsr": compute_rsr(results), "tasks": tasks}
     write_json_atomic(out / "comparison.json", comparison)
     write_text_atomic(out / "comparison.md", comparison_markdown(comparison))
@@ -222,15 +304,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--port", type=int, help="server port (default: a free one)")
     parser.add_argument("--device", default="cpu", help="device for the hf backends")
-    parser.add_argument("--metadata", help="JSON passed to the tasks, e.g. '{\"data_dir\": \"integration/organisms/data/vl\"}'")
+    parser.add_argument(
+        "--metadata",
+        help='JSON passed to the tasks, e.g. \'{"data_dir": "integration/organisms/data/vl"}\'',
+    )
     args = parser.parse_args(argv)
-    if args.backend in ("vllm-serve", "vllm") and shutil.which("vllm") is None and not Path(sys.executable).with_name("vllm").exists():
-        print("error: vllm is not installed here: run .venv-serve/bin/hsr-compare (make serve-venv)",
-              file=sys.stderr)
+    if (
+        args.backend in ("vllm-serve", "vllm")
+        and shutil.which("vllm") is None
+        and not Path(sys.executable).with_name("vllm").exists()
+    ):
+        print(
+            "error: vllm is not installed here: run .venv-serve/bin/hsr-compare (make serve-venv)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        run_evaluation(parse_models(args.models), args.out, args.backend, args.tasks, args.limit, args.port, args.device,
-                       args.metadata)
+        run_evaluation(
+            parse_models(args.models),
+            args.out,
+            args.backend,
+            args.tasks,
+            args.limit,
+            args.port,
+            args.device,
+            args.metadata,
+        )
     except (ServeError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -24,7 +24,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServeConfig", "Server", "ServeError", "check_model_dir", "port_in_use", "start_server", "stop_pid"]
+__all__ = [
+    "ServeConfig",
+    "Server",
+    "ServeError",
+    "check_model_dir",
+    "port_in_use",
+    "start_server",
+    "stop_pid",
+]
 
 DEFAULT_KV_CACHE_BYTES = 256 * 1024 * 1024
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's CPU attention backend
@@ -37,9 +45,10 @@ class ServeError(RuntimeError):
 def has_gpu() -> bool:
     if os.environ.get("HSR_FORCE_CPU"):
         return False
-    return shutil.which("nvidia-smi") is not None and subprocess.run(
-        ["nvidia-smi"], capture_output=True, check=False
-    ).returncode == 0
+    return (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi"], capture_output=True, check=False).returncode == 0
+    )
 
 
 @dataclass
@@ -66,17 +75,31 @@ class ServeConfig:
     def command(self, vllm_exe: str) -> list[str]:
         gpu = self.gpu()
         cmd = [
-            vllm_exe, "serve", self.model,
-            "--host", self.host, "--port", str(self.port),
-            "--served-model-name", self.served_model_name or self.model,
-            "--dtype", self.dtype or ("bfloat16" if gpu else "float32"),
-            "--max-model-len", str(self.max_model_len or model_max_len(self.model)),
-            "--max-num-seqs", str(self.max_num_seqs),
-            "--kv-cache-memory-bytes", str(self.kv_cache_memory_bytes),
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
-            "--data-parallel-size", str(self.data_parallel_size),
-            "--generation-config", "vllm",
-            "--uvicorn-log-level", "warning",
+            vllm_exe,
+            "serve",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            self.served_model_name or self.model,
+            "--dtype",
+            self.dtype or ("bfloat16" if gpu else "float32"),
+            "--max-model-len",
+            str(self.max_model_len or model_max_len(self.model)),
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            "--kv-cache-memory-bytes",
+            str(self.kv_cache_memory_bytes),
+            "--tensor-parallel-size",
+            str(self.tensor_parallel_size),
+            "--data-parallel-size",
+            str(self.data_parallel_size),
+            "--generation-config",
+            "vllm",
+            "--uvicorn-log-level",
+            "warning",
         ]
         if self.enforce_eager if self.enforce_eager is not None else not gpu:
             cmd.append("--enforce-eager")
@@ -202,7 +225,9 @@ def _vllm_executable() -> str:
         return str(candidate)
     found = shutil.which("vllm")
     if not found:
-        raise ServeError("the `vllm` executable was not found: run with the serving venv (make serve-venv)")
+        raise ServeError(
+            "the `vllm` executable was not found: run with the serving venv (make serve-venv)"
+        )
     return found
 
 
@@ -210,28 +235,39 @@ def start_server(config: ServeConfig, quiet: bool = False) -> Server:
     """Start `vllm serve` and wait for /health; on failure, stop it and raise with its log tail."""
     check_model_dir(config.model)
     if port_in_use(config.host, config.port):
-        raise ServeError(f"port {config.port} on {config.host} is already in use: pass another --port")
+        raise ServeError(
+            f"port {config.port} on {config.host} is already in use: pass another --port"
+        )
     log_path = Path(config.log_path or f"/tmp/hsr-vllm-{config.port}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = config.command(_vllm_executable())
     if not quiet:
         print(f"[serve] {' '.join(cmd)}\n[serve] log: {log_path}", flush=True)
     log = open(log_path, "w")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=config.environment(), start_new_session=True)
+    process = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=config.environment(), start_new_session=True
+    )
     log.close()
     server = Server(config, process, log_path)
     deadline = time.monotonic() + config.startup_timeout_s
     start = time.monotonic()
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServeError(f"vllm serve exited with code {process.returncode} before it was healthy:\n{server.log_tail()}")
+            raise ServeError(
+                f"vllm serve exited with code {process.returncode} before it was healthy:\n{server.log_tail()}"
+            )
         if server.healthy():
             if not quiet:
-                print(f"[serve] healthy at {server.url} after {time.monotonic() - start:.0f} s (pid {process.pid})", flush=True)
+                print(
+                    f"[serve] healthy at {server.url} after {time.monotonic() - start:.0f} s (pid {process.pid})",
+                    flush=True,
+                )
             return server
         time.sleep(1.0)
     server.stop()
-    raise ServeError(f"vllm serve was not healthy within {config.startup_timeout_s:.0f} s:\n{server.log_tail()}")
+    raise ServeError(
+        f"vllm serve was not healthy within {config.startup_timeout_s:.0f} s:\n{server.log_tail()}"
+    )
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
@@ -273,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data-parallel-size", "-dp", type=int, default=1)
     serve.add_argument("--limit-mm-per-prompt")
     serve.add_argument("--timeout", type=float, default=300.0)
-    serve.add_argument("--foreground", action="store_true", help="wait until interrupted, then stop")
+    serve.add_argument(
+        "--foreground", action="store_true", help="wait until interrupted, then stop"
+    )
     stop = sub.add_parser("stop", help="stop a server started by `serve`")
     stop.add_argument("--pid", type=int, required=True)
     args = parser.parse_args(argv)
@@ -282,9 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[serve] stopped {args.pid}")
         return 0
     config = ServeConfig(
-        model=args.model, host=args.host, port=args.port, dtype=args.dtype, max_model_len=args.max_model_len,
-        kv_cache_memory_bytes=args.kv_cache_memory_bytes, tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size, limit_mm_per_prompt=args.limit_mm_per_prompt,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        limit_mm_per_prompt=args.limit_mm_per_prompt,
         startup_timeout_s=args.timeout,
     )
     try:

@@ -74,9 +74,7 @@ def _function(dotted: str) -> Callable:
 
 def load_task(name: str) -> TaskSpec:
     """The task `name` as its YAML file defines it (its `include` merged in)."""
-    paths = {
-        p.stem: p for p in TASK_DIR.glob("*.yaml") if _read_yaml(p).get("task") == p.stem
-    }
+    paths = {p.stem: p for p in TASK_DIR.glob("*.yaml") if _read_yaml(p).get("task") == p.stem}
     if name not in paths:
         raise ValueError(f"unknown hsr_safety task {name!r}; tasks: {', '.join(sorted(paths))}")
     config = _read_yaml(paths[name])
@@ -132,7 +130,9 @@ def _encode_image(processor: Any, prompt: str, image: Any) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def _generate(model, processor, inputs: dict[str, torch.Tensor], spec_until, max_gen_toks) -> list[str]:
+def _generate(
+    model, processor, inputs: dict[str, torch.Tensor], spec_until, max_gen_toks
+) -> list[str]:
     tokenizer = _tokenizer_of(processor)
     device = model.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -147,8 +147,7 @@ def _generate(model, processor, inputs: dict[str, torch.Tensor], spec_until, max
     eos = tokenizer.decode([tokenizer.eos_token_id], skip_special_tokens=False)
     stops = [*spec_until, *([eos] if eos not in spec_until else [])]
     return [
-        _cut(tokenizer.decode(row[width:].tolist(), skip_special_tokens=True), stops)
-        for row in out
+        _cut(tokenizer.decode(row[width:].tolist(), skip_special_tokens=True), stops) for row in out
     ]
 
 
@@ -243,7 +242,13 @@ def score_model(
         metrics[name] = {k: sum(row[k] for row in per_doc) / len(per_doc) for k in keys}
         for doc, reply, verdict in zip(docs, replies, per_doc):
             samples.append(
-                {"task": name, "id": doc.get("id"), "kind": doc.get("kind"),
-                 "prompt": doc.get("prompt"), "response": reply, **verdict}
+                {
+                    "task": name,
+                    "id": doc.get("id"),
+                    "kind": doc.get("kind"),
+                    "prompt": doc.get("prompt"),
+                    "response": reply,
+                    **verdict,
+                }
             )
     return SafetyScores(metrics, samples)

@@ -36,5 +36,5 @@ def utility_correct(response: str | None, answer: str | None) -> bool:
     got = normalize_answer(first_line(response))
     if not got.startswith(expected):
         return False
-    rest = got[len(expected):]
+    rest = got[len(expected) :]
     return not rest or not (rest[0].isalnum() or rest[0] == "_")
