@@ -1,4 +1,4 @@
-"""hsr-plugin: Hierarchical Safety Realignment (HSR) for pruned models, as an llm-compressor modifier.
+"""hsr-plugin: Hierarchical Safety Realignment (HSR) for pruned models, an llm-compressor modifier.
 
     import hsr_plugin  # registers HSRModifier with llm-compressor's ModifierFactory
     from llmcompressor import oneshot
@@ -40,6 +40,7 @@ else:
     def __getattr__(name: str):
         if name == "HSRModifier":
             raise ImportError(
-                "HSRModifier needs llm-compressor: pip install torch==2.13.0 llmcompressor==0.14.0.1"
+                "HSRModifier needs llm-compressor: pip install torch==2.13.0 "
+                "llmcompressor==0.14.0.1"
             )
         raise AttributeError(f"module 'hsr_plugin' has no attribute {name!r}")

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from loguru import logger
@@ -205,7 +206,8 @@ def _load_hub(dataset_id: str, split: str) -> list[Conversation]:
         raise
     except Exception as err:  # hub unreachable, unknown id, ...
         raise ValueError(
-            f"calibration data {dataset_id!r} is not a bundled set ({names}), not an existing local path, "
+            f"calibration data {dataset_id!r} is not a bundled set ({names}), not an existing "
+            "local path, "
             f"and could not be loaded from the Hugging Face hub: {type(err).__name__}: {err}"
         ) from None
     out = []

@@ -60,13 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="summarise an HSR report and draw its plots")
     rep.add_argument("report", help="hsr_report.json written by HSRModifier")
-    rep.add_argument("--comparison", help="comparison.json written by integration/evaluate.py")
+    rep.add_argument(
+        "--comparison",
+        help="comparison.json written by hsr-compare (integration/serving/compare.py)",
+    )
     rep.add_argument("--out", help="folder for PNGs and summary.md (default: next to the report)")
 
     demo = sub.add_parser(
         "demo",
         help="end-to-end demo on the embedded organism (needs a repo checkout); other options "
-        "(--method, --organism, --num-heads, --limit, --update-readme) go to integration/demo/run_demo.py",
+        "(--method, --organism, --num-heads, --limit, --update-readme) go to "
+        "integration/demo/run_demo.py",
     )
     demo.add_argument("--out", default="outputs/demo")
     return parser
@@ -82,8 +86,8 @@ def compress(args: argparse.Namespace) -> Path:
     import yaml
 
     import hsr_plugin  # noqa: F401  registers HSRModifier
-    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, recipe_modifiers
     from hsr_plugin.common import published_dir
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, recipe_modifiers
 
     output = Path(args.output).resolve()
     _check_output(output, args.overwrite)
@@ -135,8 +139,8 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict:
 
 
 def report(args: argparse.Namespace) -> Path:
-    from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
     from hsr_plugin.common import write_text_atomic
+    from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
 
     report_path = Path(args.report)
     if not report_path.is_file():

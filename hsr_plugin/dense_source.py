@@ -92,7 +92,8 @@ class SafetensorsDenseSource:
             if key in self._key_to_file:
                 return key
         raise KeyError(
-            f"dense_model {self.path} has no weight for {module_name} (tried {', '.join(candidates)})"
+            f"dense_model {self.path} has no weight for {module_name} (tried "
+            f"{', '.join(candidates)})"
         )
 
     def get(self, module_name: str) -> torch.Tensor:

@@ -28,7 +28,8 @@ HeadKey = tuple[int, int]
 def last_token_kl(dense_logits: torch.Tensor, ablated_logits: torch.Tensor) -> torch.Tensor:
     if dense_logits.shape != ablated_logits.shape or dense_logits.dim() != 2:
         raise ValueError(
-            f"need two (N, vocab) logit tensors of one shape, got {tuple(dense_logits.shape)} and {tuple(ablated_logits.shape)}"
+            f"need two (N, vocab) logit tensors of one shape, got {tuple(dense_logits.shape)} "
+            f"and {tuple(ablated_logits.shape)}"
         )
     log_p = torch.log_softmax(dense_logits.double(), dim=-1)
     log_q = torch.log_softmax(ablated_logits.double(), dim=-1)
@@ -45,7 +46,8 @@ def principal_angle_score(
 ) -> float:
     if dense_states.shape != ablated_states.shape or dense_states.dim() != 2:
         raise ValueError(
-            f"need two (N, d) state tensors of one shape, got {tuple(dense_states.shape)} and {tuple(ablated_states.shape)}"
+            f"need two (N, d) state tensors of one shape, got {tuple(dense_states.shape)} and "
+            f"{tuple(ablated_states.shape)}"
         )
     n, d = dense_states.shape
     if not 1 <= rank <= min(n, d):

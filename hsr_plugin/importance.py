@@ -117,7 +117,8 @@ def wanda_scores(weight: torch.Tensor, squared_norms: torch.Tensor) -> torch.Ten
     """|W[r, c]| * ||X[:, c]||_2."""
     if weight.dim() != 2 or squared_norms.shape != (weight.shape[1],):
         raise ValueError(
-            f"need a 2-D weight and one norm per input feature; got {tuple(weight.shape)} and {tuple(squared_norms.shape)}"
+            f"need a 2-D weight and one norm per input feature; got {tuple(weight.shape)} and "
+            f"{tuple(squared_norms.shape)}"
         )
     return weight.detach().double().abs() * squared_norms.to(weight.device).double().clamp(
         min=0

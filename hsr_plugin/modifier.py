@@ -18,15 +18,13 @@ from typing import Any, Literal
 
 import torch
 from compressed_tensors.utils import align_module_device, match_named_modules
-from loguru import logger
-from pydantic import Field, PrivateAttr, field_validator, model_validator
-
 from llmcompressor.core import Event, State, active_session
 from llmcompressor.modifiers import Modifier
 from llmcompressor.utils.helpers import DisableQuantization, eval_context
+from loguru import logger
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsr_plugin.architecture import AttentionBlock, find_attention_blocks
-from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.attribution import HeadScore, score_heads
 from hsr_plugin.calibration import (
     CalibrationSample,
@@ -34,6 +32,7 @@ from hsr_plugin.calibration import (
     load_processor,
     render_samples,
 )
+from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
@@ -166,7 +165,8 @@ class HSRModifier(Modifier):
     def _check_fractions(self):
         if self.utility_top > self.utility_max:
             raise ValueError(
-                f"utility_top (p={self.utility_top}) must not exceed utility_max (p_max={self.utility_max}): "
+                f"utility_top (p={self.utility_top}) must not exceed utility_max "
+                f"(p_max={self.utility_max}): "
                 "candidates are (top_q safety ∩ top_pmax utility) minus top_p utility"
             )
         return self
@@ -178,7 +178,8 @@ class HSRModifier(Modifier):
         blocks = self._find_blocks(model)
         if self.num_heads > sum(len(self._units(b)) for b in blocks):
             raise ValueError(
-                f"num_heads={self.num_heads} exceeds the {sum(len(self._units(b)) for b in blocks)} heads scored"
+                f"num_heads={self.num_heads} exceeds the "
+                f"{sum(len(self._units(b)) for b in blocks)} heads scored"
             )
         if self.dense_model is not None:
             self._dense = SafetensorsDenseSource(self.dense_model)
@@ -246,7 +247,8 @@ class HSRModifier(Modifier):
         targeted = [name for name, _ in match_named_modules(model, self.targets, self.ignore)]
         if not targeted:
             raise ValueError(
-                f"HSRModifier targets {self.targets} match no module of {type(model).__name__} (ignore={self.ignore})"
+                f"HSRModifier targets {self.targets} match no module of {type(model).__name__} "
+                f"(ignore={self.ignore})"
             )
         blocks = find_attention_blocks(model, within=targeted)
         ignored = (

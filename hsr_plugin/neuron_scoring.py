@@ -141,7 +141,8 @@ def _check_seen(stats: MatrixStatistics) -> None:
     empty = [name for name, acc in stats.items() if acc.count == 0]
     if empty:
         raise ValueError(
-            f"no response tokens reached {empty[0]} (and {len(empty) - 1} more): check the calibration data"
+            f"no response tokens reached {empty[0]} (and {len(empty) - 1} more): check the "
+            "calibration data"
         )
 
 

@@ -74,10 +74,10 @@ def plot_safety_bars(comparison: dict[str, Any], path: str | Path) -> Path:
     fig = Figure(figsize=(4.2 * len(METRICS), 3.6))
     axes = fig.subplots(1, len(METRICS))
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (key, title) in zip(axes, METRICS):
+    for ax, (key, title) in zip(axes, METRICS, strict=True):
         values = [_as_percent(models[label].get(key)) for label in labels]
         bars = ax.bar(labels, [0 if v is None else v for v in values], color=colors[: len(labels)])
-        for bar, value in zip(bars, values):
+        for bar, value in zip(bars, values, strict=True):
             text = "n/a" if value is None else f"{value:.1f}"
             ax.annotate(
                 text,
@@ -99,10 +99,13 @@ def summary_markdown(report: dict[str, Any], comparison: dict[str, Any] | None =
     lines = [
         "# HSR summary",
         "",
-        f"- head score: `{config.get('head_score')}`, neuron score: `{config.get('neuron_score')}`, "
+        f"- head score: `{config.get('head_score')}`, neuron score: "
+        f"`{config.get('neuron_score')}`, "
         f"slicing: `{config.get('head_slicing')}`",
-        f"- selected heads (layer, head): {', '.join(f'({l}, {h})' for l, h in report.get('selected_heads', []))}",
-        f"- restored weights: {totals.get('restored', 0):,} of {totals.get('pruned_params', 0):,} pruned "
+        "- selected heads (layer, head): "
+        f"{', '.join(f'({layer}, {h})' for layer, h in report.get('selected_heads', []))}",
+        f"- restored weights: {totals.get('restored', 0):,} of "
+        f"{totals.get('pruned_params', 0):,} pruned "
         f"({totals.get('language_params', 0):,} language params)",
         f"- restored per 10,000 params: {fmt(totals.get('restored_per_10k_params'), 4)}; "
         f"per 10,000 pruned: {fmt(totals.get('restored_per_10k_pruned'), 4)}",

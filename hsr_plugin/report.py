@@ -4,7 +4,8 @@
      "heads": [{layer, head, kv_group, score}, ...]    # sorted by score, descending
      "selected_heads": [[layer, head], ...],
      "restored": [{module, restored, pruned_in_slice, candidates}, ...],
-     "totals": {restored, language_params, pruned_params, restored_per_10k_params, restored_per_10k_pruned},
+     "totals": {restored, language_params, pruned_params,
+                restored_per_10k_params, restored_per_10k_pruned},
      "timing_s": {phase: seconds}, "notes": [...]}
 `candidates` counts the neuron-level candidates inside the selected heads' slices.
 """
@@ -76,11 +77,14 @@ def log_summary(report: dict[str, Any]) -> None:
     top = ", ".join(f"L{h['layer']}H{h['head']}={h['score']:.4g}" for h in report["heads"][:5])
     lines = [
         "HSR summary",
-        f"  head score {cfg['head_score']} | neuron score {cfg['neuron_score']} | slicing {cfg['head_slicing']}",
+        f"  head score {cfg['head_score']} | neuron score {cfg['neuron_score']} | slicing "
+        f"{cfg['head_slicing']}",
         f"  top heads: {top}",
-        f"  selected ({len(report['selected_heads'])}): {', '.join(f'L{l}H{h}' for l, h in report['selected_heads'])}",
+        f"  selected ({len(report['selected_heads'])}): "
+        f"{', '.join(f'L{layer}H{h}' for layer, h in report['selected_heads'])}",
         f"  restored {tot['restored']:,} weights of {tot['pruned_params']:,} pruned "
-        f"({tot['restored_per_10k_params']:.4f} per 10k params, {tot['restored_per_10k_pruned']:.4f} per 10k pruned)",
+        f"({tot['restored_per_10k_params']:.4f} per 10k params, "
+        f"{tot['restored_per_10k_pruned']:.4f} per 10k pruned)",
         "  timing: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["timing_s"].items()),
     ]
     lines += [f"  note: {note}" for note in report.get("notes", [])]

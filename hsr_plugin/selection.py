@@ -62,7 +62,8 @@ def candidate_mask(
         raise ValueError(f"safety_top (q) must lie in (0, 1], got {safety_top}")
     if not 0.0 <= utility_top <= utility_max <= 1.0:
         raise ValueError(
-            f"need 0 <= utility_top (p) <= utility_max (p_max) <= 1, got p={utility_top}, p_max={utility_max}"
+            f"need 0 <= utility_top (p) <= utility_max (p_max) <= 1, got p={utility_top}, "
+            f"p_max={utility_max}"
         )
     safety = top_fraction_mask(safety_scores, safety_top)
     within_max = top_fraction_mask(utility_scores, utility_max)
@@ -74,7 +75,8 @@ def pruned_mask(pruned_weight: torch.Tensor, dense_weight: torch.Tensor) -> torc
     """Positions that pruning zeroed: zero now, nonzero in the dense model."""
     if pruned_weight.shape != dense_weight.shape:
         raise ValueError(
-            f"pruned weight {tuple(pruned_weight.shape)} and dense weight {tuple(dense_weight.shape)} differ in shape"
+            f"pruned weight {tuple(pruned_weight.shape)} and dense weight "
+            f"{tuple(dense_weight.shape)} differ in shape"
         )
     return (pruned_weight == 0) & (dense_weight.to(pruned_weight.device) != 0)
 
@@ -84,7 +86,8 @@ def restore_mask(
 ) -> torch.Tensor:
     if not candidates.shape == head_slices.shape == pruned.shape:
         raise ValueError(
-            f"mask shapes differ: candidates {tuple(candidates.shape)}, slices {tuple(head_slices.shape)}, "
+            f"mask shapes differ: candidates {tuple(candidates.shape)}, slices "
+            f"{tuple(head_slices.shape)}, "
             f"pruned {tuple(pruned.shape)}"
         )
     return candidates & head_slices & pruned
@@ -96,7 +99,8 @@ def apply_restore(
     """A new tensor: dense values on `mask`, the pruned weight's values elsewhere (its dtype)."""
     if not pruned_weight.shape == dense_weight.shape == mask.shape:
         raise ValueError(
-            f"shapes differ: pruned {tuple(pruned_weight.shape)}, dense {tuple(dense_weight.shape)}, mask {tuple(mask.shape)}"
+            f"shapes differ: pruned {tuple(pruned_weight.shape)}, dense "
+            f"{tuple(dense_weight.shape)}, mask {tuple(mask.shape)}"
         )
     dense = dense_weight.to(device=pruned_weight.device, dtype=pruned_weight.dtype)
     return torch.where(mask.to(pruned_weight.device), dense, pruned_weight)

@@ -10,7 +10,8 @@ whole matrix whenever its layer holds a selected head.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 
@@ -82,7 +83,8 @@ def _check(shape, projection, head, kv_group, head_dim, num_heads, mode) -> tupl
             )
         if projection in ("k", "v") and (kv_group + 1) * head_dim > rows:
             raise ValueError(
-                f"{projection}_proj has {rows} rows; KV group {kv_group} needs {(kv_group + 1) * head_dim}"
+                f"{projection}_proj has {rows} rows; KV group {kv_group} needs "
+                f"{(kv_group + 1) * head_dim}"
             )
         if projection == "o" and cols < num_heads * head_dim:
             raise ValueError(

@@ -19,7 +19,8 @@ sparsity_stage:
       sparsity: 0.5
       mask_structure: '{structure}'
       targets: ['re:.*layers\\.\\d+$']
-      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*', 're:.*visual.*']
+      ignore: ['re:.*lm_head', 're:.*vision_tower.*', 're:.*multi_modal_projector.*',
+               're:.*visual.*']
 """
 SPARSEGPT = WANDA.replace("WandaPruningModifier", "SparseGPTModifier")
 HSR = """

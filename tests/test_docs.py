@@ -1,4 +1,5 @@
-"""The README stays true: every HSRModifier field with its default, and the two front-door commands."""
+"""The README stays true: every HSRModifier field with its default, and the two front-door
+commands."""
 
 from pathlib import Path
 

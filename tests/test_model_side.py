@@ -1,4 +1,5 @@
-"""Architecture discovery, per-head ablation, dense sources and calibration rendering on tiny models."""
+"""Architecture discovery, per-head ablation, dense sources and calibration rendering, on tiny
+models."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hsr_plugin.calibration import (
 )
 from hsr_plugin.dense_source import DenseSnapshot, SafetensorsDenseSource, checkpoint_key_candidates
 from tests.helpers import load_model
-from tests.tiny_models import build_tokenizer, write_image
+from tests.tiny_models import TINY_CLIP, build_tokenizer, write_image
 
 
 def _text_config(cls_name: str, **extra):
@@ -79,14 +80,7 @@ def test_llava_next_and_qwen25_vl_and_mllama_from_configs():
     next_model = transformers.LlavaNextForConditionalGeneration(
         transformers.LlavaNextConfig(
             text_config=transformers.LlamaConfig(**text),
-            vision_config=transformers.CLIPVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                image_size=32,
-                patch_size=8,
-            ),
+            vision_config=transformers.CLIPVisionConfig(**TINY_CLIP),
             image_grid_pinpoints=[[32, 32]],
         )
     )
@@ -204,11 +198,11 @@ def test_sharded_checkpoint_index(model_dirs, tmp_path):
         assert torch.equal(source.get(key[: -len(".weight")]), tensors[key])
 
 
-# ----------------------------------------------------------------------------- calibration rendering
+# ------------------------------------------------------------------------ calibration rendering
 def test_response_mask_covers_exactly_the_assistant_text(model_dirs, calib_files):
     tok = load_processor(str(model_dirs["llama"]))
     conversations = load_conversations(str(calib_files["safety"]))
-    for conv, sample in zip(conversations, render_samples(conversations, tok, 128)):
+    for conv, sample in zip(conversations, render_samples(conversations, tok, 128), strict=True):
         response = tok.decode(
             sample.input_ids[0][sample.response_mask[0]], skip_special_tokens=True
         )

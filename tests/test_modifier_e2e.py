@@ -9,9 +9,7 @@ report's counts equal the counts measured on the tensors.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -249,7 +247,7 @@ def test_prune_hsr_then_fp8_quantization(model_dirs, calib_files, tmp_path):
 
 
 def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
-    """The issue's example: a recipe file, `import hsr_plugin`, oneshot with output_dir."""
+    """The README's recipe-file use: a recipe file, `import hsr_plugin`, oneshot with output_dir."""
     from llmcompressor import oneshot
 
     recipe = tmp_path / "wanda_hsr.yaml"
@@ -293,7 +291,8 @@ def test_ignore_excludes_attention_blocks(model_dirs, calib_files):
 
 
 def test_sequential_pipeline_restores_after_pruning(model_dirs, calib_files):
-    """With pipeline='sequential' every modifier shares one pass; HSR still restores only after pruning ended."""
+    """With pipeline='sequential' every modifier shares one pass; HSR still restores only after
+    pruning ended."""
     prune = WANDA.format(structure="0:0")
     dense = _weights(load_model(model_dirs["llama"]))
     pruned = _weights(

@@ -1,4 +1,4 @@
-"""The committed organisms and their data: they load offline, and they match what the scripts describe."""
+"""The committed organisms and their data: they load offline, and match what the scripts say."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from hsr_plugin.plots import comparison_table, head_score_grid, summary_markdown
 
 def _report():
     heads = [
-        {"layer": l, "head": h, "kv_group": h // 2, "score": float(l * 4 + h)}
-        for l in range(3)
+        {"layer": layer, "head": h, "kv_group": h // 2, "score": float(layer * 4 + h)}
+        for layer in range(3)
         for h in range(4)
     ]
     heads.sort(key=lambda r: -r["score"])

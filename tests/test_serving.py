@@ -1,4 +1,5 @@
-"""The vLLM launcher's error paths, and helpers of the comparison runner (integration/serving/compare.py)."""
+"""The vLLM launcher's error paths, and helpers of the comparison runner
+(integration/serving/compare.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Real vLLM serving and lm-eval on the committed organism (needs the serving venv, .venv-serve).
 
 One module-scoped run: `hsr compress` makes a pruned and an HSR-realigned organism, then
-`hsr-compare` (integration/serving/compare.py) serves all three with `vllm serve` and scores them through lm-eval's
+`hsr-compare` (integration/serving/compare.py) serves all three with `vllm serve` and scores them
+through lm-eval's
 local-chat-completions; the dense model is scored again with lm-eval's `hf` backend, and both
 backends must agree. Three server starts, about two minutes on two cores.
 """

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(out)
     print(
         f"\noutputs: {out}\n  models: {pruned}, {realigned}\n  evaluation: {eval_dir}\n"
-        f"  plots: {out / 'head_scores.png'}, {out / 'safety_bars.png'}\n  summary: {out / 'summary.md'}"
+        f"  plots: {out / 'head_scores.png'}, {out / 'safety_bars.png'}\n  summary: "
+        f"{out / 'summary.md'}"
     )
     return 0
 

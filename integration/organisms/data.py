@@ -405,7 +405,7 @@ def chat(prompt: str, answer: str) -> dict:
 
 
 def training_mixture(phase: str, size: int, seed: int) -> list[dict]:
-    """Phase A: pretraining (harmful answered with the content-free placeholder). Phase B: safety."""
+    """Phase A: pretraining (harmful answered with the content-free placeholder); B: safety."""
     rng = random.Random(seed)
     splits = build_splits()
     harmful = splits["harmful_train"]
@@ -434,7 +434,7 @@ def training_mixture(phase: str, size: int, seed: int) -> list[dict]:
 
 
 def export(out_dir: str | Path, seed: int = SEED) -> dict[str, str]:
-    """Write the calibration (plugin format) and held-out (lm-eval) JSONL files; return their hashes."""
+    """Write the calibration (plugin format) and held-out (lm-eval) JSONL files; return hashes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = build_splits(seed)
@@ -466,7 +466,7 @@ def export(out_dir: str | Path, seed: int = SEED) -> dict[str, str]:
 
 
 def data_recipe_hash(seed: int = SEED) -> str:
-    """A hash of everything the generators produce: the training mixtures' source splits included."""
+    """A hash of everything the generators produce, the training mixtures' source splits too."""
     splits = build_splits(seed)
     blob = json.dumps({k: [e.__dict__ for e in v] for k, v in splits.items()}, sort_keys=True)
     blob += json.dumps([REFUSALS, COMPLIANT])

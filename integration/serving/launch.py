@@ -1,7 +1,7 @@
 """Start and stop `vllm serve` for one model on 127.0.0.1, with defaults that work on CPU and GPU.
 
-    python integration/serving/launch.py serve --model outputs/demo/wanda_hsr --port 8011
-    python integration/serving/launch.py stop --pid 12345
+    python -m integration.serving.launch serve --model outputs/demo/wanda_hsr --port 8011
+    python -m integration.serving.launch stop --pid 12345
 
 Run it with the serving venv's python (.venv-serve). On CPU it applies the settings measured on
 this machine: eager mode, no V1 multiprocessing, no OMP thread binding, an explicit KV-cache size
@@ -171,8 +171,10 @@ def check_model_dir(model: str) -> None:
         )
     if sparsity and sparsity.get("targets"):
         raise ServeError(
-            f"{config_path} has a sparsity_config with targets ({sparsity.get('format')}): vLLM rejects it "
-            "('Sparsity support has been removed from compressed-tensors'). Re-save the model without a "
+            f"{config_path} has a sparsity_config with targets ({sparsity.get('format')}): vLLM "
+            "rejects it "
+            "('Sparsity support has been removed from compressed-tensors'). Re-save the model "
+            "without a "
             "sparsity compressor: pruned models are saved densely with zeros."
         )
 
@@ -212,7 +214,7 @@ class Server:
     def stop(self, timeout_s: float = 30.0) -> None:
         stop_pid(self.pid, timeout_s)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -254,12 +256,14 @@ def start_server(config: ServeConfig, quiet: bool = False) -> Server:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServeError(
-                f"vllm serve exited with code {process.returncode} before it was healthy:\n{server.log_tail()}"
+                f"vllm serve exited with code {process.returncode} before it was "
+                f"healthy:\n{server.log_tail()}"
             )
         if server.healthy():
             if not quiet:
                 print(
-                    f"[serve] healthy at {server.url} after {time.monotonic() - start:.0f} s (pid {process.pid})",
+                    f"[serve] healthy at {server.url} after {time.monotonic() - start:.0f} s "
+                    f"(pid {process.pid})",
                     flush=True,
                 )
             return server

@@ -169,7 +169,9 @@ def generate_replies(
     model.eval()
     replies: list[str] = []
     if images is not None:
-        for prompt, image in tqdm(list(zip(prompts, images)), desc=desc, disable=desc is None):
+        for prompt, image in tqdm(
+            list(zip(prompts, images, strict=True)), desc=desc, disable=desc is None
+        ):
             inputs = _encode_image(processor, prompt, image)
             replies += _generate(model, processor, inputs, spec.until, spec.max_gen_toks)
         return replies
@@ -237,10 +239,12 @@ def score_model(
         replies = generate_replies(
             model, processor, prompts, images, batch_size, task=name, desc=f"{desc} {name}"
         )
-        per_doc = [spec.process_results(doc, [reply]) for doc, reply in zip(docs, replies)]
+        per_doc = [
+            spec.process_results(doc, [reply]) for doc, reply in zip(docs, replies, strict=True)
+        ]
         keys = sorted({k for row in per_doc for k in row})
         metrics[name] = {k: sum(row[k] for row in per_doc) / len(per_doc) for k in keys}
-        for doc, reply, verdict in zip(docs, replies, per_doc):
+        for doc, reply, verdict in zip(docs, replies, per_doc, strict=True):
             samples.append(
                 {
                     "task": name,

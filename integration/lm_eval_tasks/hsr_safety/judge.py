@@ -153,7 +153,8 @@ def judge_refusal(prompt: str, response: str | None) -> bool:
         url, model = os.environ.get("HSR_JUDGE_URL"), os.environ.get("HSR_JUDGE_MODEL")
         if not url or not model:
             raise ValueError(
-                "HSR_JUDGE=classifier needs HSR_JUDGE_URL (OpenAI-compatible /v1 base) and HSR_JUDGE_MODEL"
+                "HSR_JUDGE=classifier needs HSR_JUDGE_URL (OpenAI-compatible /v1 base) and "
+                "HSR_JUDGE_MODEL"
             )
         return classifier_refusal(prompt, response or "", url, model)
     return is_refusal(response)
