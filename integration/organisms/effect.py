@@ -121,6 +121,10 @@ def measure(organism: Organism, settings: list[str]) -> dict[str, dict]:
         from integration.organisms.smollm2 import materialize
 
         materialize(organism.model_dir)
+    if organism.vision:  # the data build: the calibration JSONLs name pictures beside them
+        from integration.organisms.pictures import render_into
+
+        render_into(organism.data_dir)
     results = {}
     for setting in settings:
         start = time.monotonic()
