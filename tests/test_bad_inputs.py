@@ -142,3 +142,15 @@ def test_fused_qkv_is_an_unsupported_architecture():
 def test_model_without_attention():
     with pytest.raises(UnsupportedArchitectureError, match="no language self-attention blocks"):
         find_attention_blocks(nn.Sequential(nn.Linear(4, 4)))
+
+
+def test_hsr_refuses_to_restore_before_pruning_has_ended():
+    """The guard: restoring while a pruning modifier before HSR is still running is an error."""
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+    wanda = WandaPruningModifier(sparsity=0.5)
+    hsr = HSRModifier()
+    hsr._earlier_pruning = [wanda]
+    assert not wanda.ended_
+    with pytest.raises(RuntimeError, match="before WandaPruningModifier has finished pruning"):
+        hsr._restore(nn.Linear(2, 2))

@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from hsr_plugin.architecture import AttentionBlock
 from hsr_plugin.head_scores import (
     last_token_kl,
     principal_angle_score,
@@ -170,6 +171,31 @@ def test_slice_validation():
         head_slice_mask((4, 8), "x", 0, 0, 2, 4)
 
 
+@pytest.mark.parametrize(
+    ("group", "groups_of_heads"),
+    [
+        (1, [0, 1, 2, 3, 4, 5, 6, 7]),
+        (2, [0, 0, 1, 1, 2, 2, 3, 3]),
+        (4, [0, 0, 0, 0, 1, 1, 1, 1]),
+        (8, [0, 0, 0, 0, 0, 0, 0, 0]),
+    ],
+)
+def test_kv_groups_and_exact_slices_for_every_group_size(group, groups_of_heads):
+    """8 query heads of dim 4 sharing 8 / group KV heads: head h reads KV group h // group."""
+    block = AttentionBlock(0, "model.layers.0.self_attn", torch.nn.Identity(), 8, 8 // group, 4)
+    assert block.kv_group_size == group
+    assert [block.kv_group(h) for h in range(8)] == groups_of_heads
+    kv_rows = 4 * (8 // group)
+    for head, g in enumerate(groups_of_heads):
+        k = head_slice_mask((kv_rows, 32), "k", head, g, 4, 8)
+        assert k.any(1).nonzero().flatten().tolist() == list(range(4 * g, 4 * g + 4))
+        assert k.all(1)[4 * g : 4 * g + 4].all()
+        q = head_slice_mask((32, 32), "q", head, g, 4, 8)
+        assert q.any(1).nonzero().flatten().tolist() == list(range(4 * head, 4 * head + 4))
+        o = head_slice_mask((32, 32), "o", head, g, 4, 8)
+        assert o.any(0).nonzero().flatten().tolist() == list(range(4 * head, 4 * head + 4))
+
+
 # ----------------------------------------------------------------------------- importance
 def test_wanda_uses_response_tokens_only_and_one_vector_per_matrix():
     acc = InputNormAccumulator(3)
@@ -216,19 +242,37 @@ def test_snip_accumulates_absolute_saliency():
 
 
 # ----------------------------------------------------------------------------- head scores
-def test_kl_is_zero_on_identical_logits_and_positive_otherwise():
-    logits = torch.randn(5, 11)
-    assert torch.allclose(last_token_kl(logits, logits), torch.zeros(5, dtype=torch.float64))
-    assert (last_token_kl(logits, logits.flip(-1)) > 0).all()
+def test_kl_is_kl_of_dense_against_ablated_on_a_hand_computed_case():
+    """p = (0.7, 0.2, 0.1), q = (0.1, 0.3, 0.6): KL(p||q) = 1.101868, KL(q||p) = 1.002104."""
+    p = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64).log()
+    q = torch.tensor([[0.1, 0.3, 0.6]], dtype=torch.float64).log()
+    want = 0.7 * math.log(7) + 0.2 * math.log(2 / 3) + 0.1 * math.log(1 / 6)
+    assert float(last_token_kl(p, q)[0]) == pytest.approx(want, rel=1e-9)
+    assert want == pytest.approx(1.101868, abs=1e-6)
+    assert float(last_token_kl(q, p)[0]) == pytest.approx(1.002104, abs=1e-6), "argument order"
+    assert float(last_token_kl(p + 3.0, q - 1.0)[0]) == pytest.approx(want, rel=1e-9)
 
 
-@settings(max_examples=25)
-@given(st.integers(3, 9), st.integers(2, 6), st.integers(0, 1000))
-def test_principal_angles(n, d, seed):
-    states = _tensor((n, d), seed)
-    assert principal_angle_score(states, states, 1) == pytest.approx(0.0, abs=1e-6)
-    assert principal_angle_score(states, 3.0 * states, 1) == pytest.approx(0.0, abs=1e-6)
-    assert 0.0 <= principal_angle_score(states, _tensor((n, d), seed + 1), 2) <= math.pi
+def _plane(alpha: float, beta: float) -> torch.Tensor:
+    """Two rows, singular values 3 > 2: leading direction cos(a) e1 + sin(a) e3, next cos(b) e2 +
+    sin(b) e4. Against alpha = beta = 0 the principal angles are exactly alpha and beta."""
+    e = torch.eye(4, dtype=torch.float64)
+    return torch.stack(
+        [
+            3.0 * (math.cos(alpha) * e[0] + math.sin(alpha) * e[2]),
+            2.0 * (math.cos(beta) * e[1] + math.sin(beta) * e[3]),
+        ]
+    )
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.3, 0.5), (0.5, 0.2), (0.0, 0.7)])
+def test_principal_angles_are_summed_over_the_rank(alpha, beta):
+    dense, ablated = _plane(0.0, 0.0), _plane(alpha, beta)
+    assert principal_angle_score(dense, ablated, 1) == pytest.approx(alpha, abs=1e-9)
+    assert principal_angle_score(dense, ablated, 2) == pytest.approx(alpha + beta, abs=1e-9), (
+        "ships_subspace is the SUM of the principal angles of the rank-r subspaces"
+    )
+    assert principal_angle_score(ablated, 5.0 * ablated, 2) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_principal_angle_of_orthogonal_directions():

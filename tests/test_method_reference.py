@@ -167,7 +167,7 @@ def _head_rows_or_columns(shape, projection, head, heads_per_group, head_dim):
 
 
 def _expected(dense, pruned_weights, tok, selected, q, p, p_max, safety_rows, utility_rows):
-    """Per module: (restore mask, candidates in the slices, pruned in the slices)."""
+    """Per module: (restore mask, candidates in the slices, pruned in the slices, I_s)."""
     config = dense.config
     d, group = config.head_dim, config.num_attention_heads // config.num_key_value_heads
     layers = sorted({layer for layer, _ in selected})
@@ -188,7 +188,7 @@ def _expected(dense, pruned_weights, tok, selected, q, p, p_max, safety_rows, ut
                 slices |= _head_rows_or_columns(weight.shape, projection, head, group, d)
         pruned_now = pruned_weights[f"{name}.weight"]
         pruned = (pruned_now == 0) & (modules[name].weight != 0)
-        out[name] = (candidates & slices & pruned, candidates & slices, pruned & slices)
+        out[name] = (candidates & slices & pruned, candidates & slices, pruned & slices, i_s)
     return out
 
 
@@ -268,7 +268,7 @@ def test_restored_weights_are_exactly_the_reference_set(tiny, calib_files, q, p,
     final = model.state_dict()
     rows = {row["module"]: row for row in report["restored"]}
     total = 0
-    for name, (restore, candidates, pruned_in_slice) in expected.items():
+    for name, (restore, candidates, pruned_in_slice, _) in expected.items():
         key = f"{name}.weight"
         changed = final[key] != tiny["pruned"][key]
         missing, extra_pos = int((restore & ~changed).sum()), int((changed & ~restore).sum())
@@ -322,6 +322,50 @@ def test_the_seed_picks_the_calibration_rows(tiny, calib_files):
             tiny["dense"], tiny["pruned"], tiny["tok"], selected, 0.5, 0.5, 0.7, safety, utility
         )
         final = model.state_dict()
-        for name, (restore, _, _) in expected.items():
+        for name, (restore, _, _, _) in expected.items():
             changed = final[f"{name}.weight"] != tiny["pruned"][f"{name}.weight"]
             assert torch.equal(changed, restore), f"seed {seed}, {name}: not the seed's rows"
+
+
+def _keep_n_of_m(restore, pruned_weight, i_s, n=2, m=4):
+    """Per group of m consecutive inputs, keep the restorations with the highest safety
+    importance (ties: lower index) while the group holds at most n nonzeros."""
+    keep = torch.zeros_like(restore)
+    rows, cols = restore.shape
+    for r in range(rows):
+        for start in range(0, cols, m):
+            room = n - int((pruned_weight[r, start : start + m] != 0).sum())
+            wanted = [c for c in range(start, start + m) if restore[r, c]]
+            wanted.sort(key=lambda c: (-float(i_s[r, c]), c))
+            for c in wanted[: max(room, 0)]:
+                keep[r, c] = True
+    return keep
+
+
+def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(tiny, calib_files):
+    model, report = _run_hsr(tiny, calib_files, num_heads=3, extra="      preserve_nm: '2:4'\n")
+    selected = [tuple(h) for h in report["selected_heads"]]
+    expected = _expected(
+        tiny["dense"],
+        tiny["pruned"],
+        tiny["tok"],
+        selected,
+        0.5,
+        0.5,
+        0.7,
+        SAFETY_ROWS,
+        UTILITY_ROWS,
+    )
+    final = model.state_dict()
+    kept_total = 0
+    for name, (restore, _, _, i_s) in expected.items():
+        key = f"{name}.weight"
+        keep = _keep_n_of_m(restore, tiny["pruned"][key], i_s)
+        changed = final[key] != tiny["pruned"][key]
+        assert torch.equal(changed, keep), f"{name}: N:M kept the wrong restorations"
+        groups = (final[key] != 0).reshape(final[key].shape[0], -1, 4).sum(-1)
+        assert int((groups > 2).sum()) == int(
+            (tiny["pruned"][key] != 0).reshape(groups.shape[0], -1, 4).sum(-1).gt(2).sum()
+        ), f"{name}: a restoration broke a 2:4 group"
+        kept_total += int(keep.sum())
+    assert 0 < kept_total < sum(int(e[0].sum()) for e in expected.values())

@@ -125,31 +125,71 @@ def test_llava_next_and_qwen25_vl_and_mllama_from_configs():
 
 
 def test_gqa_ablation_changes_only_that_heads_output(model_dirs):
-    """Directly on the attention output (the o_proj input): only head h's slice moves."""
+    """On the input o_proj really multiplies (read in a forward hook, after every pre-hook):
+    head h's slice is scaled down to ~eps, the other heads' slices are bit-identical, and o_proj's
+    output loses exactly head h's contribution."""
+    eps = 1e-5
     model = load_model(model_dirs["llama"]).eval()
     block = find_attention_blocks(model)[1]
+    o_proj, d = block.projection("o"), block.head_dim
     captured = {}
-    handle = block.projection("o").register_forward_pre_hook(
-        lambda m, a: captured.__setitem__("x", a[0].clone())
-    )
+
+    def capture(_module, args, output):
+        captured["x"], captured["y"] = args[0].clone(), output.clone()
+
+    handle = o_proj.register_forward_hook(capture)
     ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+            intact = captured["x"]
+            for head in range(block.num_heads):
+                with ablate_head(block, head, eps=eps):
+                    model(input_ids=ids)
+                ablated, out = captured["x"], captured["y"]
+                mine = torch.zeros(intact.shape[-1], dtype=torch.bool)
+                mine[head * d : (head + 1) * d] = True
+                assert torch.equal(ablated[..., ~mine], intact[..., ~mine]), f"head {head} leaked"
+                assert ablated[..., mine].abs().max() <= 10 * eps * intact.abs().max(), (
+                    f"head {head}: the o_proj input of the head must be scaled by eps"
+                )
+                without = intact[..., ~mine] @ o_proj.weight[:, ~mine].T
+                assert torch.allclose(out, without, atol=1e-4), f"head {head}: contribution left"
+    finally:
+        handle.remove()
+
+
+def test_reference_ablation_scales_the_kv_group_too(model_dirs):
+    """Reference mode (the authors' code) ablates unit g: q rows and o_proj columns of head g and
+    the k/v rows of KV group g, read after the ablation hooks ran."""
+    eps = 1e-5
+    model = load_model(model_dirs["llama"]).eval()
+    block = find_attention_blocks(model)[0]
+    d, ids = block.head_dim, torch.tensor([[1, 20, 30, 40, 50]])
+    seen = {}
+
+    def keep(short):
+        return lambda _m, _a, out: seen.__setitem__(short, out.clone())
+
     with torch.no_grad():
+        handles = [block.projection(s).register_forward_hook(keep(s)) for s in "kv"]
         model(input_ids=ids)
-        intact = captured["x"]
-        for head in range(block.num_heads):
-            # only the o_proj input of this head must change; the pre-hook that scales it runs
-            # after ours, so capture the query's effect through the attention itself
-            with ablate_head(block, head, eps=1e-5):
+        intact = dict(seen)
+        for handle in handles:
+            handle.remove()
+        for group in range(block.num_kv_heads):
+            with ablate_head(block, group, eps=eps, mode="reference"):
+                handles = [block.projection(s).register_forward_hook(keep(s)) for s in "kv"]
                 model(input_ids=ids)
-            ablated = captured["x"]
-            d = block.head_dim
-            others = torch.ones(intact.shape[-1], dtype=torch.bool)
-            others[head * d : (head + 1) * d] = False
-            assert torch.equal(ablated[..., others], intact[..., others]), (
-                f"head {head} leaked into other heads"
-            )
-            assert not torch.allclose(ablated[..., ~others], intact[..., ~others])
-    handle.remove()
+                for handle in handles:
+                    handle.remove()
+            rows = torch.zeros(intact["k"].shape[-1], dtype=torch.bool)
+            rows[group * d : (group + 1) * d] = True
+            for short in "kv":
+                assert torch.allclose(seen[short][..., rows], eps * intact[short][..., rows]), (
+                    f"reference ablation must scale {short}_proj rows of KV group {group}"
+                )
+                assert torch.equal(seen[short][..., ~rows], intact[short][..., ~rows])
 
 
 def test_dense_snapshot_and_lazy_checkpoint_with_vlm_renames(model_dirs, tmp_path):
@@ -199,16 +239,48 @@ def test_sharded_checkpoint_index(model_dirs, tmp_path):
 
 
 # ------------------------------------------------------------------------ calibration rendering
-def test_response_mask_covers_exactly_the_assistant_text(model_dirs, calib_files):
+def test_response_mask_covers_exactly_the_assistant_tokens(model_dirs, calib_files):
+    """Pinned on token ids: the mask is True from the first token after the generation prompt
+    to the end (the answer and the template's end-of-turn tokens), nowhere else."""
     tok = load_processor(str(model_dirs["llama"]))
     conversations = load_conversations(str(calib_files["safety"]))
     for conv, sample in zip(conversations, render_samples(conversations, tok, 128), strict=True):
-        response = tok.decode(
-            sample.input_ids[0][sample.response_mask[0]], skip_special_tokens=True
-        )
-        assert response.strip() == conv.messages[-1]["content"]
+        user = [dict(m) for m in conv.messages[:-1]]
+        prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template([dict(m) for m in conv.messages], tokenize=False)
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = tok(full, add_special_tokens=False)["input_ids"]
+        assert sample.input_ids[0].tolist() == full_ids
+        positions = sample.response_mask[0].nonzero().flatten().tolist()
+        assert positions == list(range(len(prompt_ids), len(full_ids))), "response mask shifted"
+        assert sample.prompt_length == len(prompt_ids)
+        answer_ids = tok(conv.messages[-1]["content"], add_special_tokens=False)["input_ids"]
+        first = sample.input_ids[0, len(prompt_ids) : len(prompt_ids) + len(answer_ids)]
+        assert first.tolist() == answer_ids, "the mask must start on the answer's first token"
         assert sample.input_ids[0, 0].item() == tok.bos_token_id
         assert (sample.input_ids[0] == tok.bos_token_id).sum() == 1, "BOS must not be added twice"
+
+
+def test_left_padded_batches_read_the_same_last_token_as_unpadded_runs(model_dirs, calib_files):
+    """Head attribution batches prompts of different lengths with left padding and position ids:
+    every prompt's last-token logits and state equal those of the prompt run alone."""
+    from hsr_plugin.attribution import last_token_outputs
+
+    model = load_model(model_dirs["llama"]).eval()
+    tok = load_processor(str(model_dirs["llama"]))
+    samples = render_samples(load_conversations(str(calib_files["safety"])), tok, 128)
+    lengths = {s.prompt_length for s in samples}
+    assert len(lengths) > 1, "the prompts must differ in length for padding to matter"
+    batched = last_token_outputs(model, samples, batch_size=len(samples), pad_id=tok.pad_token_id)
+    for i, sample in enumerate(samples):
+        with torch.no_grad():
+            out = model(
+                input_ids=sample.input_ids[:, : sample.prompt_length],
+                output_hidden_states=True,
+                use_cache=False,
+            )
+        assert torch.allclose(batched.logits[i], out.logits[0, -1], atol=1e-4), f"prompt {i}"
+        assert torch.allclose(batched.states[i], out.hidden_states[-1][0, -1], atol=1e-4)
 
 
 def test_llava_rendering_with_images(model_dirs, calib_files):

@@ -68,8 +68,11 @@ def test_unsupported_cpu_head_size(tmp_path, monkeypatch):
     check_model_dir(str(_checkpoint(tmp_path / "ok", LLAMA)))
 
 
-def test_hub_ids_pass_through():
-    check_model_dir("meta-llama/Llama-3.1-8B-Instruct")
+def test_hub_ids_pass_through_and_missing_local_paths_do_not(tmp_path):
+    assert check_model_dir("meta-llama/Llama-3.1-8B-Instruct") is None  # vLLM resolves it
+    for missing in (tmp_path / "no-such-model", "./no-such-model", "/data/models/none"):
+        with pytest.raises(ServeError, match="does not exist"):
+            check_model_dir(str(missing))
 
 
 def test_port_in_use(tmp_path):
