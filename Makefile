@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench clean-outputs
+.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench mutation clean-outputs
 
 compress-venv:
 	HSR_VENV=$(VENV) PYTHON=$(PYTHON) bash integration/envs/setup_compress_venv.sh
@@ -41,6 +41,14 @@ bench: compress-venv
 lint: compress-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Mutation testing, outside CI (hours for the whole package on two cores): MUTATE narrows it,
+# e.g. make mutation MUTATE='hsr_plugin.selection*'. Writes tests/MUTATION.md.
+MUTATE ?=
+mutation: compress-venv
+	$(VENV)/bin/python -m pip install --quiet mutmut==3.8.1
+	$(VENV)/bin/mutmut run $(MUTATE)
+	$(VENV)/bin/python -m tests.mutation_report
 
 test: venvs lint
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)

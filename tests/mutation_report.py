@@ -1,0 +1,100 @@
+"""Write tests/MUTATION.md from the results mutmut left in mutants/ (`make mutation`).
+
+    .venv/bin/mutmut run [MUTANT_GLOB]        # mutates hsr_plugin/ (config: pyproject.toml)
+    .venv/bin/python -m tests.mutation_report  # the score, per module, and every survivor
+
+A mutant is killed when a test failed with it, survived when the tests passed, and not run when
+mutmut did not reach it (a partial run). Survivors that are equivalent to the original (no test
+could tell them apart) are explained in EQUIVALENT and counted apart. The score is
+killed / (killed + survived - equivalent + mutants with no covering test).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from hsr_plugin.common import write_text_atomic
+from hsr_plugin.tables import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS = ROOT / "mutants"
+REPORT = ROOT / "tests" / "MUTATION.md"
+
+# mutant name -> why no test can tell it from the original
+EQUIVALENT: dict[str, str] = {}
+
+_STATUS = {None: "not run", 0: "survived", 1: "killed", 5: "no tests", 33: "skipped", 34: "skipped"}
+
+
+def _status(code) -> str:
+    if code in _STATUS:
+        return _STATUS[code]
+    return "timeout" if code in (-24, 24, 152, -9) else "killed"
+
+
+def collect() -> dict[str, str]:
+    results = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            results[name] = _status(code)
+    return results
+
+
+def _diff(name: str) -> str:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    proc = subprocess.run([str(mutmut), "show", name], capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("+", "-"))]
+    return " / ".join(ln for ln in lines if not ln.startswith(("+++", "---")))[:160]
+
+
+def render(results: dict[str, str]) -> str:
+    by_module: dict[str, Counter] = {}
+    for name, status in results.items():
+        module = name.split(".x_", 1)[0].rsplit(".", 1)[0] if ".x_" in name else name
+        by_module.setdefault(module, Counter())[status] += 1
+    rows, total = [], Counter()
+    for module, counts in sorted(by_module.items()):
+        total += counts
+        rows.append(
+            [module, *(counts[k] for k in ("killed", "survived", "no tests", "timeout", "not run"))]
+        )
+    rows.append(
+        ["**all**", *(total[k] for k in ("killed", "survived", "no tests", "timeout", "not run"))]
+    )
+    survivors = sorted(n for n, s in results.items() if s == "survived" and n not in EQUIVALENT)
+    equivalent = sum(1 for n in EQUIVALENT if results.get(n) == "survived")
+    judged = total["killed"] + total["survived"] - equivalent + total["no tests"]
+    score = f"{100 * total['killed'] / judged:.1f}%" if judged else "n/a"
+    parts = [
+        "# Mutation testing",
+        "",
+        f"Score: **{score}** of the non-equivalent mutants that were run killed "
+        f"({total['killed']} of {judged}); {total['not run']} of {len(results)} mutants not run.",
+        "",
+        markdown_table(["module", "killed", "survived", "no tests", "timeout", "not run"], rows),
+        "",
+        "## Surviving mutants",
+        "",
+    ]
+    parts += [f"- `{n}`: {_diff(n)}" for n in survivors] or ["none"]
+    parts += ["", "## Equivalent mutants", ""]
+    parts += [f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items())] or ["none"]
+    parts += ["", f"_Written by `python -m tests.mutation_report` on {time.strftime('%Y-%m-%d')}._"]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    if not MUTANTS.is_dir():
+        raise SystemExit("error: no mutants/ folder: run `make mutation` (mutmut run) first")
+    text = render(collect())
+    write_text_atomic(REPORT, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
