@@ -109,6 +109,11 @@ def score_heads(
     mode = "reference" if method == "reference" else "exact"
     with HooksMixin.disable_hooks():
         dense = last_token_outputs(model, samples, batch_size, pad_id)
+    if not (torch.isfinite(dense.logits).all() and torch.isfinite(dense.states).all()):
+        raise ValueError(
+            "head attribution: the model's next-token logits or final states on the safety "
+            "prompts are not finite (NaN or inf), so no head can be scored"
+        )
     units = [
         (block, head, group) for block in blocks for head, group in ablation_units(block, mode)
     ]

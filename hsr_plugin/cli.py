@@ -76,9 +76,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise SystemExit(f"error: output {output} exists and is not empty (pass --overwrite)")
+RESOLVED_RECIPE = "hsr_recipe_resolved.yaml"  # marks a folder that `hsr compress` wrote
+
+
+def _input_paths(args: argparse.Namespace, recipe: dict) -> list[tuple[str, Path]]:
+    """Every local file or folder the run reads: the model, the recipe, the data files."""
+    from hsr_plugin.recipe_overrides import recipe_modifiers
+
+    named = [("--model", args.model), ("--recipe", args.recipe)]
+    if args.dataset:
+        named.append(("--dataset", args.dataset))
+    for name, fields in recipe_modifiers(recipe):
+        for field in ("safety_data", "utility_data", "dense_model", "processor"):
+            if isinstance(fields.get(field), str):
+                named.append((f"{name}.{field}", fields[field]))
+    found = []
+    for label, value in named:
+        # "file.json:split" names a file too
+        for candidate in (value, value.rsplit(":", 1)[0]):
+            if Path(candidate).exists():
+                found.append((label, Path(candidate).resolve()))
+                break
+    return found
+
+
+def _check_output(output: Path, overwrite: bool, inputs: list[tuple[str, Path]]) -> None:
+    """Refuse, before any work, an output that would write into, over or above an input."""
+    for label, path in inputs:
+        if output == path:
+            raise SystemExit(f"error: --output {output} is the input {label}: choose a new folder")
+        if output in path.parents:
+            raise SystemExit(
+                f"error: --output {output} contains the input {label} ({path}): replacing it "
+                "would delete that input; choose a new folder"
+            )
+        if path in output.parents:
+            raise SystemExit(
+                f"error: --output {output} lies inside the input {label} ({path}): the input is "
+                "never written into; choose a folder outside it"
+            )
+    if output.exists() and not output.is_dir():
+        raise SystemExit(f"error: --output {output} exists and is not a folder")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise SystemExit(f"error: output {output} exists and is not empty (pass --overwrite)")
+        if not (output / RESOLVED_RECIPE).is_file():
+            raise SystemExit(
+                f"error: --overwrite replaces only a folder that `hsr compress` wrote "
+                f"(it has {RESOLVED_RECIPE}); {output} is not one: choose a new folder"
+            )
 
 
 def compress(args: argparse.Namespace) -> Path:
@@ -86,16 +132,16 @@ def compress(args: argparse.Namespace) -> Path:
     import yaml
 
     import hsr_plugin  # noqa: F401  registers HSRModifier
-    from hsr_plugin.common import published_dir
-    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, recipe_modifiers
+    from hsr_plugin.common import published_dir, write_json_atomic
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict
 
     output = Path(args.output).resolve()
-    _check_output(output, args.overwrite)
     model_path = Path(args.model)
     if model_path.exists() and not (model_path / "config.json").is_file():
         raise SystemExit(f"error: {model_path} is a local path but holds no config.json")
 
     recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
+    _check_output(output, args.overwrite, _input_paths(args, recipe))
 
     import torch
     from llmcompressor import oneshot
@@ -103,9 +149,6 @@ def compress(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)  # oneshot's calibration sampler shuffles with torch's generator
     logger.info(f"hsr compress: {args.model} with {args.recipe} -> {output}")
     with published_dir(output) as staging:
-        for name, mod_args in recipe_modifiers(recipe):
-            if name == "HSRModifier" and not mod_args.get("report_path"):
-                mod_args["report_path"] = str(staging / REPORT_NAME)
         oneshot_kwargs = dict(
             model=args.model,
             recipe=yaml.safe_dump(recipe, sort_keys=False),
@@ -119,12 +162,26 @@ def compress(args: argparse.Namespace) -> Path:
         if args.dataset:
             oneshot_kwargs.update(_dataset_kwargs(args))
         oneshot(**oneshot_kwargs)
-        (staging / "hsr_recipe_resolved.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        # The report is taken from the modifier, so no temporary path enters a saved recipe:
+        # hsr_recipe_resolved.yaml (and llm-compressor's recipe.yaml) reproduce the run as given.
+        reports = _hsr_reports()
+        if reports:
+            write_json_atomic(staging / REPORT_NAME, reports[-1])
+        (staging / RESOLVED_RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False))
     report = output / REPORT_NAME
     logger.info(
         f"hsr compress: model saved to {output}" + (f", report {report}" if report.exists() else "")
     )
     return output
+
+
+def _hsr_reports() -> list[dict]:
+    from llmcompressor.core import active_session
+
+    from hsr_plugin import HSRModifier
+
+    modifiers = getattr(active_session().lifecycle.recipe, "modifiers", None) or []
+    return [m.report for m in modifiers if isinstance(m, HSRModifier) and m.report is not None]
 
 
 def _dataset_kwargs(args: argparse.Namespace) -> dict:

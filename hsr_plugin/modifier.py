@@ -37,7 +37,7 @@ from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDense
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
 from hsr_plugin.report import build_report, log_summary
-from hsr_plugin.restore import parse_nm, restore_matrix
+from hsr_plugin.restore import count_pruned, parse_nm, restore_matrix
 from hsr_plugin.selection import candidate_mask
 from hsr_plugin.slicing import union_head_slices
 
@@ -181,6 +181,10 @@ class HSRModifier(Modifier):
                 f"num_heads={self.num_heads} exceeds the "
                 f"{sum(len(self._units(b)) for b in blocks)} heads scored"
             )
+        for block in blocks:
+            for _, name, module in block.projections():
+                with align_module_device(module):
+                    _check_finite(module.weight, f"weight of {name}")
         if self.dense_model is not None:
             self._dense = SafetensorsDenseSource(self.dense_model)
             self._dense.check({name: mod for b in blocks for _, name, mod in b.projections()})
@@ -343,19 +347,33 @@ class HSRModifier(Modifier):
             )
         start = time.perf_counter()
         language_params, pruned_params = _language_counts(model)
+        dense = {name: self._dense.get(name) for name in self._plans}
+        for name, weight in dense.items():
+            _check_finite(weight, f"dense weight of {name}")
+        pruned_in_targets = sum(
+            count_pruned(plan.module, dense[name]) for name, plan in self._plans.items()
+        )
+        if pruned_in_targets == 0:
+            earlier = ", ".join(type(m).__name__ for m in self._earlier_pruning)
+            raise RuntimeError(
+                f"HSRModifier found no pruned weights in the attention of the selected heads' "
+                f"layers: {earlier} pruned nothing there. Check its targets and sparsity, and "
+                "give it calibration data (the 'datafree' pipeline runs none)."
+            )
         nm = parse_nm(self.preserve_nm)
         rows = []
         for name, plan in self._plans.items():
             stats = restore_matrix(
-                name,
-                plan.module,
-                self._dense.get(name),
-                plan.candidates,
-                plan.slices,
-                nm,
-                plan.priority,
+                name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
             )
             rows.append(stats.as_report())
+        if not any(row["restored"] for row in rows):
+            logger.warning(
+                "HSR restored no weights: no pruned weight of the selected heads is a candidate. "
+                f"Raise safety_top (q={self.safety_top}), lower utility_top (p="
+                f"{self.utility_top}) or raise utility_max (p_max={self.utility_max}), or select "
+                "more heads (num_heads)."
+            )
         self._timing["restore"] = time.perf_counter() - start
         self._restored = True
         self._report = build_report(
@@ -396,3 +414,10 @@ def _language_counts(model) -> tuple[int, int]:
 
     zeros, params = language_sparsity_counts(weights())
     return params, zeros
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    """One clear error naming the tensor, before NaN or inf reach scores or the output."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"HSRModifier: the {what} has {bad} non-finite values (NaN or inf)")

@@ -14,7 +14,7 @@ from torch import nn
 
 from hsr_plugin.selection import apply_restore, nm_compatible_mask, pruned_mask, restore_mask
 
-__all__ = ["RestoreStats", "restore_matrix", "parse_nm"]
+__all__ = ["RestoreStats", "count_pruned", "restore_matrix", "parse_nm"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ def parse_nm(pattern: str | None) -> tuple[int, int] | None:
     if not 0 < n <= m:
         raise ValueError(f"preserve_nm {pattern!r}: need 0 < N <= M")
     return n, m
+
+
+@torch.no_grad()
+def count_pruned(module: nn.Linear, dense_weight: torch.Tensor) -> int:
+    """How many weights pruning zeroed in `module`: zero now, nonzero in the dense model."""
+    with align_module_device(module):
+        return int(pruned_mask(module.weight.detach(), dense_weight).sum())
 
 
 @torch.no_grad()

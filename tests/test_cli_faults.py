@@ -1,0 +1,185 @@
+"""`hsr compress` under hostile input: it never loses or changes a byte of its inputs.
+
+After every case: the exit (or error) and its message, the input model's files hashing as before,
+and nothing complete-looking left at the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from loguru import logger
+from safetensors.torch import load_file, save_file
+
+from hsr_plugin.cli import main
+from tests.helpers import folder_digest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def work(model_dirs, calib_files, tmp_path, monkeypatch):
+    """A private copy of the tiny Llama and the calibration files, and the cwd beside them."""
+    root = tmp_path / "work"
+    model = root / "model"
+    shutil.copytree(model_dirs["llama"], model)
+    (root / "notes.txt").write_text("the user's own file\n")
+    data = {name: Path(shutil.copy(calib_files[name], root)) for name in ("safety", "utility")}
+    recipe = Path(shutil.copy(REPO / "recipes" / "wanda_hsr.yaml", root))
+    monkeypatch.chdir(root)
+    return {
+        "root": root,
+        "model": model,
+        "data": data,
+        "recipe": recipe,
+        "digest": folder_digest(model),
+    }
+
+
+def _args(work, output, *extra):
+    return [
+        "compress",
+        "--model",
+        str(work["model"]),
+        "--recipe",
+        str(work["recipe"]),
+        "--output",
+        str(output),
+        "--dataset",
+        str(work["data"]["utility"]),
+        "--num-samples",
+        "6",
+        "--max-seq-length",
+        "128",
+        "--set",
+        f"HSRModifier.safety_data={work['data']['safety']}",
+        "--set",
+        f"HSRModifier.utility_data={work['data']['utility']}",
+        "--set",
+        "HSRModifier.num_heads=2",
+        *extra,
+    ]
+
+
+def _untouched(work):
+    assert folder_digest(work["model"]) == work["digest"], "the input model changed"
+    assert (work["root"] / "notes.txt").read_text() == "the user's own file\n"
+    assert work["recipe"].read_text() == (REPO / "recipes" / "wanda_hsr.yaml").read_text()
+    leftovers = [p.name for p in work["root"].rglob(".*") if p.is_dir()]
+    assert not leftovers, f"staging folders left behind: {leftovers}"
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (lambda w: w["model"], "is the input --model"),
+        (lambda w: w["root"], "contains the input"),
+        (lambda w: Path("."), "contains the input"),
+        (lambda w: w["model"] / "sub", "lies inside the input --model"),
+    ],
+    ids=["output-is-model", "output-is-parent", "output-is-cwd", "output-inside-model"],
+)
+def test_outputs_over_or_around_an_input_are_refused(work, where, message):
+    with pytest.raises(SystemExit, match=message):
+        main(_args(work, where(work), "--overwrite"))
+    _untouched(work)
+    assert not (work["model"] / "sub").exists()
+
+
+def test_an_output_holding_the_data_files_is_refused(work, tmp_path):
+    data_dir = tmp_path / "data-home"
+    data_dir.mkdir()
+    safety = Path(shutil.copy(work["data"]["safety"], data_dir))
+    args = _args(work, data_dir, "--overwrite", "--set", f"HSRModifier.safety_data={safety}")
+    with pytest.raises(SystemExit, match="contains the input HSRModifier.safety_data"):
+        main(args)
+    assert safety.read_bytes() == work["data"]["safety"].read_bytes()
+    _untouched(work)
+
+
+def test_overwrite_replaces_only_an_earlier_hsr_output(work, tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"not a model")
+    with pytest.raises(SystemExit, match="replaces only a folder that `hsr compress` wrote"):
+        main(_args(work, foreign, "--overwrite"))
+    assert (foreign / "cat.jpg").read_bytes() == b"not a model"
+    _untouched(work)
+
+
+def test_a_pruning_stage_that_pruned_nothing_fails(work, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="found no pruned weights"):
+        main(_args(work, out, "--pipeline", "datafree"))
+    assert not out.exists(), "a failed run must leave no output"
+    _untouched(work)
+
+
+def test_restoring_nothing_is_a_warning(work, tmp_path):
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        out = tmp_path / "out"
+        extra = ["--set", "HSRModifier.utility_top=0", "--set", "HSRModifier.utility_max=0"]
+        assert main(_args(work, out, *extra)) == 0
+    finally:
+        logger.remove(sink)
+    assert any("HSR restored no weights" in m for m in messages), messages
+    assert json.loads((out / "hsr_report.json").read_text())["totals"]["restored"] == 0
+    _untouched(work)
+
+
+def test_non_finite_dense_weights_are_refused_by_name(work, tmp_path):
+    dense = tmp_path / "dense-nan"
+    shutil.copytree(work["model"], dense)
+    weights = load_file(str(dense / "model.safetensors"))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    weights[key][0, 0] = float("nan")
+    save_file(weights, str(dense / "model.safetensors"))
+    out = tmp_path / "out"
+    extra = ["--set", f"HSRModifier.dense_model={dense}", "--set", "HSRModifier.num_heads=8"]
+    with pytest.raises(ValueError, match=r"dense weight of model\.layers\.0\.self_attn\.q_proj"):
+        main(_args(work, out, *extra))
+    assert not out.exists()
+    _untouched(work)
+
+
+def test_the_saved_recipe_reproduces_the_run_and_outputs_are_readable(work, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(_args(work, first)) == 0
+    for name in ("hsr_recipe_resolved.yaml", "recipe.yaml"):
+        text = (first / name).read_text()
+        assert ".first." not in text and "report_path" not in text, f"{name}: {text}"
+    resaved = tmp_path / "resolved.yaml"
+    shutil.copy(first / "hsr_recipe_resolved.yaml", resaved)
+    args = _args(work, second)
+    args[args.index("--recipe") + 1] = str(resaved)
+    assert main(args) == 0
+    a, b = (json.loads((d / "hsr_report.json").read_text()) for d in (first, second))
+    assert a["selected_heads"] == b["selected_heads"] and a["totals"] == b["totals"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(first.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((first / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+    _untouched(work)
+
+
+def test_the_real_entry_point_prints_one_line(work):
+    hsr = Path(sys.executable).with_name("hsr")
+    proc = subprocess.run(
+        [str(hsr), *_args(work, work["model"], "--overwrite")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --output")
+    assert "Traceback" not in proc.stderr
+    _untouched(work)
