@@ -107,11 +107,19 @@ def load_conversations(
 
 def load_jsonl(path: str | Path) -> list[Conversation]:
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file: calibration data is one JSONL file")
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{where}: not UTF-8 text ({err.reason} at byte {err.start})"
+            ) from None
         if not line.strip():
             continue
-        where = f"{path}:{number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
@@ -122,20 +130,64 @@ def load_jsonl(path: str | Path) -> list[Conversation]:
     return out
 
 
+def _flatten_parts(content: Any, where: str) -> tuple[Any, list[Any]]:
+    """Content parts (Hugging Face's VLM chat format) -> (text, the image parts' pictures).
+
+    `[{"type": "image"}, {"type": "text", "text": "..."}]`: text parts are joined; an image part
+    may carry its picture (`image`, `path` or `url`) or leave it to the row's `image` field.
+    """
+    if not isinstance(content, list):
+        return content, []
+    texts, pictures = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(part.get("text") or "")
+        elif kind in ("image", "image_url"):
+            picture = part.get("image") or part.get("path") or part.get("url")
+            if isinstance(picture, dict):  # {"type": "image_url", "image_url": {"url": ...}}
+                picture = picture.get("url")
+            pictures.append(picture or part.get("image_url", {}).get("url"))
+        else:
+            raise ValueError(
+                f"{where}: a content part is {{'type': 'text', 'text': ...}} or "
+                f"{{'type': 'image'[, 'image': path]}}, got {part!r}"
+            )
+    return "\n".join(t for t in texts if t.strip()), pictures
+
+
 def _conversation(messages: Any, image: Any, root: Path, where: str) -> Conversation:
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    flat, pictures = [], []
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ValueError(f"{where}: unknown role in {message!r}; roles are {', '.join(ROLES)}")
-        content = message.get("content")
+        content, found = _flatten_parts(message.get("content"), where)
+        pictures += found
         if not isinstance(content, str) or not content.strip():
             raise ValueError(f"{where}: empty content in the {message['role']} turn")
+        flat.append({"role": message["role"], "content": content})
+    messages = flat
+    if len(pictures) > 1:
+        raise ValueError(f"{where}: {len(pictures)} image parts; one picture per conversation")
+    if pictures:
+        named = pictures[0]
+        if named and image and named != image:
+            raise ValueError(f"{where}: the image part names {named!r}, the row names {image!r}")
+        image = named or image
+        if not image:
+            raise ValueError(
+                f"{where}: an image part without a picture: give it in the part "
+                '("image": path) or in the row\'s "image" field'
+            )
     if messages[-1]["role"] != "assistant":
         raise ValueError(f"{where}: the last turn must be the assistant's response (it is scored)")
     if not any(m["role"] == "user" for m in messages):
         raise ValueError(f"{where}: no user turn")
     image_path = None
+    if image is not None and not isinstance(image, str):
+        raise ValueError(f"{where}: 'image' must be a path (a string), got {image!r}")
     if image:
         image_path = (root / image).resolve()
         if not image_path.is_file():
@@ -284,11 +336,19 @@ def render_samples(
     """
     if max_seq_length < 2:
         raise ValueError(f"max_seq_length must be >= 2, got {max_seq_length}")
-    samples = []
+    samples, truncated = [], []
     for conv in conversations:
-        samples.append(_render_one(conv, processor, max_seq_length))
+        sample, cut = _render_one(conv, processor, max_seq_length)
+        samples.append(sample)
+        if cut:
+            truncated.append(conv.source)
     if not samples:
         raise ValueError("no calibration conversations to render")
+    if truncated:
+        logger.warning(
+            f"{len(truncated)} of {len(samples)} calibration conversations are longer than "
+            f"max_seq_length={max_seq_length}: their responses were cut (first: {truncated[0]})"
+        )
     return samples
 
 
@@ -318,7 +378,9 @@ def encode_conversation(
     return full_ids, _check_prefix(full_ids, prompt_ids, source)
 
 
-def _render_one(conv: Conversation, processor: Any, max_seq_length: int) -> CalibrationSample:
+def _render_one(
+    conv: Conversation, processor: Any, max_seq_length: int
+) -> tuple[CalibrationSample, bool]:
     tokenizer = _tokenizer_of(processor)
     if conv.image is not None and not _has_images(processor):
         raise ValueError(
@@ -354,16 +416,17 @@ def _render_one(conv: Conversation, processor: Any, max_seq_length: int) -> Cali
         raise ValueError(
             f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}"
         )
-    if len(full_ids) > max_seq_length:
-        logger.debug(f"{conv.source}: response truncated to fit max_seq_length={max_seq_length}")
+    cut = len(full_ids) > max_seq_length
+    if cut:
         full_ids = full_ids[:max_seq_length]
     length = len(full_ids)
     response = torch.zeros(length, dtype=torch.bool)
     response[n_prompt:] = True
-    return CalibrationSample(
+    sample = CalibrationSample(
         input_ids=full_ids.unsqueeze(0).long(),
         attention_mask=torch.ones(1, length, dtype=torch.long),
         response_mask=response.unsqueeze(0),
         prompt_length=n_prompt,
         extra=extra,
     )
+    return sample, cut

@@ -18,10 +18,12 @@ from loguru import logger
 __all__ = ["main", "build_parser"]
 
 REPORT_NAME = "hsr_report.json"
+PIPELINES = ("independent", "sequential", "basic", "datafree")  # llm-compressor 0.14's
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsr", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     comp = sub.add_parser(
@@ -32,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", required=True, help="output directory (written atomically)")
     comp.add_argument(
         "--dataset",
-        help="pruning calibration data: a conversational JSONL in the plugin's format, "
-        "or a dataset name/id that oneshot understands (e.g. open_platypus)",
+        required=True,
+        help="the pruning stage's calibration data: a conversational JSONL in the plugin's "
+        "format, or a dataset name/id that oneshot understands (e.g. open_platypus)",
     )
     comp.add_argument(
         "--num-samples", type=int, default=128, help="calibration samples (default 128)"
@@ -49,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe field, e.g. --set HSRModifier.num_heads=4 (repeatable)",
     )
     comp.add_argument(
-        "--pipeline", default="independent", help="oneshot pipeline (default independent)"
+        "--pipeline",
+        default="independent",
+        choices=PIPELINES,
+        help="oneshot pipeline (default independent)",
     )
     comp.add_argument(
         "--sequential-targets", nargs="*", default=None, help="decoder layer class names"
@@ -77,6 +83,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RESOLVED_RECIPE = "hsr_recipe_resolved.yaml"  # marks a folder that `hsr compress` wrote
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, relative, or not one slash."""
+    return name.startswith(("/", ".", "~")) or name.count("/") != 1 or os.sep in name.split("/")[0]
+
+
+def _check_model(model: str) -> None:
+    from hsr_plugin.dense_source import safetensors_keys
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        if _looks_local(model):
+            raise SystemExit(f"error: model path {model} not found")
+        return  # a hub id: oneshot downloads it (networked users)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"error: {path} is a local path but holds no config.json")
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            safetensors_keys(file)
+        except ValueError as err:
+            raise SystemExit(f"error: --model {err}") from None
+
+
+def _check_dataset(spec: str) -> None:
+    path = Path(spec)
+    if not path.exists():
+        return  # a dataset name oneshot knows
+    if path.is_dir():
+        raise SystemExit(
+            f"error: --dataset {spec} is a folder: pass one plugin-format .jsonl file, or a "
+            "dataset name oneshot knows (e.g. open_platypus)"
+        )
+    if path.suffix != ".jsonl":
+        raise SystemExit(
+            f"error: --dataset {spec}: a local file must be a plugin-format .jsonl (one "
+            '{"messages": [...]} conversation a line); other formats go through a dataset name'
+        )
+
+
+def _check_hsr_entries(recipe: dict) -> None:
+    """Validate every HSRModifier entry (fields, and its local calibration files) up front."""
+    from hsr_plugin import HSRModifier
+    from hsr_plugin.calibration import BUNDLED_SETS, load_conversations
+    from hsr_plugin.recipe_overrides import recipe_modifiers
+
+    for name, fields in recipe_modifiers(recipe):
+        if name != "HSRModifier":
+            continue
+        modifier = HSRModifier(**fields)  # a pydantic error names the bad field
+        for spec in (modifier.safety_data, modifier.utility_data):
+            if spec in BUNDLED_SETS or Path(spec).exists() or Path(spec.rsplit(":", 1)[0]).exists():
+                load_conversations(spec)  # a hub id is left to the run (it needs the network)
 
 
 def _input_paths(args: argparse.Namespace, recipe: dict) -> list[tuple[str, Path]]:
@@ -136,12 +195,12 @@ def compress(args: argparse.Namespace) -> Path:
     from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict
 
     output = Path(args.output).resolve()
-    model_path = Path(args.model)
-    if model_path.exists() and not (model_path / "config.json").is_file():
-        raise SystemExit(f"error: {model_path} is a local path but holds no config.json")
+    _check_model(args.model)
+    _check_dataset(args.dataset)
 
     recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
     _check_output(output, args.overwrite, _input_paths(args, recipe))
+    _check_hsr_entries(recipe)
 
     import torch
     from llmcompressor import oneshot
@@ -200,10 +259,10 @@ def report(args: argparse.Namespace) -> Path:
     from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
 
     report_path = Path(args.report)
-    if not report_path.is_file():
-        raise SystemExit(f"error: report {report_path} does not exist")
-    data = json.loads(report_path.read_text())
-    comparison = json.loads(Path(args.comparison).read_text()) if args.comparison else None
+    data = _read_report(report_path)
+    comparison = _read_json(Path(args.comparison), "comparison") if args.comparison else None
+    if comparison is not None and not isinstance(comparison.get("models"), dict):
+        raise SystemExit(f"error: {args.comparison}: a comparison has a 'models' mapping")
     out = Path(args.out) if args.out else report_path.parent
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_head_scores(data, out / "head_scores.png")]
@@ -216,6 +275,44 @@ def report(args: argparse.Namespace) -> Path:
     for path in written:
         logger.info(f"wrote {path}")
     return out
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"error: {what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: {path}: not a valid JSON {what} ({err})") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: {path}: a {what} is a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_report(path: Path) -> dict:
+    from hsr_plugin.report import SCHEMA_VERSION
+
+    data = _read_json(path, "report")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SystemExit(
+            f"error: {path}: schema_version {version!r} is not supported (this hsr reads "
+            f"version {SCHEMA_VERSION})"
+        )
+    heads = data.get("heads")
+    fields = (("layer", int), ("head", int), ("score", (int, float)))
+    if not isinstance(heads, list) or not all(
+        isinstance(h, dict) and all(isinstance(h.get(k), t) for k, t in fields) for h in heads
+    ):
+        raise SystemExit(f"error: {path}: 'heads' must list {{layer, head, score}} objects")
+    for key in ("totals", "config"):
+        if not isinstance(data.get(key), dict):
+            raise SystemExit(f"error: {path}: '{key}' must be a JSON object")
+    if not isinstance(data.get("restored"), list) or not isinstance(
+        data.get("selected_heads"), list
+    ):
+        raise SystemExit(f"error: {path}: 'restored' and 'selected_heads' must be lists")
+    return data
 
 
 def demo(args: argparse.Namespace, passthrough: list[str]) -> int:
@@ -237,6 +334,8 @@ def _find_checkout() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --debug is read by run(); accepted anywhere on the line
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "demo":
@@ -250,5 +349,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or e.get('type')}: {e['msg']}"
+            for e in err.errors()
+        )
+        return f"{err.title}: {problems}"
+    text = str(err).strip() or type(err).__name__
+    return (
+        text.splitlines()[0] if len(text.splitlines()) == 1 else " | ".join(text.splitlines()[:3])
+    )
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The `hsr` console script: a user error prints one line `error: ...` and exits with 2;
+    a bug (any other exception) keeps its traceback; `--debug` shows every traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return main(argv)
+    except SystemExit as err:
+        if debug or not isinstance(err.code, str):
+            raise
+        print(err.code if err.code.startswith("error:") else f"error: {err.code}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError, NotADirectoryError) as err:
+        if debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

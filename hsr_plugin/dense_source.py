@@ -58,6 +58,17 @@ def checkpoint_key_candidates(module_name: str) -> list[str]:
     return [f"{name}.weight" for name in dict.fromkeys(names)]
 
 
+def safetensors_keys(file: str | Path) -> list[str]:
+    """The tensor names of a safetensors file; a truncated or foreign file is named in the error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as err:  # SafetensorError, OSError: say which file
+        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+
+
 class SafetensorsDenseSource:
     """Lazy reader of a local safetensors checkpoint (single file or sharded with an index)."""
 
@@ -78,12 +89,9 @@ class SafetensorsDenseSource:
             files = sorted(self.path.glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"dense_model {self.path} holds no .safetensors files")
-        from safetensors import safe_open
-
         mapping = {}
         for file in files:
-            with safe_open(str(file), framework="pt") as handle:
-                mapping.update({key: file for key in handle.keys()})
+            mapping.update({key: file for key in safetensors_keys(file)})
         return mapping
 
     def key_for(self, module_name: str) -> str:

@@ -30,7 +30,13 @@ def load_recipe_dict(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist")
-    recipe = yaml.safe_load(path.read_text())
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"recipe {path}: not valid YAML{where}: {problem}") from None
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path} is not a YAML mapping of stages")
     if not recipe_modifiers(recipe):

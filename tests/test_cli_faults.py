@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from loguru import logger
 from safetensors.torch import load_file, save_file
 
@@ -183,3 +185,180 @@ def test_the_real_entry_point_prints_one_line(work):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --output")
     assert "Traceback" not in proc.stderr
     _untouched(work)
+
+
+# ----------------------------------------------------------------------------- clear errors
+def _error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, f"one line expected, got {lines}"
+    return lines[0]
+
+
+def _swap(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--model", "no-model/here/x", "error: model path no-model/here/x not found"),
+        ("--dataset", ".", "is a folder: pass one plugin-format .jsonl file"),
+        ("--dataset", "wanda_hsr.yaml", "a local file must be a plugin-format .jsonl"),
+    ],
+    ids=["missing-model", "dataset-folder", "dataset-not-jsonl"],
+)
+def test_bad_paths_get_one_line_and_exit_code_2(work, tmp_path, capsys, flag, value, message):
+    from hsr_plugin.cli import run
+
+    assert run(_swap(_args(work, tmp_path / "out"), flag, value)) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error:") and message in line, line
+    assert not (tmp_path / "out").exists()
+    _untouched(work)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda a: [*a, "--pipeline", "bogus"], "invalid choice: 'bogus'"),
+        (
+            lambda a: a[: a.index("--dataset")] + a[a.index("--dataset") + 2 :],
+            "the following arguments are required: --dataset",
+        ),
+    ],
+    ids=["bad-pipeline", "no-dataset"],
+)
+def test_bad_options_are_refused_before_any_work(work, tmp_path, capsys, edit, message):
+    from hsr_plugin.cli import run
+
+    with pytest.raises(SystemExit) as exit_:
+        run(edit(_args(work, tmp_path / "out")))
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    _untouched(work)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"messages": [{"role": "user", "content": "hi \xff"}]}\n', r"2: not UTF-8 text"),
+        (
+            b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+            b'"content": "ok"}], "image": 123}\n',
+            "'image' must be a path",
+        ),
+    ],
+    ids=["not-utf8", "image-not-a-path"],
+)
+def test_bad_calibration_rows_are_named_by_file_and_line(work, tmp_path, capsys, content, message):
+    from hsr_plugin.cli import run
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(
+        b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", '
+        b'"content": "b"}]}\n' + content
+    )
+    assert run(_args(work, tmp_path / "out", "--set", f"HSRModifier.safety_data={bad}")) == 2
+    line = _error_line(capsys)
+    assert str(bad) in line and re.search(message, line), line
+    _untouched(work)
+
+
+def test_a_folder_named_jsonl_and_a_truncated_checkpoint_are_named(work, tmp_path, capsys):
+    from hsr_plugin.cli import run
+
+    folder = tmp_path / "calib.jsonl"
+    folder.mkdir()
+    assert run(_args(work, tmp_path / "out", "--set", f"HSRModifier.safety_data={folder}")) == 2
+    assert f"{folder} is not a file" in _error_line(capsys)
+    broken = tmp_path / "broken"
+    shutil.copytree(work["model"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert run(_swap(_args(work, tmp_path / "out"), "--model", str(broken))) == 2
+    line = _error_line(capsys)
+    assert f"{weights}: not a readable safetensors file" in line, line
+    _untouched(work)
+
+
+def test_a_recipe_with_a_yaml_error_is_named(work, tmp_path, capsys):
+    from hsr_plugin.cli import run
+
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("sparsity_stage:\n  sparsity_modifiers:\n    Wanda: [unclosed\n")
+    assert run(_swap(_args(work, tmp_path / "out"), "--recipe", str(recipe))) == 2
+    line = _error_line(capsys)
+    assert f"recipe {recipe}: not valid YAML at line" in line, line
+    _untouched(work)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"schema_version": 1, "heads": [', "not a valid JSON report"),
+        ("[1, 2]", "a report is a JSON object, found list"),
+        ('{"schema_version": 2}', "schema_version 2 is not supported"),
+        ('{"schema_version": 99}', "schema_version 99 is not supported"),
+        ('{"schema_version": 1, "heads": [{"layer": "x"}]}', "'heads' must list"),
+    ],
+    ids=["truncated", "list", "v2", "v99", "wrong-types"],
+)
+def test_hsr_report_refuses_bad_reports_in_one_line(tmp_path, capsys, text, message):
+    from hsr_plugin.cli import run
+
+    path = tmp_path / "hsr_report.json"
+    path.write_text(text)
+    assert run(["report", str(path), "--out", str(tmp_path / "o")]) == 2
+    line = _error_line(capsys)
+    assert str(path) in line and message in line, line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["in-the-part", "in-the-row"])
+def test_content_parts_with_images_are_accepted(model_dirs, tmp_path, where):
+    """Hugging Face's VLM chat format, with the tiny LLaVA: the picture in the image part, or in
+    the row's `image` field; both render exactly like the plugin's plain format."""
+    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from tests.tiny_models import write_image
+
+    write_image(tmp_path / "pic.png")
+    part = {"type": "image", "image": "pic.png"} if where == "in-the-part" else {"type": "image"}
+    row = {
+        "messages": [
+            {"role": "user", "content": [part, {"type": "text", "text": "What is this?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A red square."}]},
+        ]
+    }
+    if where == "in-the-row":
+        row["image"] = "pic.png"
+    plain = {
+        "messages": [
+            {"role": "user", "content": "What is this?"},
+            {"role": "assistant", "content": "A red square."},
+        ],
+        "image": "pic.png",
+    }
+    (tmp_path / "parts.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "plain.jsonl").write_text(json.dumps(plain) + "\n")
+    processor = load_processor(str(model_dirs["llava"]))
+    parts = render_samples(load_conversations(str(tmp_path / "parts.jsonl")), processor, 128)[0]
+    same = render_samples(load_conversations(str(tmp_path / "plain.jsonl")), processor, 128)[0]
+    assert torch.equal(parts.input_ids, same.input_ids)
+    assert torch.equal(parts.extra["pixel_values"], same.extra["pixel_values"])
+    assert torch.equal(parts.response_mask, same.response_mask)
+
+
+def test_truncated_responses_are_counted_in_a_warning(model_dirs, calib_files):
+    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        conversations = load_conversations(str(calib_files["safety"]))
+        render_samples(conversations, load_processor(str(model_dirs["llama"])), 40)
+    finally:
+        logger.remove(sink)
+    warned = [m for m in messages if "longer than max_seq_length=40" in m]
+    assert len(warned) == 1 and f"of {len(conversations)} calibration" in warned[0], messages
