@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from loguru import logger
@@ -123,6 +125,26 @@ def _check_dataset(spec: str) -> None:
         )
 
 
+@contextmanager
+def _stop_cleanly_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the staging folder is removed and nothing is published."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise SystemExit(f"error: hsr compress stopped by signal {signum}; nothing was written")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _check_hsr_entries(recipe: dict) -> None:
     """Validate every HSRModifier entry (fields, and its local calibration files) up front."""
     from hsr_plugin import HSRModifier
@@ -207,7 +229,9 @@ def compress(args: argparse.Namespace) -> Path:
 
     torch.manual_seed(args.seed)  # oneshot's calibration sampler shuffles with torch's generator
     logger.info(f"hsr compress: {args.model} with {args.recipe} -> {output}")
-    with published_dir(output) as staging:
+    with _stop_cleanly_on_sigterm(), published_dir(output) as staging:
+        # checked again under the output's lock: a run that finished meanwhile is not replaced
+        _check_output(output, args.overwrite, [])
         oneshot_kwargs = dict(
             model=args.model,
             recipe=yaml.safe_dump(recipe, sort_keys=False),

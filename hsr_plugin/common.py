@@ -26,6 +26,7 @@ __all__ = [
     "is_language_weight",
     "is_vision_module",
     "language_sparsity_counts",
+    "OutputBusyError",
     "published_dir",
     "replace_generated_block",
     "user_cache_dir",
@@ -132,18 +133,78 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+class OutputBusyError(RuntimeError):
+    """Another process is writing the same output folder."""
+
+
+@contextmanager
+def _exclusive(target: Path) -> Iterator[None]:
+    """Hold `.<name>.lock` beside `target`; a second writer fails at once instead of mixing."""
+    import fcntl
+
+    lock = target.parent / f".{target.name}.lock"
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            raise OutputBusyError(
+                f"another process (pid {owner}) is writing {target}: wait for it, or choose "
+                "another output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Staging folders of earlier writers that were killed (SIGKILL leaves them behind)."""
+    for folder in target.parent.glob(f".{target.name}.pid*.*"):
+        pid = folder.name[len(target.name) + 5 :].split(".", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextmanager
 def published_dir(target: str | Path) -> Iterator[Path]:
     """Yields a hidden staging folder next to `target`; on success it replaces `target`.
 
     On error the staging folder is removed, so readers never see a half-written folder. The
     published folder and its files get the umask's permissions (mkdtemp alone would give 0700).
+    One writer at a time: a second one raises OutputBusyError. Staging folders left by killed
+    writers (named with their pid) are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with _exclusive(target):
+        _remove_stale_staging(target)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.pid{os.getpid()}.", dir=target.parent)
+        )
+        with _publish(staging, target):
+            yield staging
+
+
+@contextmanager
+def _publish(staging: Path, target: Path) -> Iterator[None]:
     try:
-        yield staging
+        yield
         _apply_umask(staging)
         if target.exists():
             shutil.rmtree(target)

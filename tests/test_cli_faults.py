@@ -362,3 +362,69 @@ def test_truncated_responses_are_counted_in_a_warning(model_dirs, calib_files):
         logger.remove(sink)
     warned = [m for m in messages if "longer than max_seq_length=40" in m]
     assert len(warned) == 1 and f"of {len(conversations)} calibration" in warned[0], messages
+
+
+# ----------------------------------------------------------------------------- faults
+def _hsr_process(work, output):
+    hsr = Path(sys.executable).with_name("hsr")
+    return subprocess.Popen(
+        [str(hsr), *_args(work, output)],
+        cwd=work["root"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _staging(out: Path) -> list[Path]:
+    return [p for p in out.parent.glob(f".{out.name}.pid*") if p.is_dir()]
+
+
+def _wait_for_staging(out: Path, proc, timeout: float = 180.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not _staging(out):
+        assert proc.poll() is None, f"hsr ended before staging: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "no staging folder appeared"
+        time.sleep(0.02)
+
+
+def test_sigterm_leaves_nothing_behind(work, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    proc = _hsr_process(work, out)
+    _wait_for_staging(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "stopped by signal 15" in err, err[-2000:]
+    assert not _staging(out) and not out.exists()
+    assert not list(tmp_path.glob(".out.lock"))
+    _untouched(work)
+
+
+def test_a_killed_runs_staging_is_removed_by_the_next_run(work, tmp_path):
+    out = tmp_path / "out"
+    proc = _hsr_process(work, out)
+    _wait_for_staging(out, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _staging(out), "SIGKILL cannot clean up: the staging folder stays"
+    assert main(_args(work, out)) == 0
+    assert not _staging(out) and (out / "hsr_report.json").is_file()
+    _untouched(work)
+
+
+def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
+    out = tmp_path / "out"
+    procs = [_hsr_process(work, out) for _ in range(2)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], errors
+    loser = errors[[p.returncode for p in procs].index(2)]
+    assert re.search(r"error: (another process .* is writing|output .* exists)", loser), loser
+    report = json.loads((out / "hsr_report.json").read_text())
+    assert report["totals"]["restored"] > 0 and (out / "config.json").is_file()
+    assert not _staging(out)
+    _untouched(work)
