@@ -125,3 +125,19 @@ def test_model_labels():
         parse_models(["nolabel"])
     with pytest.raises(SystemExit, match="twice"):
         parse_models(["a=x", "a=y"])
+
+
+def test_cpu_dtype_is_bfloat16_only_for_w4a16(tmp_path):
+    from integration.serving.launch import default_dtype
+
+    plain = _checkpoint(tmp_path / "plain", LLAMA)
+    packed = _checkpoint(
+        tmp_path / "packed", {**LLAMA, "quantization_config": {"format": "pack-quantized"}}
+    )
+    int8 = _checkpoint(
+        tmp_path / "int8", {**LLAMA, "quantization_config": {"format": "int-quantized"}}
+    )
+    assert default_dtype(str(plain), gpu=False) == "float32"
+    assert default_dtype(str(int8), gpu=False) == "float32"
+    assert default_dtype(str(packed), gpu=False) == "bfloat16"
+    assert default_dtype(str(plain), gpu=True) == "bfloat16"

