@@ -10,7 +10,16 @@ import torch
 
 from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
 
-__all__ = ["FP8", "HSR", "SPARSEGPT", "WANDA", "folder_digest", "load_model", "run_oneshot"]
+__all__ = [
+    "FP8",
+    "HSR",
+    "SPARSEGPT",
+    "WANDA",
+    "compress_args",
+    "folder_digest",
+    "load_model",
+    "run_oneshot",
+]
 
 WANDA = """
 sparsity_stage:
@@ -77,3 +86,16 @@ def folder_digest(folder: Path) -> str:
         if path.is_file():
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
+
+
+def compress_args(
+    model, recipe, output, dataset, safety=None, utility=None, num_heads=2, samples=6
+) -> list[str]:
+    """`hsr compress` arguments; with `safety`/`utility`, HSR is pointed at those sets."""
+    args = ["compress", "--model", str(model), "--recipe", str(recipe), "--output", str(output)]
+    args += ["--dataset", str(dataset), "--num-samples", str(samples), "--max-seq-length", "128"]
+    if safety is not None:
+        args += ["--set", f"HSRModifier.safety_data={safety}"]
+        args += ["--set", f"HSRModifier.utility_data={utility}"]
+        args += ["--set", f"HSRModifier.num_heads={num_heads}"]
+    return args

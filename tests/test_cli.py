@@ -8,36 +8,16 @@ from pathlib import Path
 import pytest
 
 from hsr_plugin.cli import main
-from tests.helpers import folder_digest
+from tests.helpers import compress_args, folder_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _compress(model, out, calib, *extra):
-    return main(
-        [
-            "compress",
-            "--model",
-            str(model),
-            "--recipe",
-            "recipes/wanda_hsr.yaml",
-            "--output",
-            str(out),
-            "--dataset",
-            str(calib["utility"]),
-            "--num-samples",
-            "6",
-            "--max-seq-length",
-            "128",
-            "--set",
-            f"HSRModifier.safety_data={calib['safety']}",
-            "--set",
-            f"HSRModifier.utility_data={calib['utility']}",
-            "--set",
-            "HSRModifier.num_heads=2",
-            *extra,
-        ]
+    args = compress_args(
+        model, "recipes/wanda_hsr.yaml", out, calib["utility"], calib["safety"], calib["utility"]
     )
+    return main([*args, *extra])
 
 
 def test_compress_writes_model_report_and_resolved_recipe(

@@ -21,7 +21,7 @@ from loguru import logger
 from safetensors.torch import load_file, save_file
 
 from hsr_plugin.cli import main
-from tests.helpers import folder_digest
+from tests.helpers import compress_args, folder_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,28 +46,11 @@ def work(model_dirs, calib_files, tmp_path, monkeypatch):
 
 
 def _args(work, output, *extra):
-    return [
-        "compress",
-        "--model",
-        str(work["model"]),
-        "--recipe",
-        str(work["recipe"]),
-        "--output",
-        str(output),
-        "--dataset",
-        str(work["data"]["utility"]),
-        "--num-samples",
-        "6",
-        "--max-seq-length",
-        "128",
-        "--set",
-        f"HSRModifier.safety_data={work['data']['safety']}",
-        "--set",
-        f"HSRModifier.utility_data={work['data']['utility']}",
-        "--set",
-        "HSRModifier.num_heads=2",
-        *extra,
-    ]
+    data = work["data"]
+    args = compress_args(
+        work["model"], work["recipe"], output, data["utility"], data["safety"], data["utility"]
+    )
+    return [*args, *extra]
 
 
 def _untouched(work):

@@ -166,8 +166,11 @@ def _head_rows_or_columns(shape, projection, head, heads_per_group, head_dim):
     return mask
 
 
-def _expected(dense, pruned_weights, tok, selected, q, p, p_max, safety_rows, utility_rows):
+def _expected(tiny, selected, q=0.5, p=0.5, p_max=0.7, safety_rows=None, utility_rows=None):
     """Per module: (restore mask, candidates in the slices, pruned in the slices, I_s)."""
+    dense, pruned_weights, tok = tiny["dense"], tiny["pruned"], tiny["tok"]
+    safety_rows = SAFETY_ROWS if safety_rows is None else safety_rows
+    utility_rows = UTILITY_ROWS if utility_rows is None else utility_rows
     config = dense.config
     d, group = config.head_dim, config.num_attention_heads // config.num_key_value_heads
     layers = sorted({layer for layer, _ in selected})
@@ -254,17 +257,7 @@ def test_restored_weights_are_exactly_the_reference_set(tiny, calib_files, q, p,
     extra = f"      safety_top: {q}\n      utility_top: {p}\n      utility_max: {p_max}\n"
     model, report = _run_hsr(tiny, calib_files, num_heads=3, extra=extra)
     selected = [tuple(h) for h in report["selected_heads"]]
-    expected = _expected(
-        tiny["dense"],
-        tiny["pruned"],
-        tiny["tok"],
-        selected,
-        q,
-        p,
-        p_max,
-        SAFETY_ROWS,
-        UTILITY_ROWS,
-    )
+    expected = _expected(tiny, selected, q, p, p_max)
     final = model.state_dict()
     rows = {row["module"]: row for row in report["restored"]}
     total = 0
@@ -318,9 +311,7 @@ def test_the_seed_picks_the_calibration_rows(tiny, calib_files):
         model, report = _run_hsr(tiny, calib_files, num_heads=2, extra=extra)
         selected = [tuple(h) for h in report["selected_heads"]]
         assert selected == ranked[:2], f"seed {seed}: heads {selected}, reference {ranked[:2]}"
-        expected = _expected(
-            tiny["dense"], tiny["pruned"], tiny["tok"], selected, 0.5, 0.5, 0.7, safety, utility
-        )
+        expected = _expected(tiny, selected, safety_rows=safety, utility_rows=utility)
         final = model.state_dict()
         for name, (restore, _, _, _) in expected.items():
             changed = final[f"{name}.weight"] != tiny["pruned"][f"{name}.weight"]
@@ -345,17 +336,7 @@ def _keep_n_of_m(restore, pruned_weight, i_s, n=2, m=4):
 def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(tiny, calib_files):
     model, report = _run_hsr(tiny, calib_files, num_heads=3, extra="      preserve_nm: '2:4'\n")
     selected = [tuple(h) for h in report["selected_heads"]]
-    expected = _expected(
-        tiny["dense"],
-        tiny["pruned"],
-        tiny["tok"],
-        selected,
-        0.5,
-        0.5,
-        0.7,
-        SAFETY_ROWS,
-        UTILITY_ROWS,
-    )
+    expected = _expected(tiny, selected)
     final = model.state_dict()
     kept_total = 0
     for name, (restore, _, _, i_s) in expected.items():

@@ -17,36 +17,15 @@ import yaml
 from safetensors.torch import load_file
 
 from hsr_plugin.cli import main
+from tests.helpers import compress_args
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _compress(model, recipe: Path, out: Path, calib) -> None:
-    args = [
-        "compress",
-        "--model",
-        str(model),
-        "--recipe",
-        str(recipe),
-        "--output",
-        str(out),
-        "--dataset",
-        str(calib["utility"]),
-        "--num-samples",
-        "6",
-        "--max-seq-length",
-        "128",
-    ]
-    if "hsr_stage" in yaml.safe_load(recipe.read_text()):
-        args += [
-            "--set",
-            f"HSRModifier.safety_data={calib['safety']}",
-            "--set",
-            f"HSRModifier.utility_data={calib['utility']}",
-            "--set",
-            "HSRModifier.num_heads=2",
-        ]
-    assert main(args) == 0
+    hsr = "hsr_stage" in yaml.safe_load(recipe.read_text())
+    sets = (calib["safety"], calib["utility"]) if hsr else (None, None)
+    assert main(compress_args(model, recipe, out, calib["utility"], *sets)) == 0
 
 
 @pytest.mark.parametrize(

@@ -44,40 +44,22 @@ def _run(cmd: list, timeout: int = 600) -> str:
     return proc.stdout
 
 
+def _compress_organism(recipe, out: Path, hsr: bool, *extra) -> None:
+    """`hsr compress` of the organism; with `hsr`, HSR calibrates on the organism's own sets."""
+    cmd = [sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", ORGANISM]
+    cmd += ["--recipe", recipe, "--output", out, "--dataset", DATA / "calib_utility.jsonl"]
+    if hsr:
+        cmd += ["--set", f"HSRModifier.safety_data={DATA / 'calib_safety.jsonl'}"]
+        cmd += ["--set", f"HSRModifier.utility_data={DATA / 'calib_utility.jsonl'}"]
+    _run([*cmd, *extra])
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     compare = serve_bin("hsr-compare")
     root = tmp_path_factory.mktemp("vllm-eval")
-    for name, recipe, extra in [
-        ("wanda", "recipes/wanda.yaml", []),
-        (
-            "wanda_hsr",
-            "recipes/wanda_hsr.yaml",
-            [
-                "--set",
-                f"HSRModifier.safety_data={DATA / 'calib_safety.jsonl'}",
-                "--set",
-                f"HSRModifier.utility_data={DATA / 'calib_utility.jsonl'}",
-            ],
-        ),
-    ]:
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "hsr_plugin.cli",
-                "compress",
-                "--model",
-                ORGANISM,
-                "--recipe",
-                recipe,
-                "--output",
-                root / name,
-                "--dataset",
-                DATA / "calib_utility.jsonl",
-                *extra,
-            ]
-        )
+    _compress_organism("recipes/wanda.yaml", root / "wanda", hsr=False)
+    _compress_organism("recipes/wanda_hsr.yaml", root / "wanda_hsr", hsr=True)
     out = _run(
         [
             compare,
@@ -176,28 +158,7 @@ def test_quantized_hsr_checkpoints_serve_on_vllm(tmp_path, recipe):
     """prune -> HSR -> W8A8 / W4A16 on the organism, served by vLLM (W4A16 in bfloat16 on CPU)."""
     compare = serve_bin("hsr-compare")
     out = tmp_path / "model"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "hsr_plugin.cli",
-            "compress",
-            "--model",
-            ORGANISM,
-            "--recipe",
-            f"recipes/{recipe}",
-            "--output",
-            out,
-            "--dataset",
-            DATA / "calib_utility.jsonl",
-            "--num-samples",
-            "32",
-            "--set",
-            f"HSRModifier.safety_data={DATA / 'calib_safety.jsonl'}",
-            "--set",
-            f"HSRModifier.utility_data={DATA / 'calib_utility.jsonl'}",
-        ]
-    )
+    _compress_organism(f"recipes/{recipe}", out, True, "--num-samples", "32")
     _run([compare, "--out", tmp_path / "eval", "--limit", 10, "--models", f"q={out}"])
     row = json.loads((tmp_path / "eval" / "comparison.json").read_text())["models"]["q"]
     assert row["n"]["hsr_harmful"] == 10 and row["utility"] >= 0.8, row
