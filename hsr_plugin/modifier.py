@@ -421,3 +421,19 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"HSRModifier: the {what} has {bad} non-finite values (NaN or inf)")
+
+
+def _register() -> None:
+    """Make `HSRModifier` a name that llm-compressor recipes can use (YAML or Python)."""
+    from llmcompressor.modifiers.factory import ModifierFactory
+
+    ModifierFactory.refresh()
+    for registry in ("_main_registry", "_experimental_registry"):
+        if "HSRModifier" in getattr(ModifierFactory, registry, {}):
+            raise RuntimeError(
+                "llm-compressor already ships a modifier named HSRModifier; refusing to override it"
+            )
+    ModifierFactory.register("HSRModifier", HSRModifier)
+
+
+_register()

@@ -411,3 +411,38 @@ def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
     assert report["totals"]["restored"] > 0 and (out / "config.json").is_file()
     assert not _staging(out)
     _untouched(work)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import hsr_plugin, llmcompressor",  # the plugin first: registered by the import hook
+        "import llmcompressor, hsr_plugin",  # llm-compressor first: registered at once
+        "import hsr_plugin; from llmcompressor.modifiers.factory import ModifierFactory",
+    ],
+    ids=["plugin-first", "llmcompressor-first", "submodule-first"],
+)
+def test_import_hsr_plugin_registers_hsrmodifier_in_any_order(code):
+    check = (
+        f"{code}\nfrom llmcompressor.modifiers.factory import ModifierFactory\n"
+        "from hsr_plugin.modifier import HSRModifier\n"
+        "assert ModifierFactory._registered_registry['HSRModifier'] is HSRModifier\n"
+        "print('registered')"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_help_imports_no_heavy_library():
+    hsr = Path(sys.executable).with_name("hsr")
+    for args in (["--help"], ["compress", "--help"], ["report", "--help"]):
+        proc = subprocess.run([str(hsr), *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: hsr"), proc.stderr
+        assert "No accelerator" not in proc.stdout + proc.stderr
+    code = (
+        "import sys, hsr_plugin.cli; print(sorted({'llmcompressor', 'torch'} & set(sys.modules)))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+        == "[]"
+    )
