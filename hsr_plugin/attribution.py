@@ -109,11 +109,7 @@ def score_heads(
     mode = "reference" if method == "reference" else "exact"
     with HooksMixin.disable_hooks():
         dense = last_token_outputs(model, samples, batch_size, pad_id)
-    if not (torch.isfinite(dense.logits).all() and torch.isfinite(dense.states).all()):
-        raise ValueError(
-            "head attribution: the model's next-token logits or final states on the safety "
-            "prompts are not finite (NaN or inf), so no head can be scored"
-        )
+    _check_finite(dense, "the intact model")
     units = [
         (block, head, group) for block in blocks for head, group in ablation_units(block, mode)
     ]
@@ -121,7 +117,17 @@ def score_heads(
     for block, head, group in tqdm(units, desc=f"HSR head scores ({method})", disable=not progress):
         with ablate_head(block, head, eps, mode, hooks):
             ablated = last_token_outputs(model, samples, batch_size, pad_id)
+        _check_finite(ablated, f"{block.name} with head {head} ablated")
         scores.append(
             HeadScore(block.layer, head, group, _score(method, dense, ablated, subspace_rank))
         )
     return scores
+
+
+def _check_finite(outputs: LastTokenOutputs, what: str) -> None:
+    """NaN or inf would reach the SVD of the subspace score; say where they came from."""
+    if not (torch.isfinite(outputs.logits).all() and torch.isfinite(outputs.states).all()):
+        raise ValueError(
+            f"head attribution: the next-token logits or final states of {what} on the safety "
+            "prompts are not finite (NaN or inf), so its head score would be too"
+        )

@@ -446,3 +446,49 @@ def test_help_imports_no_heavy_library():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
         == "[]"
     )
+
+
+def test_non_finite_model_weights_are_refused_by_name(work, tmp_path, capsys):
+    from hsr_plugin.cli import run
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(work["model"], broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    weights["model.layers.1.self_attn.o_proj.weight"][3, 3] = float("inf")
+    save_file(weights, str(broken / "model.safetensors"))
+    assert run(_swap(_args(work, tmp_path / "out"), "--model", str(broken))) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "weight of model.layers.1.self_attn.o_proj has 1 non-finite values" in line, line
+    assert not (tmp_path / "out").exists()
+    _untouched(work)
+
+
+def test_a_truncated_dense_model_is_named(work, tmp_path, capsys):
+    from hsr_plugin.cli import run
+
+    dense = tmp_path / "dense"
+    shutil.copytree(work["model"], dense)
+    (dense / "model.safetensors").write_bytes((dense / "model.safetensors").read_bytes()[:500])
+    args = _args(work, tmp_path / "out", "--set", f"HSRModifier.dense_model={dense}")
+    assert run(args) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{dense / 'model.safetensors'}: not a readable safetensors file" in line, line
+    _untouched(work)
+
+
+def test_non_finite_ablated_outputs_name_the_head(model_dirs, calib_files):
+    from hsr_plugin.architecture import find_attention_blocks
+    from hsr_plugin.attribution import score_heads
+    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from tests.helpers import load_model
+
+    model = load_model(model_dirs["llama"]).eval()
+    samples = render_samples(
+        load_conversations(str(calib_files["safety"])),
+        load_processor(str(model_dirs["llama"])),
+        128,
+    )
+    blocks = find_attention_blocks(model)
+    with torch.no_grad():  # an ablation scales by eps = inf: only the ablated passes break
+        with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn with head 0 ablated"):
+            score_heads(model, blocks, samples, eps=float("inf"), progress=False)
