@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch.utils.hooks import RemovableHandle
 
 from hsr_plugin.architecture import AttentionBlock
+from hsr_plugin.hooks import hooks_mixin
+
+if TYPE_CHECKING:
+    from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 __all__ = ["AblationMode", "ablate_head", "ablation_units"]
 
@@ -69,7 +72,8 @@ def ablate_head(
         raise ValueError(f"head {head} is outside [0, {block.num_heads}) for {block.name}")
     if mode == "reference" and head >= block.num_kv_heads:
         raise ValueError(f"reference ablation scores KV groups: {head} >= {block.num_kv_heads}")
-    owner = hooks if hooks is not None else HooksMixin()
+    mixin = hooks_mixin()
+    owner = hooks if hooks is not None else mixin()
     d = block.head_dim
     lo, hi = head * d, (head + 1) * d
     plan = [
@@ -83,7 +87,7 @@ def ablate_head(
         ]
     handles = [owner.register_hook(block.projection(short), fn, kind) for short, kind, fn in plan]
     try:
-        with HooksMixin.disable_hooks(keep=set(handles)):
+        with mixin.disable_hooks(keep=set(handles)):
             yield handles
     finally:
         owner.remove_hooks(set(handles))

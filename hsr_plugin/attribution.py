@@ -12,16 +12,19 @@ Text-only prompts are batched with left padding; prompts with images run one at 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from llmcompressor.modifiers.utils.hooks import HooksMixin
 from tqdm import tqdm
 
 from hsr_plugin.ablation import ablate_head, ablation_units
 from hsr_plugin.architecture import AttentionBlock
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
+from hsr_plugin.hooks import hooks_mixin
+
+if TYPE_CHECKING:
+    from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 __all__ = ["HeadScore", "HeadScoreMethod", "LastTokenOutputs", "last_token_outputs", "score_heads"]
 
@@ -107,7 +110,7 @@ def score_heads(
     if not samples:
         raise ValueError("head attribution needs at least one safety prompt")
     mode = "reference" if method == "reference" else "exact"
-    with HooksMixin.disable_hooks():
+    with hooks_mixin().disable_hooks():
         dense = last_token_outputs(model, samples, batch_size, pad_id)
     _check_finite(dense, "the intact model")
     units = [

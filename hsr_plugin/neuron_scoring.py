@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch import nn
 from tqdm import tqdm
 
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import (
     GradientSaliencyAccumulator,
     HessianAccumulator,
@@ -27,6 +27,9 @@ from hsr_plugin.importance import (
     sparsegpt_scores,
     wanda_scores,
 )
+
+if TYPE_CHECKING:
+    from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 __all__ = ["NeuronScore", "MatrixStatistics", "collect_statistics", "importance_scores"]
 
@@ -66,7 +69,7 @@ def _input_hooks(
         owner.register_hook(module, make(name), "forward_pre") for name, module in modules.items()
     }
     try:
-        with HooksMixin.disable_hooks(keep=handles):
+        with hooks_mixin().disable_hooks(keep=handles):
             yield
     finally:
         owner.remove_hooks(handles)
@@ -95,7 +98,7 @@ def collect_statistics(
     )
     device = _device(model)
     current = _CurrentSample()
-    owner = hooks if hooks is not None else HooksMixin()
+    owner = hooks if hooks is not None else hooks_mixin()()
     with torch.no_grad(), _input_hooks(modules, stats, current, owner):
         for sample in tqdm(samples, desc=f"{desc} ({method})", disable=not progress):
             current.response_mask = sample.response_mask.to(device)
@@ -113,7 +116,7 @@ def _collect_snip(model, modules, samples, desc, progress) -> MatrixStatistics:
             p.requires_grad_(False)
         for module in modules.values():
             module.weight.requires_grad_(True)
-        with torch.enable_grad(), HooksMixin.disable_hooks():
+        with torch.enable_grad(), hooks_mixin().disable_hooks():
             for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
                 inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
                 labels = torch.where(

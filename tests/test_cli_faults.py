@@ -419,8 +419,18 @@ def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
         "import hsr_plugin, llmcompressor",  # the plugin first: registered by the import hook
         "import llmcompressor, hsr_plugin",  # llm-compressor first: registered at once
         "import hsr_plugin; from llmcompressor.modifiers.factory import ModifierFactory",
+        "from hsr_plugin.ablation import ablate_head; from hsr_plugin.hooks import hooks_mixin\n"
+        "hooks_mixin()",
+        "import hsr_plugin.neuron_scoring, hsr_plugin.attribution, hsr_plugin.restore\n"
+        "import llmcompressor",
     ],
-    ids=["plugin-first", "llmcompressor-first", "submodule-first"],
+    ids=[
+        "plugin-first",
+        "llmcompressor-first",
+        "submodule-first",
+        "ablation-first",
+        "scoring-first",
+    ],
 )
 def test_import_hsr_plugin_registers_hsrmodifier_in_any_order(code):
     check = (

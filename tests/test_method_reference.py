@@ -333,7 +333,19 @@ def _keep_n_of_m(restore, pruned_weight, i_s, n=2, m=4):
     return keep
 
 
-def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(tiny, calib_files):
+def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(
+    tiny, calib_files, monkeypatch
+):
+    import hsr_plugin.modifier as modifier
+
+    priorities = {}
+    restore = modifier.restore_matrix
+
+    def spy(name, module, dense, candidates, slices, nm=None, priority=None):
+        priorities[name] = priority
+        return restore(name, module, dense, candidates, slices, nm, priority)
+
+    monkeypatch.setattr(modifier, "restore_matrix", spy)
     model, report = _run_hsr(tiny, calib_files, num_heads=3, extra="      preserve_nm: '2:4'\n")
     selected = [tuple(h) for h in report["selected_heads"]]
     expected = _expected(tiny, selected)
@@ -341,6 +353,9 @@ def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(tiny
     kept_total = 0
     for name, (restore, _, _, i_s) in expected.items():
         key = f"{name}.weight"
+        assert torch.allclose(priorities[name].double(), i_s, rtol=1e-5), (
+            f"{name}: N:M keeps restorations by SAFETY importance"
+        )
         keep = _keep_n_of_m(restore, tiny["pruned"][key], i_s)
         changed = final[key] != tiny["pruned"][key]
         assert torch.equal(changed, keep), f"{name}: N:M kept the wrong restorations"

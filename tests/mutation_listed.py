@@ -1,0 +1,241 @@
+"""The mutants named in the method-pinning issue, each run against the tests meant to catch it.
+
+    .venv/bin/python -m tests.mutation_listed      # about 3 minutes; part of `make mutation`
+
+Each mutant is one small, realistic change to hsr_plugin/ (a swapped argument, a reversed
+ranking, a shifted mask...). It is applied to a throwaway copy of the tree, never to the
+checkout, and the listed test files run there. The table goes into tests/MUTATION.md.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsr_plugin.common import replace_generated_block, write_text_atomic
+from hsr_plugin.tables import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "tests" / "MUTATION.md"
+REFERENCE = ("tests/test_method_reference.py",)
+MATH = ("tests/test_math.py", "tests/test_model_side.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    equivalent: str = ""  # why no test can tell it apart, when it cannot
+
+
+M = "hsr_plugin/modifier.py"
+CALL = "                    i_s, i_u, self.safety_top, self.utility_top, self.utility_max"
+MUTANTS = [
+    Mutant(
+        "safety and utility importance swapped",
+        M,
+        CALL,
+        CALL.replace("i_s, i_u,", "i_u, i_s,"),
+        REFERENCE,
+    ),
+    Mutant(
+        "utility exclusion dropped (p = 0, p_max = 1)",
+        M,
+        CALL,
+        CALL.replace("self.utility_top, self.utility_max", "0.0, 1.0"),
+        REFERENCE,
+    ),
+    Mutant(
+        "bottom-h heads selected",
+        M,
+        "        self._selected = select_top_heads(ranked, self.num_heads)",
+        "        self._selected = select_top_heads(ranked[::-1], self.num_heads)",
+        REFERENCE,
+    ),
+    Mutant(
+        "seed not passed to the calibration loader",
+        M,
+        "        conversations = load_conversations(spec, self.num_samples, self.seed)",
+        "        conversations = load_conversations(spec, self.num_samples, 0)",
+        REFERENCE,
+    ),
+    Mutant(
+        "N:M priority from utility importance",
+        M,
+        "_Plan(module, candidates.cpu(), slices, i_s.float().cpu())",
+        "_Plan(module, candidates.cpu(), slices, i_u.float().cpu())",
+        REFERENCE,
+    ),
+    Mutant(
+        "'pruning not finished' guard removed",
+        M,
+        "        unfinished = [type(m).__name__ for m in self._earlier_pruning if not m.ended_]",
+        "        unfinished = []",
+        ("tests/test_bad_inputs.py",),
+    ),
+    Mutant(
+        "response mask shifted by one token",
+        "hsr_plugin/calibration.py",
+        "    response[n_prompt:] = True",
+        "    response[n_prompt - 1 : -1] = True",
+        REFERENCE,
+    ),
+    Mutant(
+        "Wanda importance with squared input norms",
+        "hsr_plugin/importance.py",
+        "        min=0\n    ).sqrt().unsqueeze(0)",
+        "        min=0\n    ).unsqueeze(0)",
+        REFERENCE,
+    ),
+    Mutant(
+        "statistics over all tokens",
+        "hsr_plugin/neuron_scoring.py",
+        "            current.response_mask = sample.response_mask.to(device)",
+        "            current.response_mask = None",
+        REFERENCE,
+    ),
+    Mutant(
+        "report candidates not limited to the head slices",
+        "hsr_plugin/restore.py",
+        "            int((candidates.to(current.device) & head_slices.to(current.device)).sum()),",
+        "            int(candidates.sum()),",
+        REFERENCE,
+    ),
+    Mutant(
+        "language_params counting lm_head",
+        "hsr_plugin/common.py",
+        '    return key.endswith(".weight") and _DECODER_LAYER.search(key) is not None',
+        '    return key.endswith(".weight") and (_DECODER_LAYER.search(key) is not None '
+        "or 'lm_head' in key)",
+        REFERENCE,
+    ),
+    Mutant(
+        "kv_group = head % group size",
+        "hsr_plugin/architecture.py",
+        "        return head // self.kv_group_size",
+        "        return head % self.kv_group_size",
+        ("tests/test_math.py", *REFERENCE),
+    ),
+    Mutant(
+        "KL(q||p) instead of KL(p||q)",
+        "hsr_plugin/head_scores.py",
+        "    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0)",
+        "    return (log_q.exp() * (log_q - log_p)).sum(-1).clamp(min=0.0)",
+        MATH,
+    ),
+    Mutant(
+        "subspace rank ignored",
+        "hsr_plugin/head_scores.py",
+        "    return vh[:rank].T  # (d, rank), orthonormal columns",
+        "    return vh[:1].T",
+        MATH,
+    ),
+    Mutant(
+        "principal angles combined by max",
+        "hsr_plugin/head_scores.py",
+        "    return float(torch.arccos(cosines).sum())",
+        "    return float(torch.arccos(cosines).max())",
+        MATH,
+    ),
+    Mutant(
+        "right padding",
+        "hsr_plugin/attribution.py",
+        "            ids[i, width - s.prompt_length :] = s.input_ids[0, : s.prompt_length]\n"
+        "            mask[i, width - s.prompt_length :] = 1",
+        "            ids[i, : s.prompt_length] = s.input_ids[0, : s.prompt_length]\n"
+        "            mask[i, : s.prompt_length] = 1",
+        MATH,
+    ),
+    Mutant(
+        "position_ids not set with left padding",
+        "hsr_plugin/attribution.py",
+        '            batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)',
+        "            pass",
+        MATH,
+        equivalent="every supported decoder uses rotary position embeddings, where a constant "
+        "shift of all positions leaves attention unchanged; padded positions are masked",
+    ),
+    Mutant(
+        "o_proj ablation as a forward hook on the output rows",
+        "hsr_plugin/ablation.py",
+        '        ("o", "forward_pre", _scale_input(lo, hi, eps)),',
+        '        ("o", "forward", _scale_output(lo, hi, eps)),',
+        MATH,
+    ),
+    Mutant(
+        "reference-mode k/v ablation removed",
+        "hsr_plugin/ablation.py",
+        '    if mode == "reference":  # head is the KV group g here: its k/v rows go too',
+        "    if False:",
+        MATH,
+    ),
+]
+
+
+def _copy_tree(target: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout
+    for name in files.splitlines():
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def run(mutant: Mutant, tree: Path) -> str:
+    path = tree / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        return "stale (the original line changed: update this list)"
+    path.write_text(original.replace(mutant.old, mutant.new))
+    try:
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests]
+        proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=1800)
+    finally:
+        path.write_text(original)
+    return "killed" if proc.returncode else "survived"
+
+
+def main() -> None:
+    rows, killed, judged = [], 0, 0
+    with tempfile.TemporaryDirectory(prefix="hsr-mutants-") as tmp:
+        tree = Path(tmp)
+        _copy_tree(tree)
+        for mutant in MUTANTS:
+            status = run(mutant, tree)
+            if mutant.equivalent and status == "survived":
+                status = "equivalent"
+            else:
+                judged += 1
+                killed += status == "killed"
+            print(f"{status:10s} {mutant.name}", flush=True)
+            rows.append([mutant.name, f"`{mutant.path}`", status, mutant.equivalent or ""])
+    body = "\n".join(
+        [
+            f"Named mutants killed: **{killed} of {judged}** non-equivalent.",
+            "",
+            markdown_table(["mutant", "file", "result", "why equivalent"], rows, numeric_from=99),
+            "",
+            f"_Written by `python -m tests.mutation_listed` on {time.strftime('%Y-%m-%d')}._",
+        ]
+    )
+    if not REPORT.is_file():
+        write_text_atomic(REPORT, "# Mutation testing\n")
+    if "<!-- named-mutants:begin -->" not in REPORT.read_text():
+        text = REPORT.read_text().rstrip() + "\n\n## The issue's named mutants\n\n"
+        write_text_atomic(
+            REPORT, text + "<!-- named-mutants:begin -->\n<!-- named-mutants:end -->\n"
+        )
+    replace_generated_block(REPORT, "named-mutants", body)
+    print(f"wrote {REPORT}")
+
+
+if __name__ == "__main__":
+    main()
