@@ -49,6 +49,7 @@ mutation: compress-venv
 	$(VENV)/bin/python -m pip install --quiet mutmut==3.8.1
 	$(VENV)/bin/mutmut run $(MUTATE)
 	$(VENV)/bin/python -m tests.mutation_report
+	$(VENV)/bin/python -m tests.mutation_listed
 
 test: venvs lint
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_plugin.common import replace_generated_block, write_text_atomic
 from hsr_plugin.tables import markdown_table
+from tests.mutation_report import REPORT, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "tests" / "MUTATION.md"
 REFERENCE = ("tests/test_method_reference.py",)
 MATH = ("tests/test_math.py", "tests/test_model_side.py")
 
@@ -112,9 +111,8 @@ MUTANTS = [
     Mutant(
         "language_params counting lm_head",
         "hsr_plugin/common.py",
-        '    return key.endswith(".weight") and _DECODER_LAYER.search(key) is not None',
-        '    return key.endswith(".weight") and (_DECODER_LAYER.search(key) is not None '
-        "or 'lm_head' in key)",
+        "        and _DECODER_LAYER.search(key) is not None\n",
+        "        and (_DECODER_LAYER.search(key) is not None or 'lm_head' in key)\n",
         REFERENCE,
     ),
     Mutant(
@@ -226,14 +224,7 @@ def main() -> None:
             f"_Written by `python -m tests.mutation_listed` on {time.strftime('%Y-%m-%d')}._",
         ]
     )
-    if not REPORT.is_file():
-        write_text_atomic(REPORT, "# Mutation testing\n")
-    if "<!-- named-mutants:begin -->" not in REPORT.read_text():
-        text = REPORT.read_text().rstrip() + "\n\n## The issue's named mutants\n\n"
-        write_text_atomic(
-            REPORT, text + "<!-- named-mutants:begin -->\n<!-- named-mutants:end -->\n"
-        )
-    replace_generated_block(REPORT, "named-mutants", body)
+    write_block("named-mutants", body)
     print(f"wrote {REPORT}")
 
 

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hsr_plugin.common import write_text_atomic
+from hsr_plugin.common import replace_generated_block, write_text_atomic
 from hsr_plugin.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,6 @@ def render(results: dict[str, str]) -> str:
     judged = total["killed"] + total["survived"] - equivalent + total["no tests"]
     score = f"{100 * total['killed'] / judged:.1f}%" if judged else "n/a"
     parts = [
-        "# Mutation testing",
-        "",
         f"Score: **{score}** of the non-equivalent mutants that were run killed "
         f"({total['killed']} of {judged}); {total['not run']} of {len(results)} mutants not run.",
         "",
@@ -85,14 +83,37 @@ def render(results: dict[str, str]) -> str:
     parts += ["", "## Equivalent mutants", ""]
     parts += [f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items())] or ["none"]
     parts += ["", f"_Written by `python -m tests.mutation_report` on {time.strftime('%Y-%m-%d')}._"]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
-def main() -> None:
+SECTIONS = {
+    "mutmut": "## mutmut over hsr_plugin/",
+    "named-mutants": "## The named mutants of the method-pinning issue",
+}
+
+
+def write_block(name: str, body: str) -> None:
+    """Put `body` into its generated block of tests/MUTATION.md (the file and blocks on demand)."""
+    if not REPORT.is_file():
+        write_text_atomic(REPORT, "# Mutation testing\n\nWritten by `make mutation`.\n")
+    if f"<!-- {name}:begin -->" not in REPORT.read_text():
+        block = f"\n{SECTIONS[name]}\n\n<!-- {name}:begin -->\n<!-- {name}:end -->\n"
+        write_text_atomic(REPORT, REPORT.read_text().rstrip() + "\n" + block)
+    replace_generated_block(REPORT, name, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scope", help="what this run covered, when it was narrowed")
+    args = parser.parse_args(argv)
     if not MUTANTS.is_dir():
         raise SystemExit("error: no mutants/ folder: run `make mutation` (mutmut run) first")
     text = render(collect())
-    write_text_atomic(REPORT, text)
+    if args.scope:
+        text = f"Scope of this run: {args.scope}\n\n{text}"
+    write_block("mutmut", text)
     print(text)
 
 
