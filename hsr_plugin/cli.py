@@ -89,7 +89,7 @@ RESOLVED_RECIPE = "hsr_recipe_resolved.yaml"  # marks a folder that `hsr compres
 
 def _looks_local(name: str) -> bool:
     """A path rather than a hub id (`org/name`): absolute, relative, or not one slash."""
-    return name.startswith(("/", ".", "~")) or name.count("/") != 1 or os.sep in name.split("/")[0]
+    return name.startswith(("/", ".", "~")) or name.count("/") != 1
 
 
 def _check_model(model: str) -> None:
@@ -212,7 +212,6 @@ def compress(args: argparse.Namespace) -> Path:
     """Run oneshot into a temporary sibling folder, then move it into place."""
     import yaml
 
-    import hsr_plugin  # noqa: F401  registers HSRModifier
     from hsr_plugin.common import published_dir, write_json_atomic
     from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict
 
@@ -242,8 +241,7 @@ def compress(args: argparse.Namespace) -> Path:
         )
         if args.sequential_targets:
             oneshot_kwargs["sequential_targets"] = args.sequential_targets
-        if args.dataset:
-            oneshot_kwargs.update(_dataset_kwargs(args))
+        oneshot_kwargs.update(_dataset_kwargs(args))
         oneshot(**oneshot_kwargs)
         # The report is taken from the modifier, so no temporary path enters a saved recipe:
         # hsr_recipe_resolved.yaml (and llm-compressor's recipe.yaml) reproduce the run as given.
