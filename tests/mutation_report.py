@@ -12,6 +12,7 @@ killed / (killed + survived - equivalent + mutants with no covering test).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,19 @@ MUTANTS = ROOT / "mutants"
 REPORT = ROOT / "tests" / "MUTATION.md"
 
 # mutant name -> why no test can tell it from the original
-EQUIVALENT: dict[str, str] = {}
+_DIM = "the tensor is checked to be 2-D, so dim 1 and dim -1 are the same axis"
+_FULL = "the leading rows of V are the same whether or not the SVD is full"
+_SVDVALS = "singular values are never negative: the lower bound of the clamp never acts"
+EQUIVALENT: dict[str, str] = {
+    "hsr_plugin.head_scores.x_last_token_kl__mutmut_13": _DIM,
+    "hsr_plugin.head_scores.x_last_token_kl__mutmut_20": _DIM,
+    "hsr_plugin.head_scores.x_last_token_kl__mutmut_26": _DIM,
+    "hsr_plugin.head_scores.x__leading_subspace__mutmut_5": _FULL,
+    "hsr_plugin.head_scores.x__leading_subspace__mutmut_6": _FULL,
+    "hsr_plugin.head_scores.x_principal_angle_score__mutmut_30": _SVDVALS,
+    "hsr_plugin.head_scores.x_principal_angle_score__mutmut_36": _SVDVALS,
+    "hsr_plugin.selection.x_nm_compatible_mask__mutmut_71": "argsort sorts the last dim by default",
+}
 
 _STATUS = {None: "not run", 0: "survived", 1: "killed", 5: "no tests", 33: "skipped", 34: "skipped"}
 
@@ -55,7 +68,7 @@ def _diff(name: str) -> str:
 def render(results: dict[str, str]) -> str:
     by_module: dict[str, Counter] = {}
     for name, status in results.items():
-        module = name.split(".x_", 1)[0].rsplit(".", 1)[0] if ".x_" in name else name
+        module = re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]  # mutmut: <module>.x_<function>...
         by_module.setdefault(module, Counter())[status] += 1
     rows, total = [], Counter()
     for module, counts in sorted(by_module.items()):

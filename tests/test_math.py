@@ -298,3 +298,102 @@ def test_ranking_is_deterministic_and_validated():
         select_top_heads(ranked, 4)
     with pytest.raises(ValueError, match="non-finite"):
         rank_heads({(0, 0): float("nan")})
+
+
+# ----------------------------------------------------------------------------- sharper pins
+def test_heads_rank_by_score_not_by_position():
+    scores = {(0, 0): 0.1, (0, 1): 0.9, (1, 0): 0.5, (1, 1): 0.5}
+    assert [k for k, _ in rank_heads(scores)] == [(0, 1), (1, 0), (1, 1), (0, 0)]
+    ranked = rank_heads(scores)
+    assert select_top_heads(ranked, 1) == [(0, 1)]
+    assert select_top_heads(ranked, 4) == [(0, 1), (1, 0), (1, 1), (0, 0)]
+    for bad in (0, 5):
+        with pytest.raises(ValueError):
+            select_top_heads(ranked, bad)
+
+
+def test_small_kl_is_not_clamped_up():
+    p = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    q = torch.tensor([[0.6, 0.4]], dtype=torch.float64)
+    want = 0.5 * math.log(0.5 / 0.6) + 0.5 * math.log(0.5 / 0.4)
+    assert float(last_token_kl(p.log(), q.log())[0]) == pytest.approx(want, rel=1e-9)
+    assert want < 0.03
+
+
+def test_reference_angle_with_unequal_norms():
+    dense = torch.tensor([[2.0, 7.0], [0.0, 1.0]])
+    ablated = torch.tensor([[3.0, 5.0], [3.0, 2.0]])
+    assert reference_angle_score(dense, ablated) == pytest.approx(45.0)
+
+
+def test_default_subspace_rank_is_one():
+    dense, ablated = _plane(0.0, 0.0), _plane(0.3, 0.5)
+    assert principal_angle_score(dense, ablated) == pytest.approx(0.3, abs=1e-9)
+
+
+def test_accumulators_add_up_every_update():
+    norms = InputNormAccumulator(2)
+    norms.update(torch.tensor([[1.0, 2.0], [5.0, 5.0]]), torch.tensor([True, False]))
+    norms.update(torch.tensor([[3.0, 0.5]]))
+    assert norms.squared_norms().tolist() == [10.0, 4.25] and norms.count == 2
+    hessian = HessianAccumulator(2)
+    hessian.update(torch.tensor([[1.0, 2.0], [9.0, 9.0]]), torch.tensor([True, False]))
+    hessian.update(torch.tensor([[3.0, 1.0]]))
+    assert hessian.count == 2
+    assert hessian.hessian().tolist() == [[10.0, 5.0], [5.0, 5.0]]  # 2/n * sum x x^T, n = 2
+    snip = GradientSaliencyAccumulator()
+    for _ in range(3):
+        snip.update(torch.tensor([[2.0]]), torch.tensor([[-1.0]]))
+    assert snip.scores().tolist() == [[6.0]] and snip.count == 3
+
+
+def test_wanda_takes_the_root_of_small_norms():
+    scores = wanda_scores(torch.tensor([[2.0, -3.0]]), torch.tensor([0.25, 0.04]))
+    assert torch.allclose(scores, torch.tensor([[1.0, 0.6]], dtype=torch.float64))
+
+
+def test_sparsegpt_dead_inputs_get_a_unit_hessian_diagonal():
+    h = torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    w = torch.tensor([[1.0, 3.0]])
+    fixed = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    fixed += 0.01 * fixed.diag().mean() * torch.eye(2, dtype=torch.float64)
+    want = w.double() ** 2 / torch.linalg.inv(fixed).diag() ** 2
+    assert torch.allclose(sparsegpt_scores(w, h), want)
+    with pytest.raises(ValueError, match="damping"):
+        sparsegpt_scores(w, h, damping=-0.1)
+    assert torch.isfinite(sparsegpt_scores(w, fixed, damping=0.0)).all()
+
+
+def test_candidate_fractions_are_bounded():
+    s = torch.rand(3, 4)
+    for q, p, pmax in [(0.0, 0.1, 0.5), (1.5, 0.1, 0.5), (0.5, 0.1, 1.5), (0.5, -0.1, 0.5)]:
+        with pytest.raises(ValueError):
+            candidate_mask(s, s, q, p, pmax)
+    assert candidate_mask(s, s, 1.0, 0.0, 1.0).all()
+
+
+def test_nm_pattern_bounds_and_priority():
+    pruned = torch.zeros(1, 4)
+    restore = torch.tensor([[True, True, False, False]])
+    assert nm_compatible_mask(restore, pruned, 1, 4).tolist() == [[True, False, False, False]]
+    prefer_second = torch.tensor([[0.0, 9.0, 0.0, 0.0]])
+    kept = nm_compatible_mask(restore, pruned, 1, 4, priority=prefer_second)
+    assert kept.tolist() == [[False, True, False, False]], "priority decides within a group"
+    assert nm_compatible_mask(restore, pruned, 4, 4).tolist() == restore.tolist()
+    with pytest.raises(ValueError):
+        nm_compatible_mask(restore, pruned, 0, 4)
+
+
+def test_slices_refuse_impossible_shapes():
+    with pytest.raises(ValueError):
+        head_slice_mask((8, 8), "q", 0, 0, 4, 0)
+    with pytest.raises(ValueError):
+        head_slice_mask((8, 8), "q", 0, 0, 0, 2)
+    with pytest.raises(ValueError):
+        head_slice_mask((4, 8), "q", 0, 0, 4, 2)  # q needs 2 heads x 4 rows
+    with pytest.raises(ValueError):
+        head_slice_mask((4, 8), "v", 1, 1, 4, 2)  # KV group 1 needs rows 4..7
+    with pytest.raises(ValueError):
+        head_slice_mask((8, 4), "o", 0, 0, 4, 2)  # o needs 2 heads x 4 columns
+    default = union_head_slices((8, 8), "q", [(1, 0)], 4, 2)
+    assert default.any(1).nonzero().flatten().tolist() == [4, 5, 6, 7], "exact slicing by default"
