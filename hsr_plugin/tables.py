@@ -32,7 +32,8 @@ def markdown_table(
     for row in rows:
         if len(row) != len(headers):
             raise ValueError(f"table row has {len(row)} cells for {len(headers)} columns: {row!r}")
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+        # a pipe inside a cell would start a new column
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines)
 
 

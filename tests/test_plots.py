@@ -112,3 +112,12 @@ def test_report_command_writes_pngs(tmp_path):
 def test_empty_report_is_an_error():
     with pytest.raises(ValueError, match="no scored heads"):
         head_score_grid({"heads": []})
+
+
+def test_table_cells_may_hold_pipes():
+    from hsr_plugin.tables import markdown_table
+
+    text = markdown_table(["a", "b"], [["KL(q||p)", 1]])
+    assert text.splitlines()[2] == "| KL(q\\|\\|p) | 1 |"
+    with pytest.raises(ValueError, match="table row has 1 cells for 2 columns"):
+        markdown_table(["a", "b"], [["x"]])
