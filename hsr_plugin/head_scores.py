@@ -1,4 +1,4 @@
-"""Head-level safety scores (method.md, section 2) and the global ranking of heads.
+"""Head-level safety scores (Ships, as HSR uses them) and the global ranking of heads.
 
 Computed in float64 for stability:
 - `last_token_kl`: KL(p_dense || p_ablated) of the next-token distribution, per prompt;

@@ -1,4 +1,4 @@
-"""Weight importance on calibration data (method.md, section 3): statistics and scores.
+"""Weight importance on calibration data (HSR's neuron level): statistics and scores.
 
 Accumulators collect per-matrix statistics from layer inputs over the selected (response) tokens:
 - Wanda: the per-input-feature sum of squares, one vector per matrix;

@@ -1,4 +1,4 @@
-"""Neuron-level selection (method.md, section 3): pure functions over weight-shaped tensors.
+"""Neuron-level selection (HSR, Li et al., ACL 2025 Findings): pure functions over tensors.
 
 Candidates per matrix, ranked over the whole matrix:
     S = (top_q(I_s) ∩ top_pmax(I_u)) \\ top_p(I_u)

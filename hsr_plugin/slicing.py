@@ -3,7 +3,7 @@
 Exact mode (default) follows the head's own rows and columns:
   W_q rows [h*d, (h+1)*d); W_k, W_v rows [g*d, (g+1)*d) for the head's KV group g;
   W_o columns [h*d, (h+1)*d).
-Reference mode reproduces the authors' code (method.md, section 4): q/k/v keep the input-column
+Reference mode reproduces the authors' code (head_slicing: reference): q/k/v keep the input-column
 band [h*in//H, (h+1)*in//H) (integer division, as the reference computes it), and o_proj keeps the
 whole matrix whenever its layer holds a selected head.
 """
