@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+from hsr_plugin.oneshot_data import calibration_kwargs
 
 __all__ = [
     "FP8",
@@ -65,17 +65,15 @@ def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
     from hsr_plugin.calibration import load_processor
 
     processor = load_processor(str(model_dir))
-    dataset = conversation_dataset(str(utility), processor, num_samples=None, max_seq_length=128)
+    calibration = calibration_kwargs(str(utility), processor, None, 128)
     model = load_model(model_dir)
     return oneshot(
         model=model,
         processor=processor,
         recipe=recipe,
-        dataset=dataset,
-        data_collator=single_sample_collator,
-        num_calibration_samples=len(dataset),
         max_seq_length=128,
         shuffle_calibration_samples=False,
+        **calibration,
         **kwargs,
     )
 

@@ -41,11 +41,11 @@ def run_recipe(organism: Organism, method: str, hsr: dict | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hsr_plugin import HSRModifier
-    from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+    from hsr_plugin.oneshot_data import calibration_kwargs
 
     tokenizer = AutoTokenizer.from_pretrained(organism.model_dir)
     calib = str(organism.data_dir / "calib_utility.jsonl")
-    dataset = conversation_dataset(calib, tokenizer, 64, 128)
+    calibration = calibration_kwargs(calib, tokenizer, 64, 128)
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
     recipe = [cls(sparsity=0.5, targets=[r"re:.*layers\.\d+$"], ignore=["re:.*lm_head"])]
     if hsr is not None:
@@ -57,10 +57,8 @@ def run_recipe(organism: Organism, method: str, hsr: dict | None):
         model=model,
         processor=tokenizer,
         recipe=recipe,
-        dataset=dataset,
-        data_collator=single_sample_collator,
-        num_calibration_samples=len(dataset),
         shuffle_calibration_samples=False,
+        **calibration,
     )
     report = None
     if hsr is not None:

@@ -74,11 +74,11 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
-    from hsr_plugin.oneshot_data import conversation_dataset, single_sample_collator
+    from hsr_plugin.oneshot_data import calibration_kwargs
 
     method, sparsity, structure = parse_setting(setting)
     model, processor = load(model_dir)
-    dataset = conversation_dataset(
+    calibration = calibration_kwargs(
         str(data_dir / "calib_utility.jsonl"), processor, num_samples, 128
     )
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
@@ -93,10 +93,8 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
         model=model,
         processor=processor,
         recipe=[modifier],
-        dataset=dataset,
-        data_collator=single_sample_collator,
-        num_calibration_samples=len(dataset),
         shuffle_calibration_samples=False,
+        **calibration,
     ), processor
 
 
