@@ -13,7 +13,7 @@ Hessian hook, say) stay silent while HSR's own run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
@@ -25,7 +25,7 @@ from hsr_plugin.hooks import hooks_mixin
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-__all__ = ["AblationMode", "ablate_head", "ablation_units"]
+__all__ = ["AblationMode", "ablate_head", "ablate_heads_per_replica", "ablation_units"]
 
 AblationMode = Literal["exact", "reference"]
 
@@ -37,22 +37,31 @@ def ablation_units(block: AttentionBlock, mode: AblationMode) -> list[tuple[int,
     return [(h, block.kv_group(h)) for h in range(block.num_heads)]
 
 
-def _scale_output(lo: int, hi: int, eps: float) -> Callable:
+def _scale_output(spans: list[tuple[slice, slice]], eps: float) -> Callable:
     def hook(_module, _args, output):
         output = output.clone()
-        output[..., lo:hi] *= eps
+        for rows, cols in spans:
+            output[rows, ..., cols] *= eps
         return output
 
     return hook
 
 
-def _scale_input(lo: int, hi: int, eps: float) -> Callable:
+def _scale_input(spans: list[tuple[slice, slice]], eps: float) -> Callable:
     def hook(_module, args):
         x = args[0].clone()
-        x[..., lo:hi] *= eps
+        for rows, cols in spans:
+            x[rows, ..., cols] *= eps
         return (x, *args[1:])
 
     return hook
+
+
+def _check_unit(block: AttentionBlock, head: int, mode: AblationMode) -> None:
+    if not 0 <= head < block.num_heads:
+        raise ValueError(f"head {head} is outside [0, {block.num_heads}) for {block.name}")
+    if mode == "reference" and head >= block.num_kv_heads:
+        raise ValueError(f"reference ablation scores KV groups: {head} >= {block.num_kv_heads}")
 
 
 @contextmanager
@@ -63,27 +72,55 @@ def ablate_head(
     mode: AblationMode = "exact",
     hooks: HooksMixin | None = None,
 ) -> Iterator[list[RemovableHandle]]:
-    """Ablate `head` of `block` while the context is open; only HSR's hooks run inside it.
+    """Ablate `head` of `block` in every sequence of the batch while the context is open; only
+    HSR's hooks run inside it.
 
     `hooks` owns the hooks (the HSRModifier; a bare `HooksMixin` when called on its own). They
     are always removed on exit.
     """
-    if not 0 <= head < block.num_heads:
-        raise ValueError(f"head {head} is outside [0, {block.num_heads}) for {block.name}")
-    if mode == "reference" and head >= block.num_kv_heads:
-        raise ValueError(f"reference ablation scores KV groups: {head} >= {block.num_kv_heads}")
+    with ablate_heads_per_replica(block, [head], None, eps, mode, hooks) as handles:
+        yield handles
+
+
+@contextmanager
+def ablate_heads_per_replica(
+    block: AttentionBlock,
+    heads: Sequence[int],
+    replica_rows: int | None,
+    eps: float = 1e-5,
+    mode: AblationMode = "exact",
+    hooks: HooksMixin | None = None,
+) -> Iterator[list[RemovableHandle]]:
+    """Ablate a different head in each replica of a replicated batch.
+
+    The batch holds len(heads) copies of one batch of `replica_rows` sequences, replica-major:
+    rows [r * replica_rows, (r + 1) * replica_rows) get `heads[r]` ablated. `replica_rows=None`
+    means one replica covering every row.
+    """
+    if replica_rows is None and len(heads) != 1:
+        raise ValueError("several heads need replica_rows: one replica of the batch per head")
+    for head in heads:
+        _check_unit(block, head, mode)
     mixin = hooks_mixin()
     owner = hooks if hooks is not None else mixin()
     d = block.head_dim
-    lo, hi = head * d, (head + 1) * d
-    plan = [
-        ("q", "forward", _scale_output(lo, hi, eps)),
-        ("o", "forward_pre", _scale_input(lo, hi, eps)),
+    spans = [
+        (
+            slice(None)
+            if replica_rows is None
+            else slice(r * replica_rows, (r + 1) * replica_rows),
+            slice(head * d, (head + 1) * d),
+        )
+        for r, head in enumerate(heads)
     ]
-    if mode == "reference":  # head is the KV group g here: its k/v rows go too
+    plan = [
+        ("q", "forward", _scale_output(spans, eps)),
+        ("o", "forward_pre", _scale_input(spans, eps)),
+    ]
+    if mode == "reference":  # the unit is the KV group g here: its k/v rows go too
         plan += [
-            ("k", "forward", _scale_output(lo, hi, eps)),
-            ("v", "forward", _scale_output(lo, hi, eps)),
+            ("k", "forward", _scale_output(spans, eps)),
+            ("v", "forward", _scale_output(spans, eps)),
         ]
     handles = [owner.register_hook(block.projection(short), fn, kind) for short, kind, fn in plan]
     try:

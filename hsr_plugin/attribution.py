@@ -1,34 +1,60 @@
-"""Head attribution (Ships) on the dense model: one score per (layer, head).
+"""Head attribution on the dense model: one score per (layer, head), on the execution device.
 
-For every head, the model is run on the safety prompts (user turn + generation prompt) with that
-head ablated, and compared with the intact model at the last prompt position:
+Exact scores (Ships) compare the intact model with the model with one head ablated, at the last
+prompt position of every safety prompt (user turn + generation prompt):
 - `ships_kl`: mean KL(p_dense || p_ablated) of the next-token distribution;
 - `ships_subspace`: principal angles between the leading singular subspaces of the final-layer
   states (N x d) of the last prompt token, intact vs ablated;
 - `reference`: the authors' code: angle (degrees) on hidden feature 0, one score per KV group.
+
+They are computed cheaply but exactly: one intact pass records what every decoder layer receives
+(`hsr_plugin.decoder_stack`); each ablated head of layer l then runs only layers l..L-1, the
+final norm and the output head, and several heads run in one pass on a replicated batch with a
+different head ablated in each replica, as many as a memory budget allows.
+
+`attribution` is the first-order alternative (attribution patching): one forward and one
+backward pass per batch over the safety conversations. A head's score is the first-order change
+of L, the negative log-likelihood of the refusal responses, when its slice a_h of the o_proj
+input is zeroed: <dL/da_h, 0 - a_h>, summed over the positions of the batch (positions that
+cannot reach a response token have a zero gradient). Positive means ablating the head raises the
+refusal loss.
+
 Text-only prompts are batched with left padding; prompts with images run one at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from tqdm import tqdm
 
-from hsr_plugin.ablation import ablate_head, ablation_units
+from hsr_plugin.ablation import ablate_heads_per_replica, ablation_units
 from hsr_plugin.architecture import AttentionBlock
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicate
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
 from hsr_plugin.hooks import hooks_mixin
+from hsr_plugin.placement import execution_device
 
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-__all__ = ["HeadScore", "HeadScoreMethod", "LastTokenOutputs", "last_token_outputs", "score_heads"]
+__all__ = [
+    "AttributionCost",
+    "HeadScore",
+    "HeadScoreMethod",
+    "LastTokenOutputs",
+    "heads_per_pass",
+    "last_token_outputs",
+    "prompt_batches",
+    "score_heads",
+]
 
-HeadScoreMethod = Literal["ships_kl", "ships_subspace", "reference"]
+HeadScoreMethod = Literal["ships_kl", "ships_subspace", "reference", "attribution"]
+DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per replicated pass on the CPU
 
 
 @dataclass(frozen=True)
@@ -45,49 +71,138 @@ class LastTokenOutputs:
     states: torch.Tensor  # (N, d): final-layer hidden state
 
 
-def _batches(samples: list[CalibrationSample], batch_size: int, pad_id: int, positions: bool):
+@dataclass
+class AttributionCost:
+    """Work done, in decoder-layer passes of one token (padding included).
+
+    `unit` is the work of one intact forward pass of the whole model over the safety prompts, so
+    `forward_equivalents` compares directly with the naive loop's (heads + 1) full passes. A
+    backward pass that computes activation gradients only (no weight gradients) counts as one
+    forward pass.
+    """
+
+    work: float = 0.0
+    unit: float = 0.0
+
+    @property
+    def forward_equivalents(self) -> float:
+        return self.work / self.unit if self.unit else 0.0
+
+
+def prompt_batches(
+    samples: list[CalibrationSample],
+    batch_size: int,
+    pad_id: int,
+    positions: bool,
+    full: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Left-padded batches of the prompts (or, `full`, of the whole conversations with `labels`
+    on the response tokens). Samples with images run one at a time, unpadded."""
     if any(s.extra for s in samples):
         for s in samples:
-            yield s.prompt_inputs()
+            batch = s.model_inputs() if full else s.prompt_inputs()
+            if full:
+                batch["labels"] = torch.where(s.response_mask, s.input_ids, -100)
+            yield batch
         return
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        width = max(s.prompt_length for s in chunk)
+        lengths = [s.input_ids.shape[1] if full else s.prompt_length for s in chunk]
+        width = max(lengths)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, s in enumerate(chunk):
-            ids[i, width - s.prompt_length :] = s.input_ids[0, : s.prompt_length]
-            mask[i, width - s.prompt_length :] = 1
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        for i, (s, n) in enumerate(zip(chunk, lengths, strict=True)):
+            ids[i, width - n :] = s.input_ids[0, :n]
+            mask[i, width - n :] = 1
+            labels[i, width - n :] = torch.where(s.response_mask[0, :n], s.input_ids[0, :n], -100)
         batch = {"input_ids": ids, "attention_mask": mask}
         if positions:
             batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        if full:
+            batch["labels"] = labels
         yield batch
+
+
+def _multimodal(model: torch.nn.Module) -> bool:
+    return hasattr(getattr(model, "config", None), "vision_config")
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
 def last_token_outputs(
-    model: torch.nn.Module, samples: list[CalibrationSample], batch_size: int = 8, pad_id: int = 0
+    model: torch.nn.Module,
+    samples: list[CalibrationSample],
+    batch_size: int = 8,
+    pad_id: int = 0,
+    device: torch.device | None = None,
 ) -> LastTokenOutputs:
     """Next-token logits and final hidden state at the last prompt position, for every sample."""
-    device = next(model.parameters()).device
-    multimodal = hasattr(getattr(model, "config", None), "vision_config")
+    device = device if device is not None else execution_device(model)
     logits, states = [], []
-    for batch in _batches(samples, batch_size, pad_id, positions=not multimodal):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch, use_cache=False, output_hidden_states=True, return_dict=True)
+    for batch in prompt_batches(samples, batch_size, pad_id, positions=not _multimodal(model)):
+        out = model(**_to(batch, device), use_cache=False, output_hidden_states=True)
         logits.append(out.logits[:, -1].float().cpu())
         states.append(out.hidden_states[-1][:, -1].float().cpu())
     return LastTokenOutputs(torch.cat(logits), torch.cat(states))
 
 
-def _score(
-    method: HeadScoreMethod, dense: LastTokenOutputs, ablated: LastTokenOutputs, rank: int
-) -> float:
-    if method == "ships_kl":
-        return float(last_token_kl(dense.logits, ablated.logits).mean())
-    if method == "ships_subspace":
-        return principal_angle_score(dense.states, ablated.states, rank)
-    return reference_angle_score(dense.states, ablated.states)
+def heads_per_pass(
+    budget_bytes: int, rows: int, width: int, hidden: int, intermediate: int, heads: int
+) -> int:
+    """How many replicas of a (rows x width) batch one ablated pass may hold within the budget.
+
+    Per replica: the residual stream and a layer's intermediate activations, plus the attention
+    probabilities of eager attention, all in float32 (an upper bound for half precision).
+    """
+    per_replica = rows * width * (6 * hidden + 3 * intermediate + heads * width) * 4
+    return max(1, budget_bytes // max(per_replica, 1))
+
+
+def _memory_budget(device: torch.device, budget: int | None) -> int:
+    if budget is not None:
+        return budget
+    if device.type != "cpu" and hasattr(torch.accelerator, "get_memory_info"):
+        free, _total = torch.accelerator.get_memory_info(device.index or 0)
+        return free // 4
+    return DEFAULT_CPU_BUDGET
+
+
+def _intermediate(model: torch.nn.Module, hidden: int) -> int:
+    config = getattr(model, "config", None)
+    getter = getattr(config, "get_text_config", None)
+    text = getter(decoder=True) if callable(getter) else config
+    return int(getattr(text, "intermediate_size", None) or 4 * hidden)
+
+
+class _UnitResults:
+    """Per ablation unit: per-prompt KL values (ships_kl) or last-token states (angles)."""
+
+    def __init__(self, method: HeadScoreMethod):
+        self.method = method
+        self.values: list[torch.Tensor] = []
+
+    def add(self, dense_logits, logits, states, what: str) -> None:
+        if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
+            raise ValueError(
+                f"head attribution: the next-token logits or final states of {what} on the "
+                "safety prompts are not finite (NaN or inf), so its head score would be too"
+            )
+        if self.method == "ships_kl":
+            self.values.append(last_token_kl(dense_logits, logits.cpu()))
+        else:
+            self.values.append(states.cpu())
+
+    def score(self, dense_states: torch.Tensor, rank: int) -> float:
+        if self.method == "ships_kl":
+            return float(torch.cat(self.values).mean())
+        states = torch.cat(self.values)
+        if self.method == "ships_subspace":
+            return principal_angle_score(dense_states, states, rank)
+        return reference_angle_score(dense_states, states)
 
 
 def score_heads(
@@ -101,36 +216,165 @@ def score_heads(
     pad_id: int = 0,
     progress: bool = True,
     hooks: HooksMixin | None = None,
+    device: torch.device | None = None,
+    memory_budget: int | None = None,
+    cost: AttributionCost | None = None,
 ) -> list[HeadScore]:
     """Score every head (every KV group in reference mode) of `blocks` on the safety prompts.
 
-    Every pass runs inside `HooksMixin.disable_hooks`: the intact pass with no hooks at all,
-    each ablated pass with only its own ablation hooks (owned by `hooks`, the HSRModifier).
+    `device`: where inputs go (the model's execution device by default). `memory_budget`: bytes
+    of activations one replicated pass may use (a quarter of the accelerator's free memory, or
+    1 GiB on the CPU, by default). `cost`, if given, receives the work done.
+    Every pass runs inside `HooksMixin.disable_hooks`, keeping only HSR's own hooks (owned by
+    `hooks`, the HSRModifier; a bare `HooksMixin` when called on its own).
     """
     if not samples:
         raise ValueError("head attribution needs at least one safety prompt")
+    device = device if device is not None else execution_device(model)
+    owner = hooks if hooks is not None else hooks_mixin()()
+    cost = cost if cost is not None else AttributionCost()
+    if method == "attribution":
+        return _first_order_scores(
+            model, blocks, samples, batch_size, pad_id, device, owner, progress, cost
+        )
+    stack = find_decoder_stack(model, blocks)
     mode = "reference" if method == "reference" else "exact"
-    with hooks_mixin().disable_hooks():
-        dense = last_token_outputs(model, samples, batch_size, pad_id)
-    _check_finite(dense, "the intact model")
-    units = [
-        (block, head, group) for block in blocks for head, group in ablation_units(block, mode)
+    units = {b.layer: ablation_units(b, mode) for b in blocks}
+    results = {(b.layer, h): _UnitResults(method) for b in blocks for h, _ in units[b.layer]}
+    budget = _memory_budget(device, memory_budget)
+    dense_states = []
+    batches = list(prompt_batches(samples, batch_size, pad_id, positions=not _multimodal(model)))
+    total = len(batches) * sum(len(u) for u in units.values())
+    bar = tqdm(total=total, desc=f"HSR head scores ({method})", disable=not progress)
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            batch = _to(batch, device)
+            rows, width = batch["input_ids"].shape
+            cost.unit += rows * width * len(stack)
+            with stack.capture(owner, set(units)) as (captured, last):
+                out = model(**batch, use_cache=False, output_hidden_states=True)
+            cost.work += rows * width * len(stack)
+            logits, states = out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()
+            if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
+                raise ValueError(
+                    "head attribution: the next-token logits or final states of the intact model "
+                    "on the safety prompts are not finite (NaN or inf), so its head score would "
+                    "be too"
+                )
+            if index == 0:
+                _check_tail(stack, last[0], logits, states, type(model).__name__)
+            dense_cpu = logits.cpu()
+            dense_states.append(states.cpu())
+            hidden = captured[min(units)].hidden.shape[-1]
+            per_pass = heads_per_pass(
+                budget, rows, width, hidden, _intermediate(model, hidden), blocks[0].num_heads
+            )
+            for block in blocks:
+                layer_units = [h for h, _ in units[block.layer]]
+                for start in range(0, len(layer_units), per_pass):
+                    chunk = layer_units[start : start + per_pass]
+                    ablated = _ablated_tail(stack, block, captured, chunk, rows, eps, mode, owner)
+                    cost.work += len(chunk) * rows * width * (len(stack) - block.layer)
+                    for r, head in enumerate(chunk):
+                        results[(block.layer, head)].add(
+                            dense_cpu,
+                            ablated[0][r * rows : (r + 1) * rows],
+                            ablated[1][r * rows : (r + 1) * rows],
+                            f"{block.name} with head {head} ablated",
+                        )
+                    bar.update(len(chunk))
+            del captured, last, out
+    bar.close()
+    dense = torch.cat(dense_states)
+    return [
+        HeadScore(b.layer, h, g, results[(b.layer, h)].score(dense, subspace_rank))
+        for b in blocks
+        for h, g in units[b.layer]
     ]
-    scores = []
-    for block, head, group in tqdm(units, desc=f"HSR head scores ({method})", disable=not progress):
-        with ablate_head(block, head, eps, mode, hooks):
-            ablated = last_token_outputs(model, samples, batch_size, pad_id)
-        _check_finite(ablated, f"{block.name} with head {head} ablated")
-        scores.append(
-            HeadScore(block.layer, head, group, _score(method, dense, ablated, subspace_rank))
-        )
-    return scores
 
 
-def _check_finite(outputs: LastTokenOutputs, what: str) -> None:
-    """NaN or inf would reach the SVD of the subspace score; say where they came from."""
-    if not (torch.isfinite(outputs.logits).all() and torch.isfinite(outputs.states).all()):
-        raise ValueError(
-            f"head attribution: the next-token logits or final states of {what} on the safety "
-            "prompts are not finite (NaN or inf), so its head score would be too"
+def _ablated_tail(stack: DecoderStack, block, captured, heads, rows, eps, mode, owner):
+    """(logits, states) at the last position, one replica of the batch per head in `heads`."""
+    hidden = replicate(captured[block.layer].hidden, rows, len(heads))
+    with ablate_heads_per_replica(block, heads, rows, eps, mode, owner):
+        final = stack.run_from(block.layer, captured, hidden, len(heads))
+    return stack.final_states(final)
+
+
+def _check_tail(stack: DecoderStack, last_hidden, logits, states, model_name: str) -> None:
+    """The re-run tail (final norm + output head) must reproduce the model's own outputs."""
+    tail_logits, tail_states = stack.final_states(last_hidden)
+    if not (
+        torch.allclose(tail_logits, logits, rtol=1e-3, atol=1e-4)
+        and torch.allclose(tail_states, states, rtol=1e-3, atol=1e-4)
+    ):
+        from hsr_plugin.architecture import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
+            f"{model_name}: the final norm and output head applied to the last decoder layer's "
+            "output do not reproduce the model's logits (extra scaling or soft-capping?), so "
+            "head attribution cannot re-run the decoder from a layer"
         )
+
+
+def _first_order_scores(
+    model, blocks, samples, batch_size, pad_id, device, owner, progress, cost
+) -> list[HeadScore]:
+    """Attribution patching on the o_proj inputs: one forward and one backward pass per batch."""
+    totals = {b.layer: torch.zeros(b.num_heads, dtype=torch.float64) for b in blocks}
+    activations: dict[int, torch.Tensor] = {}
+    probes: dict[int, torch.Tensor] = {}
+
+    def make(layer: int):
+        def hook(_module, args):
+            x = args[0]
+            # A zero tensor that requires grad, added to the activation: its gradient is dL/da,
+            # and no parameter of the user's model ever requires grad or receives a .grad.
+            probe = torch.zeros_like(x, requires_grad=True)
+            activations[layer], probes[layer] = x.detach(), probe
+            return (x + probe, *args[1:])
+
+        return hook
+
+    handles = {owner.register_hook(b.projection("o"), make(b.layer), "forward_pre") for b in blocks}
+    positions = not _multimodal(model)
+    for batch in prompt_batches(samples, batch_size, pad_id, positions):
+        cost.unit += batch["input_ids"].numel()  # the intact pass over the prompts: the unit
+    batches = list(prompt_batches(samples, batch_size, pad_id, positions, full=True))
+    try:
+        for batch in tqdm(batches, desc="HSR head scores (attribution)", disable=not progress):
+            batch = _to(batch, device)
+            labels = batch.pop("labels")
+            rows, width = labels.shape
+            counted = int((labels[:, 1:] != -100).sum())
+            if counted == 0:
+                continue
+            with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
+                out = model(**batch, labels=labels, use_cache=False)
+                loss = out.loss * counted  # the summed NLL of the batch's response tokens
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        "head attribution: the refusal NLL is not finite; check the safety data"
+                    )
+                grads = torch.autograd.grad(loss, [probes[b.layer] for b in blocks])
+            for block, grad in zip(blocks, grads, strict=True):
+                a = activations[block.layer]
+                change = -(grad.float() * a.float())
+                totals[block.layer] += (
+                    change.reshape(rows, width, block.num_heads, block.head_dim)
+                    .sum(dim=(0, 1, 3))
+                    .double()
+                    .cpu()
+                )
+            activations.clear()
+            probes.clear()
+            cost.work += 2 * rows * width  # forward + backward over the whole conversations
+    finally:
+        owner.remove_hooks(handles)
+    if not any(t.abs().sum() > 0 for t in totals.values()):
+        raise ValueError("head attribution: no response token in the safety data")
+    return [
+        HeadScore(b.layer, h, b.kv_group(h), float(totals[b.layer][h]))
+        for b in blocks
+        for h in range(b.num_heads)
+    ]
