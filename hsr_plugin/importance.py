@@ -1,6 +1,8 @@
 """Weight importance on calibration data (HSR's neuron level): statistics and scores.
 
-Accumulators collect per-matrix statistics from layer inputs over the selected (response) tokens:
+Accumulators collect per-matrix statistics from layer inputs over the selected (response) tokens,
+in float32 on a device of the caller's choosing (the execution device, or the CPU to spare
+accelerator memory for very large layers, as SparseGPT's `offload_hessians` does):
 - Wanda: the per-input-feature sum of squares, one vector per matrix;
 - SparseGPT: the Hessian H = 2/n * sum x x^T (the 2/n scaling of SparseGPT; any positive scale
   leaves the ranking unchanged);
@@ -42,16 +44,16 @@ def _select_tokens(
 
 
 class InputNormAccumulator:
-    """Per-input-feature sum of squares over selected tokens (fp64)."""
+    """Per-input-feature sum of squares over selected tokens."""
 
-    def __init__(self, in_features: int):
+    def __init__(self, in_features: int, device: torch.device | str = "cpu"):
         self.in_features = in_features
-        self._sum_sq = torch.zeros(in_features, dtype=torch.float64)
+        self._sum_sq = torch.zeros(in_features, dtype=torch.float32, device=device)
         self._count = 0
 
     def update(self, inputs: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
         x = _select_tokens(inputs.detach(), token_mask, self.in_features)
-        self._sum_sq += x.double().pow(2).sum(0).cpu()
+        self._sum_sq += x.to(self._sum_sq.device, torch.float32).pow(2).sum(0)
         self._count += x.shape[0]
 
     @property
@@ -65,15 +67,16 @@ class InputNormAccumulator:
 
 
 class HessianAccumulator:
-    """H = 2/n * sum x x^T over selected tokens, as SparseGPT builds it (fp64, in x in)."""
+    """H = 2/n * sum x x^T over selected tokens, as SparseGPT builds it (in x in)."""
 
-    def __init__(self, in_features: int):
+    def __init__(self, in_features: int, device: torch.device | str = "cpu"):
         self.in_features = in_features
-        self._sum = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self._sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
         self._count = 0
 
     def update(self, inputs: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
-        x = _select_tokens(inputs.detach(), token_mask, self.in_features).double().cpu()
+        x = _select_tokens(inputs.detach(), token_mask, self.in_features)
+        x = x.to(self._sum.device, torch.float32)
         self._sum += x.T @ x
         self._count += x.shape[0]
 
@@ -90,7 +93,8 @@ class HessianAccumulator:
 class GradientSaliencyAccumulator:
     """SNIP saliency: sum over samples of |W * grad| (fp32)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self._device = torch.device(device)
         self._scores: torch.Tensor | None = None
         self._count = 0
 
@@ -99,7 +103,7 @@ class GradientSaliencyAccumulator:
             raise ValueError(
                 f"weight {tuple(weight.shape)} and gradient {tuple(grad.shape)} differ in shape"
             )
-        saliency = (weight.detach().float() * grad.detach().float()).abs().cpu()
+        saliency = (weight.detach().float() * grad.detach().float()).abs().to(self._device)
         self._scores = saliency if self._scores is None else self._scores + saliency
         self._count += 1
 
@@ -138,9 +142,9 @@ def sparsegpt_scores(
         raise ValueError(f"Hessian {tuple(hessian.shape)} does not match in_features {cols}")
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
-    h = hessian.detach().double().clone()
+    h = hessian.detach().to(weight.device, torch.float64).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h += damping * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    h += damping * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
     h_inv_diag = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h)))
     return weight.detach().double().pow(2) / h_inv_diag.unsqueeze(0).pow(2)

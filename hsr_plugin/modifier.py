@@ -5,7 +5,9 @@ Lifecycle under `oneshot` (llm-compressor 0.14):
   validates its order and inputs there, then scores on the DENSE model: head attribution on
   the safety prompts, and weight importance on the safety and utility responses, for the layers
   that hold a selected head only. It keeps the candidate masks, the head slices and a CPU
-  snapshot of those layers' dense q/k/v/o weights.
+  snapshot of those layers' dense q/k/v/o weights. No pipeline has placed the model yet at
+  that point, so HSR runs these passes on the execution device itself
+  (`hsr_plugin.placement`) and hands the model back as it found it.
 - HSR needs no calibration data of its own (`datafree` pipeline). At `on_calibration_end`,
   after the pruning modifiers before it have ended, it reads the pruned positions off the model
   and copies the dense values back on R = candidates ∩ head slices ∩ pruned.
@@ -25,7 +27,7 @@ from loguru import logger
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsr_plugin.architecture import AttentionBlock, find_attention_blocks
-from hsr_plugin.attribution import HeadScore, score_heads
+from hsr_plugin.attribution import AttributionCost, HeadScore, score_heads
 from hsr_plugin.calibration import (
     CalibrationSample,
     load_conversations,
@@ -36,6 +38,7 @@ from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
+from hsr_plugin.placement import execution_placement
 from hsr_plugin.report import build_report, log_summary
 from hsr_plugin.restore import count_pruned, parse_nm, restore_matrix
 from hsr_plugin.selection import candidate_mask
@@ -80,8 +83,10 @@ class HSRModifier(Modifier):
 
     :param num_heads: top-h heads to realign, ranked over all layers (paper: 10 or 4)
     :param head_score: `ships_subspace` (principal angles of last-token states, the paper's
-        dataset-level Ships), `ships_kl` (mean next-token KL), or `reference` (the authors'
-        code: angle on hidden feature 0, one score per KV group)
+        dataset-level Ships), `ships_kl` (mean next-token KL), `reference` (the authors'
+        code: angle on hidden feature 0, one score per KV group), or `attribution`
+        (experimental, opt-in: the first-order change of the refusal NLL when a head's output
+        is zeroed; one forward and one backward pass per batch instead of one pass per head)
     :param subspace_rank: r, the rank of the subspaces compared by `ships_subspace`
     :param ablation_eps: factor that ablates a head's query and output
     :param neuron_score: weight importance: `wanda`, `sparsegpt` or `snip`
@@ -96,6 +101,12 @@ class HSRModifier(Modifier):
     :param num_samples: samples drawn from each set (seeded)
     :param max_seq_length: longest rendered conversation, in tokens
     :param batch_size: prompts per forward pass during head attribution (text only)
+    :param attribution_memory_gb: activation memory one exact attribution pass may use, which
+        sets how many ablated heads share a pass; default: a quarter of the accelerator's free
+        memory, or 1 GB on the CPU
+    :param offload_statistics: accumulate the Wanda/SparseGPT/SNIP statistics on the CPU
+        instead of the execution device (for very large layers, like SparseGPT's
+        `offload_hessians`)
     :param seed: seed for sampling the calibration sets
     :param targets: modules (decoder layers) whose self-attention may be realigned
     :param ignore: modules never touched (vision tower, projector, lm_head by default)
@@ -107,7 +118,7 @@ class HSRModifier(Modifier):
     """
 
     num_heads: int = Field(default=10, ge=1)
-    head_score: Literal["ships_subspace", "ships_kl", "reference"] = "ships_subspace"
+    head_score: Literal["ships_subspace", "ships_kl", "reference", "attribution"] = "ships_subspace"
     subspace_rank: int = Field(default=1, ge=1)
     ablation_eps: float = Field(default=1e-5, gt=0.0, lt=1.0)
     neuron_score: Literal["wanda", "sparsegpt", "snip"] = "wanda"
@@ -120,6 +131,8 @@ class HSRModifier(Modifier):
     num_samples: int = Field(default=128, ge=1)
     max_seq_length: int = Field(default=512, ge=8)
     batch_size: int = Field(default=8, ge=1)
+    attribution_memory_gb: float | None = Field(default=None, gt=0.0)
+    offload_statistics: bool = False
     seed: int = 0
     targets: str | list[str] = Field(default_factory=lambda: [r"re:.*layers\.\d+$"])
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
@@ -134,6 +147,7 @@ class HSRModifier(Modifier):
     _head_scores: list[HeadScore] = PrivateAttr(default_factory=list)
     _selected: list[tuple[int, int]] = PrivateAttr(default_factory=list)
     _timing: dict[str, float] = PrivateAttr(default_factory=dict)
+    _scoring: dict[str, Any] = PrivateAttr(default_factory=dict)
     _model_info: dict[str, Any] = PrivateAttr(default_factory=dict)
     _restored: bool = PrivateAttr(default=False)
     _report: dict[str, Any] | None = PrivateAttr(default=None)
@@ -205,8 +219,14 @@ class HSRModifier(Modifier):
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
         # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
         # context manager does not nest: leaving an inner one would re-enable everyone's).
-        with torch.no_grad(), DisableQuantization(model), eval_context(model):
-            self._score_and_plan(model, blocks, safety, utility, pad_id)
+        with (
+            torch.no_grad(),
+            DisableQuantization(model),
+            eval_context(model),
+            execution_placement(model) as placed,
+        ):
+            self._scoring = {"device": str(placed.device), "placement": placed.reason}
+            self._score_and_plan(model, blocks, safety, utility, pad_id, placed.device)
         return True
 
     def on_calibration_end(self, state: State, event: Event, **kwargs):
@@ -282,8 +302,14 @@ class HSRModifier(Modifier):
         logger.info(f"HSR {field}: {len(samples)} samples from {spec}")
         return samples
 
-    def _score_and_plan(self, model, blocks, safety, utility, pad_id: int) -> None:
+    def _score_and_plan(self, model, blocks, safety, utility, pad_id: int, device) -> None:
         start = time.perf_counter()
+        cost = AttributionCost()
+        memory = (
+            None
+            if self.attribution_memory_gb is None
+            else int(self.attribution_memory_gb * (1 << 30))
+        )
         self._head_scores = score_heads(
             model,
             blocks,
@@ -294,7 +320,11 @@ class HSRModifier(Modifier):
             self.batch_size,
             pad_id,
             hooks=self,
+            device=device,
+            memory_budget=memory,
+            cost=cost,
         )
+        self._scoring["head_scoring_forward_equivalents"] = round(cost.forward_equivalents, 4)
         ranked = rank_heads({(s.layer, s.head): s.score for s in self._head_scores})
         self._selected = select_top_heads(ranked, self.num_heads)
         self._timing["head_scoring"] = time.perf_counter() - start
@@ -307,18 +337,27 @@ class HSRModifier(Modifier):
         modules = {name: module for b in chosen for _, name, module in b.projections()}
 
         start = time.perf_counter()
-        stats_s = collect_statistics(
-            model, modules, safety, self.neuron_score, "HSR safety importance", hooks=self
-        )
-        stats_u = collect_statistics(
-            model, modules, utility, self.neuron_score, "HSR utility importance", hooks=self
+        stats_device = "cpu" if self.offload_statistics else device
+        stats_s, stats_u = (
+            collect_statistics(
+                model,
+                modules,
+                samples,
+                self.neuron_score,
+                f"HSR {which} importance",
+                hooks=self,
+                device=device,
+                stats_device=stats_device,
+            )
+            for which, samples in (("safety", safety), ("utility", utility))
         )
         for block in chosen:
             for short, name, module in block.projections():
                 with align_module_device(module):
                     weight = module.weight.detach()
-                    i_s = importance_scores(self.neuron_score, stats_s[name], weight)
-                    i_u = importance_scores(self.neuron_score, stats_u[name], weight)
+                    # each matrix's statistics are freed as soon as its mask is built
+                    i_s = importance_scores(self.neuron_score, stats_s.pop(name), weight)
+                    i_u = importance_scores(self.neuron_score, stats_u.pop(name), weight)
                 candidates = candidate_mask(
                     i_s, i_u, self.safety_top, self.utility_top, self.utility_max
                 )
@@ -386,7 +425,9 @@ class HSRModifier(Modifier):
             language_params=language_params,
             pruned_params=pruned_params,
             timing=self._timing,
+            scoring=self._scoring,
         )
+        self._plans, self._dense = {}, None  # what restoration needed is freed now
         if self.report_path:
             write_json_atomic(self.report_path, self._report)
             logger.info(f"HSR report written to {self.report_path}")

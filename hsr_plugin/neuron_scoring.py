@@ -4,8 +4,14 @@ Wanda and SparseGPT need layer-input statistics, gathered by forward pre-hooks t
 accumulators of `hsr_plugin.importance` with the response-token mask of the current sample. The
 hooks go through llm-compressor's `HooksMixin` and run inside `disable_hooks(keep=...)`, so no
 other modifier's hooks see HSR's passes.
-SNIP needs gradients of the response NLL with respect to the weights. Samples run one at a time
-(batch 1, no padding), so every token mask lines up with the layer inputs.
+SNIP needs gradients of the response NLL with respect to the weights of the selected layers
+only. They come from `torch.autograd.grad` on zero probes added to those layers' outputs:
+dL/dW = sum over tokens of (dL/dy)^T x, with x the layer input the same hook records. So the
+user's parameters never get `requires_grad` or a `.grad`, and offloaded weights (whose onloaded
+copy is not the parameter) work the same. Samples run one at a time (batch 1, no padding), so
+every token mask lines up with the layer inputs.
+Everything runs on the execution device; statistics accumulate there in float32, or on the CPU
+with `stats_device="cpu"`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from compressed_tensors.utils import align_module_device
 from torch import nn
 from tqdm import tqdm
 
@@ -27,6 +34,7 @@ from hsr_plugin.importance import (
     sparsegpt_scores,
     wanda_scores,
 )
+from hsr_plugin.placement import execution_device
 
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
@@ -39,10 +47,6 @@ Accumulator = InputNormAccumulator | HessianAccumulator | GradientSaliencyAccumu
 
 class MatrixStatistics(dict):
     """module name -> accumulator, for one calibration set."""
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 class _CurrentSample:
@@ -83,22 +87,27 @@ def collect_statistics(
     desc: str = "HSR neuron statistics",
     progress: bool = True,
     hooks: HooksMixin | None = None,
+    device: torch.device | None = None,
+    stats_device: torch.device | str | None = None,
 ) -> MatrixStatistics:
     """Per-matrix statistics of `modules` over the response tokens of `samples`.
 
-    `hooks` owns the statistics hooks (the HSRModifier; a bare `HooksMixin` by default).
+    `device`: where inputs go (the model's execution device by default); `stats_device`: where
+    statistics accumulate (`device` by default). `hooks` owns the hooks (the HSRModifier; a bare
+    `HooksMixin` by default).
     """
     if not samples:
         raise ValueError("neuron scoring needs at least one calibration sample")
+    device = device if device is not None else execution_device(model)
+    stats_device = stats_device if stats_device is not None else device
+    owner = hooks if hooks is not None else hooks_mixin()()
     if method == "snip":
-        return _collect_snip(model, modules, samples, desc, progress)
+        return _collect_snip(model, modules, samples, desc, progress, device, stats_device, owner)
     factory = InputNormAccumulator if method == "wanda" else HessianAccumulator
     stats = MatrixStatistics(
-        {name: factory(module.in_features) for name, module in modules.items()}
+        {name: factory(module.in_features, stats_device) for name, module in modules.items()}
     )
-    device = _device(model)
     current = _CurrentSample()
-    owner = hooks if hooks is not None else hooks_mixin()()
     with torch.no_grad(), _input_hooks(modules, stats, current, owner):
         for sample in tqdm(samples, desc=f"{desc} ({method})", disable=not progress):
             current.response_mask = sample.response_mask.to(device)
@@ -107,36 +116,47 @@ def collect_statistics(
     return stats
 
 
-def _collect_snip(model, modules, samples, desc, progress) -> MatrixStatistics:
-    stats = MatrixStatistics({name: GradientSaliencyAccumulator() for name in modules})
-    device = _device(model)
-    previous = {p: p.requires_grad for p in model.parameters()}
+def _collect_snip(
+    model, modules, samples, desc, progress, device, stats_device, owner
+) -> MatrixStatistics:
+    stats = MatrixStatistics({name: GradientSaliencyAccumulator(stats_device) for name in modules})
+    inputs_seen: dict[str, torch.Tensor] = {}
+    probes: dict[str, torch.Tensor] = {}
+
+    def make(name: str):
+        def hook(_module, args, output):
+            inputs_seen[name] = args[0].detach()
+            probe = torch.zeros_like(output, requires_grad=True)
+            probes[name] = probe
+            return output + probe
+
+        return hook
+
+    handles = {
+        owner.register_hook(module, make(name), "forward") for name, module in modules.items()
+    }
     try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for module in modules.values():
-            module.weight.requires_grad_(True)
-        with torch.enable_grad(), hooks_mixin().disable_hooks():
-            for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
-                inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
-                labels = torch.where(
-                    sample.response_mask.to(device),
-                    inputs["input_ids"],
-                    torch.full_like(inputs["input_ids"], -100),
-                )
+        for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
+            inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
+            labels = torch.where(sample.response_mask.to(device), inputs["input_ids"], -100)
+            with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
                 loss = model(**inputs, labels=labels, use_cache=False).loss
                 if not torch.isfinite(loss):
                     raise ValueError(
                         "SNIP: the response NLL is not finite; check the calibration data"
                     )
-                loss.backward()
-                for name, module in modules.items():
-                    stats[name].update(module.weight, module.weight.grad)
-                    module.weight.grad = None
+                names = list(probes)
+                grads = torch.autograd.grad(loss, [probes[n] for n in names])
+            for name, grad_out in zip(names, grads, strict=True):
+                module = modules[name]
+                x = inputs_seen[name].reshape(-1, module.in_features).float()
+                grad_weight = grad_out.reshape(-1, module.out_features).float().T @ x
+                with align_module_device(module):
+                    stats[name].update(module.weight, grad_weight.to(module.weight.device))
+            inputs_seen.clear()
+            probes.clear()
     finally:
-        for p, flag in previous.items():
-            p.requires_grad_(flag)
-            p.grad = None
+        owner.remove_hooks(handles)
     return stats
 
 

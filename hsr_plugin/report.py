@@ -6,7 +6,8 @@
      "restored": [{module, restored, pruned_in_slice, candidates}, ...],
      "totals": {restored, language_params, pruned_params,
                 restored_per_10k_params, restored_per_10k_pruned},
-     "timing_s": {phase: seconds}, "notes": [...]}
+     "timing_s": {phase: seconds},
+     "scoring": {device, placement, head_scoring_forward_equivalents}, "notes": [...]}
 `candidates` counts the neuron-level candidates inside the selected heads' slices.
 """
 
@@ -36,6 +37,7 @@ def build_report(
     language_params: int,
     pruned_params: int,
     timing: dict[str, float],
+    scoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report: heads sorted by score (ties by layer, head), totals and notes."""
     notes = []
@@ -57,6 +59,7 @@ def build_report(
         "restored": rows,
         "totals": totals(rows, language_params, pruned_params),
         "timing_s": {k: round(v, 4) for k, v in timing.items()},
+        "scoring": scoring or {},
         "notes": notes,
     }
 
