@@ -15,7 +15,9 @@ Lifecycle under `oneshot` (llm-compressor 0.14):
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -40,7 +42,13 @@ from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
 from hsr_plugin.placement import execution_placement
 from hsr_plugin.report import build_report, log_summary
-from hsr_plugin.restore import count_pruned, parse_nm, restore_matrix
+from hsr_plugin.restore import (
+    apply_restoration,
+    budget_masks,
+    count_pruned,
+    parse_nm,
+    restoration_mask,
+)
 from hsr_plugin.selection import candidate_mask
 from hsr_plugin.slicing import union_head_slices
 
@@ -115,6 +123,9 @@ class HSRModifier(Modifier):
     :param processor: processor or tokenizer path; default: the model's own path
     :param report_path: where to write the JSON report (always kept as `modifier.report`)
     :param preserve_nm: e.g. '2:4': drop restorations that would break that N:M pattern
+    :param max_restored_per_10k: a budget: restore at most this many weights per 10,000
+        language parameters, the ones with the highest safety importance first (ties: module
+        order, then position); with it, two settings compare at the same restored count
     """
 
     num_heads: int = Field(default=10, ge=1)
@@ -140,6 +151,7 @@ class HSRModifier(Modifier):
     processor: str | None = None
     report_path: str | None = None
     preserve_nm: str | None = None
+    max_restored_per_10k: float | None = Field(default=None, ge=0.0)
 
     _plans: dict[str, _Plan] = PrivateAttr(default_factory=dict)
     _dense: DenseSource | None = PrivateAttr(default=None)
@@ -369,7 +381,10 @@ class HSRModifier(Modifier):
                     block.num_heads,
                     self.head_slicing,
                 )
-                self._plans[name] = _Plan(module, candidates.cpu(), slices, i_s.float().cpu())
+                # the safety importance ranks restorations only for N:M and for the budget
+                ranked = self.preserve_nm is not None or self.max_restored_per_10k is not None
+                priority = i_s.float().cpu() if ranked else None
+                self._plans[name] = _Plan(module, candidates.cpu(), slices, priority)
         self._timing["neuron_scoring"] = time.perf_counter() - start
         if self._dense is None:
             start = time.perf_counter()
@@ -400,12 +415,20 @@ class HSRModifier(Modifier):
                 "give it calibration data (the 'datafree' pipeline runs none)."
             )
         nm = parse_nm(self.preserve_nm)
-        rows = []
+        masks, stats = {}, {}
         for name, plan in self._plans.items():
-            stats = restore_matrix(
+            masks[name], stats[name] = restoration_mask(
                 name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
             )
-            rows.append(stats.as_report())
+        if self.max_restored_per_10k is not None:
+            cap = math.floor(self.max_restored_per_10k * language_params / 1e4 + 1e-9)
+            masks = budget_masks(masks, {n: p.priority for n, p in self._plans.items()}, cap)
+            stats = {n: replace(s, restored=int(masks[n].sum())) for n, s in stats.items()}
+            self._scoring["budget"] = cap
+        rows = []
+        for name, plan in self._plans.items():
+            apply_restoration(plan.module, dense[name], masks[name])
+            rows.append(stats[name].as_report())
         if not any(row["restored"] for row in rows):
             logger.warning(
                 "HSR restored no weights: no pruned weight of the selected heads is a candidate. "

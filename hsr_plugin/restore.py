@@ -1,7 +1,8 @@
 """Write dense values back at the selected pruned positions, offload-safely.
 
 Per matrix: R = candidates ∩ head slices ∩ pruned, with pruned = (w == 0) & (dense != 0) read
-off the pruned model as it is now. Everything off R stays bit-identical.
+off the pruned model as it is now. Everything off R stays bit-identical. A budget caps R over all
+matrices together, keeping the restorations with the highest priority (safety importance).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from torch import nn
 
 from hsr_plugin.selection import apply_restore, nm_compatible_mask, pruned_mask, restore_mask
 
-__all__ = ["RestoreStats", "count_pruned", "restore_matrix", "parse_nm"]
+__all__ = [
+    "RestoreStats",
+    "apply_restoration",
+    "budget_masks",
+    "count_pruned",
+    "parse_nm",
+    "restoration_mask",
+    "restore_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,77 @@ def count_pruned(module: nn.Linear, dense_weight: torch.Tensor) -> int:
 
 
 @torch.no_grad()
+def restoration_mask(
+    name: str,
+    module: nn.Linear,
+    dense_weight: torch.Tensor,
+    candidates: torch.Tensor,
+    head_slices: torch.Tensor,
+    preserve_nm: tuple[int, int] | None = None,
+    priority: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, RestoreStats]:
+    """R for one matrix (a bool mask on the CPU) and its counts; the weight is not touched."""
+    with align_module_device(module):
+        current = module.weight.detach()
+        pruned = pruned_mask(current, dense_weight.to(current.device))
+        slices = head_slices.to(current.device)
+        candidates = candidates.to(current.device)
+        mask = restore_mask(candidates, slices, pruned)
+        if preserve_nm is not None:
+            mask = nm_compatible_mask(mask, current, *preserve_nm, priority=priority)
+        stats = RestoreStats(
+            name,
+            int(mask.sum()),
+            int((pruned & slices).sum()),
+            int((candidates & slices).sum()),
+            int(pruned.sum()),
+        )
+    return mask.cpu(), stats
+
+
+@torch.no_grad()
+def apply_restoration(module: nn.Linear, dense_weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Copy the dense values back on `mask`, offload-safely; nothing else changes."""
+    if not bool(mask.any()):
+        return
+    with align_module_device(module):
+        current = module.weight.detach()
+        new_weight = apply_restore(
+            current, dense_weight.to(current.device), mask.to(current.device)
+        )
+    update_offload_parameter(module, "weight", new_weight)
+
+
+def budget_masks(
+    masks: dict[str, torch.Tensor], priorities: dict[str, torch.Tensor], cap: int
+) -> dict[str, torch.Tensor]:
+    """Keep the `cap` positions of `masks` with the highest priority, over all matrices.
+
+    Ties go to the earlier matrix (in `masks` order), then to the lower flat index, so the
+    same inputs always keep the same positions.
+    """
+    if cap < 0:
+        raise ValueError(f"the restoration budget must be >= 0, got {cap}")
+    total = sum(int(m.sum()) for m in masks.values())
+    if total <= cap:
+        return masks
+    values, owners, flats = [], [], []
+    for index, (name, mask) in enumerate(masks.items()):
+        flat = mask.flatten().nonzero().flatten()
+        values.append(priorities[name].flatten().cpu().double()[flat])
+        owners.append(torch.full_like(flat, index))
+        flats.append(flat)
+    order = torch.sort(torch.cat(values), descending=True, stable=True).indices[:cap]
+    owner, flat = torch.cat(owners)[order], torch.cat(flats)[order]
+    kept = {}
+    for index, (name, mask) in enumerate(masks.items()):
+        keep = torch.zeros(mask.numel(), dtype=torch.bool)
+        keep[flat[owner == index]] = True
+        kept[name] = keep.reshape(mask.shape)
+    return kept
+
+
+@torch.no_grad()
 def restore_matrix(
     name: str,
     module: nn.Linear,
@@ -60,22 +140,9 @@ def restore_matrix(
     preserve_nm: tuple[int, int] | None = None,
     priority: torch.Tensor | None = None,
 ) -> RestoreStats:
-    with align_module_device(module):
-        current = module.weight.detach()
-        pruned = pruned_mask(current, dense_weight)
-        mask = restore_mask(candidates.to(current.device), head_slices.to(current.device), pruned)
-        if preserve_nm is not None:
-            mask = nm_compatible_mask(mask, current, *preserve_nm, priority=priority)
-        restored = int(mask.sum())
-        stats = RestoreStats(
-            name,
-            restored,
-            int((pruned & head_slices.to(current.device)).sum()),
-            int((candidates.to(current.device) & head_slices.to(current.device)).sum()),
-            int(pruned.sum()),
-        )
-        if restored:
-            new_weight = apply_restore(current, dense_weight, mask)
-    if restored:
-        update_offload_parameter(module, "weight", new_weight)
+    """`restoration_mask` then `apply_restoration`, for one matrix on its own."""
+    mask, stats = restoration_mask(
+        name, module, dense_weight, candidates, head_slices, preserve_nm, priority
+    )
+    apply_restoration(module, dense_weight, mask)
     return stats
