@@ -5,7 +5,7 @@ in float32 on a device of the caller's choosing (the execution device, or the CP
 accelerator memory for very large layers, as SparseGPT's `offload_hessians` does):
 - Wanda: the per-input-feature sum of squares, one vector per matrix;
 - SparseGPT: the Hessian H = 2/n * sum x x^T (the 2/n scaling of SparseGPT; any positive scale
-  leaves the ranking unchanged);
+  leaves the ranking unchanged), scored as llm-compressor's SparseGPT ranks weights;
 - SNIP: |W * dL/dW| accumulated over samples.
 Score matrices are built on demand, one matrix at a time, and never stored.
 """
@@ -132,10 +132,12 @@ def wanda_scores(weight: torch.Tensor, squared_norms: torch.Tensor) -> torch.Ten
 def sparsegpt_scores(
     weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01
 ) -> torch.Tensor:
-    """W[r, c]^2 / [H^-1]_cc^2, with damping = fraction of the mean diagonal added to H.
+    """W[r, c]^2 / U_cc^2, SparseGPT's pruning score as llm-compressor computes it.
 
-    As SparseGPT does, inputs that never fire (H_cc = 0) get H_cc = 1; their weights score
-    W^2 then (they never influence the output on this data).
+    U is the upper Cholesky factor of the damped inverse Hessian, (H + damping * mean(diag H) I)^-1
+    = U^T U; SparseGPT prunes, block by block, the weights with the lowest score (for the first
+    block, before any OBS update, exactly these scores). Inputs that never fire (H_cc = 0) get
+    H_cc = 1 and their weights score 0, as SparseGPT zeroes them first.
     """
     cols = weight.shape[1]
     if hessian.shape != (cols, cols):
@@ -146,5 +148,8 @@ def sparsegpt_scores(
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     h += damping * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
-    h_inv_diag = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h)))
-    return weight.detach().double().pow(2) / h_inv_diag.unsqueeze(0).pow(2)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    u_diag = torch.diag(torch.linalg.cholesky(inverse, upper=True))
+    w = weight.detach().double().clone()
+    w[:, dead] = 0.0
+    return w.pow(2) / u_diag.unsqueeze(0).pow(2)

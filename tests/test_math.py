@@ -223,8 +223,41 @@ def test_sparsegpt_scores_match_the_closed_form():
     w = torch.randn(3, 4)
     h = 2 * x.double().T @ x.double() / 50
     h += 0.01 * h.diag().mean() * torch.eye(4, dtype=torch.float64)
-    expected = w.double() ** 2 / torch.linalg.inv(h).diag() ** 2
-    assert torch.allclose(sparsegpt_scores(w, acc.hessian()), expected, rtol=1e-6)
+    # the diagonal of U, the upper Cholesky factor of H^-1 = U^T U, written out by hand: with
+    # H^-1 = P, U_ii = sqrt(P_ii - sum_{k<i} U_ki^2), so U_00 = sqrt(P_00) ...
+    p = torch.linalg.inv(h)
+    u = torch.zeros_like(p)
+    for i in range(4):
+        u[i, i] = torch.sqrt(p[i, i] - (u[:i, i] ** 2).sum())
+        for j in range(i + 1, 4):
+            u[i, j] = (p[i, j] - (u[:i, i] * u[:i, j]).sum()) / u[i, i]
+    torch.testing.assert_close(u.T @ u, p)
+    expected = w.double() ** 2 / u.diag() ** 2
+    assert torch.allclose(sparsegpt_scores(w, acc.hessian()), expected, rtol=1e-5)
+    assert not torch.allclose(expected, w.double() ** 2 / p.diag() ** 2, rtol=1e-3), (
+        "the test must tell U_cc^2 from [H^-1]_cc^2"
+    )
+
+
+def test_sparsegpt_scores_rank_as_llm_compressors_sparsegpt_prunes():
+    """On a single-block matrix, the lowest-scored half is exactly what SparseGPT zeroes at 50%
+    (its mask is fixed from the dense weights before any OBS update)."""
+    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
+
+    torch.manual_seed(1)
+    x = torch.randn(200, 32) * torch.linspace(0.2, 3.0, 32)
+    acc = HessianAccumulator(32)
+    acc.update(x)
+    layer = torch.nn.Linear(32, 16, bias=False)
+    scores = sparsegpt_scores(layer.weight, acc.hessian())
+    hessian = acc.hessian().float().clone()
+    _loss, pruned = sparsify_weight(layer, {layer: hessian}, 0.5, 0, 0, 128, 0.01, False)
+    zeroed = pruned.reshape(16, 32) == 0
+    # its threshold is the score at sorted index n/2, kept with `<=`: n/2 + 1 weights go
+    assert int(zeroed.sum()) == 16 * 32 // 2 + 1
+    lowest = torch.zeros(16 * 32, dtype=torch.bool)
+    lowest[scores.flatten().argsort()[: int(zeroed.sum())]] = True
+    assert torch.equal(zeroed, lowest.reshape(16, 32))
 
 
 def test_sparsegpt_handles_dead_inputs():
@@ -357,7 +390,9 @@ def test_sparsegpt_dead_inputs_get_a_unit_hessian_diagonal():
     w = torch.tensor([[1.0, 3.0]])
     fixed = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     fixed += 0.01 * fixed.diag().mean() * torch.eye(2, dtype=torch.float64)
-    want = w.double() ** 2 / torch.linalg.inv(fixed).diag() ** 2
+    # diagonal H: U = diag(1 / sqrt(H_cc)); the dead column's weight scores 0, as SparseGPT
+    # zeroes weights on inputs that never fire
+    want = torch.tensor([[1.0 * fixed[0, 0], 0.0]], dtype=torch.float64)
     assert torch.allclose(sparsegpt_scores(w, h), want)
     with pytest.raises(ValueError, match="damping"):
         sparsegpt_scores(w, h, damping=-0.1)
