@@ -49,6 +49,7 @@ __all__ = [
     "LastTokenOutputs",
     "heads_per_pass",
     "last_token_outputs",
+    "first_order_unit_scores",
     "prompt_batches",
     "score_heads",
 ]
@@ -320,61 +321,90 @@ def _check_tail(stack: DecoderStack, last_hidden, logits, states, model_name: st
 def _first_order_scores(
     model, blocks, samples, batch_size, pad_id, device, owner, progress, cost
 ) -> list[HeadScore]:
-    """Attribution patching on the o_proj inputs: one forward and one backward pass per batch."""
-    totals = {b.layer: torch.zeros(b.num_heads, dtype=torch.float64) for b in blocks}
-    activations: dict[int, torch.Tensor] = {}
-    probes: dict[int, torch.Tensor] = {}
+    sites = {b.layer: (b.projection("o"), b.num_heads, b.head_dim) for b in blocks}
+    totals = first_order_unit_scores(
+        model, sites, samples, batch_size, pad_id, device, owner, progress, cost, "head scores"
+    )
+    return [
+        HeadScore(b.layer, h, b.kv_group(h), float(totals[b.layer][h]))
+        for b in blocks
+        for h in range(b.num_heads)
+    ]
 
-    def make(layer: int):
+
+def first_order_unit_scores(
+    model: torch.nn.Module,
+    sites: dict,
+    samples: list[CalibrationSample],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    owner: HooksMixin,
+    progress: bool = True,
+    cost: AttributionCost | None = None,
+    what: str = "unit scores",
+) -> dict:
+    """Attribution patching at the inputs of some Linear layers: one forward and one backward
+    pass per batch.
+
+    `sites` maps a key to (module, units, width): the module's input splits into `units`
+    consecutive slices of `width` features (the heads at o_proj, the channels at down_proj).
+    Returns, per key, a float64 tensor of <dL/da_u, 0 - a_u> per unit, summed over positions.
+    """
+    cost = cost if cost is not None else AttributionCost()
+    totals = {key: torch.zeros(units, dtype=torch.float64) for key, (_, units, _) in sites.items()}
+    activations: dict = {}
+    probes: dict = {}
+
+    def make(key):
         def hook(_module, args):
             x = args[0]
             # A zero tensor that requires grad, added to the activation: its gradient is dL/da,
             # and no parameter of the user's model ever requires grad or receives a .grad.
             probe = torch.zeros_like(x, requires_grad=True)
-            activations[layer], probes[layer] = x.detach(), probe
+            activations[key], probes[key] = x.detach(), probe
             return (x + probe, *args[1:])
 
         return hook
 
-    handles = {owner.register_hook(b.projection("o"), make(b.layer), "forward_pre") for b in blocks}
+    handles = {
+        owner.register_hook(module, make(key), "forward_pre")
+        for key, (module, _, _) in sites.items()
+    }
     positions = not _multimodal(model)
     for batch in prompt_batches(samples, batch_size, pad_id, positions):
         cost.unit += batch["input_ids"].numel()  # the intact pass over the prompts: the unit
     batches = list(prompt_batches(samples, batch_size, pad_id, positions, full=True))
+    keys = list(sites)
+    seen = 0
     try:
-        for batch in tqdm(batches, desc="HSR head scores (attribution)", disable=not progress):
+        for batch in tqdm(batches, desc=f"HSR {what} (first order)", disable=not progress):
             batch = _to(batch, device)
             labels = batch.pop("labels")
             rows, width = labels.shape
             counted = int((labels[:, 1:] != -100).sum())
             if counted == 0:
                 continue
+            seen += counted
             with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
                 out = model(**batch, labels=labels, use_cache=False)
                 loss = out.loss * counted  # the summed NLL of the batch's response tokens
                 if not torch.isfinite(loss):
                     raise ValueError(
-                        "head attribution: the refusal NLL is not finite; check the safety data"
+                        f"HSR {what}: the response NLL is not finite; check the calibration data"
                     )
-                grads = torch.autograd.grad(loss, [probes[b.layer] for b in blocks])
-            for block, grad in zip(blocks, grads, strict=True):
-                a = activations[block.layer]
-                change = -(grad.float() * a.float())
-                totals[block.layer] += (
-                    change.reshape(rows, width, block.num_heads, block.head_dim)
-                    .sum(dim=(0, 1, 3))
-                    .double()
-                    .cpu()
+                grads = torch.autograd.grad(loss, [probes[k] for k in keys])
+            for key, grad in zip(keys, grads, strict=True):
+                _, units, unit_width = sites[key]
+                change = -(grad.float() * activations[key].float())
+                totals[key] += (
+                    change.reshape(rows, width, units, unit_width).sum(dim=(0, 1, 3)).double().cpu()
                 )
             activations.clear()
             probes.clear()
             cost.work += 2 * rows * width  # forward + backward over the whole conversations
     finally:
         owner.remove_hooks(handles)
-    if not any(t.abs().sum() > 0 for t in totals.values()):
-        raise ValueError("head attribution: no response token in the safety data")
-    return [
-        HeadScore(b.layer, h, b.kv_group(h), float(totals[b.layer][h]))
-        for b in blocks
-        for h in range(b.num_heads)
-    ]
+    if seen == 0:
+        raise ValueError(f"HSR {what}: no response token in the calibration data")
+    return totals

@@ -27,9 +27,15 @@ from llmcompressor.modifiers import Modifier
 from llmcompressor.utils.helpers import DisableQuantization, eval_context
 from loguru import logger
 from pydantic import Field, PrivateAttr, field_validator, model_validator
+from torch import nn
 
-from hsr_plugin.architecture import AttentionBlock, find_attention_blocks
-from hsr_plugin.attribution import AttributionCost, HeadScore, score_heads
+from hsr_plugin.architecture import AttentionBlock, find_attention_blocks, find_mlp_blocks
+from hsr_plugin.attribution import (
+    AttributionCost,
+    HeadScore,
+    first_order_unit_scores,
+    score_heads,
+)
 from hsr_plugin.calibration import (
     CalibrationSample,
     load_conversations,
@@ -39,18 +45,24 @@ from hsr_plugin.calibration import (
 from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.head_scores import rank_heads, select_top_heads
-from hsr_plugin.neuron_scoring import collect_statistics, importance_scores
+from hsr_plugin.neuron_scoring import (
+    collect_statistics,
+    importance_scores,
+    mean_weight_gradients,
+)
 from hsr_plugin.placement import execution_placement
 from hsr_plugin.report import build_report, log_summary
 from hsr_plugin.restore import (
+    RestoreStats,
     apply_restoration,
     budget_masks,
     count_pruned,
     parse_nm,
     restoration_mask,
+    restore_gain_mask,
 )
 from hsr_plugin.selection import candidate_mask
-from hsr_plugin.slicing import union_head_slices
+from hsr_plugin.slicing import mlp_channel_slices, union_head_slices
 
 __all__ = ["HSRModifier"]
 
@@ -64,17 +76,14 @@ DEFAULT_IGNORE = [
 
 
 class _Plan:
-    """What restoration needs for one matrix, computed on the dense model."""
+    """What restoration needs for one matrix, computed on the dense model. `candidates` is None
+    for `restore_gain`, which picks them on the pruned model."""
 
-    __slots__ = ("module", "candidates", "slices", "priority")
+    __slots__ = ("module", "candidates", "slices", "priority", "unit")
 
-    def __init__(self, module, candidates, slices, priority):
-        self.module, self.candidates, self.slices, self.priority = (
-            module,
-            candidates,
-            slices,
-            priority,
-        )
+    def __init__(self, module, candidates, slices, priority, unit="heads"):
+        self.module, self.candidates, self.slices = module, candidates, slices
+        self.priority, self.unit = priority, unit
 
 
 class HSRModifier(Modifier):
@@ -97,7 +106,12 @@ class HSRModifier(Modifier):
         is zeroed; one forward and one backward pass per batch instead of one pass per head)
     :param subspace_rank: r, the rank of the subspaces compared by `ships_subspace`
     :param ablation_eps: factor that ablates a head's query and output
-    :param neuron_score: weight importance: `wanda`, `sparsegpt` or `snip`
+    :param neuron_score: weight importance on the dense model: `wanda`, `sparsegpt` or `snip`
+        (the paper's neuron level); or `restore_gain` (opt-in, beyond the paper): after
+        pruning, rank the pruned weights of the selected units by the first-order drop of the
+        refusal NLL their restoration brings on the pruned model, dropping those that would
+        raise the utility NLL by more than `utility_tolerance`; `safety_top`, `utility_top` and
+        `utility_max` do not apply to it
     :param safety_top: q, the top fraction of weights by safety importance
     :param utility_top: p, weights in the top-p by utility importance are excluded
     :param utility_max: p_max, candidates must lie in the top-p_max by utility importance
@@ -126,13 +140,22 @@ class HSRModifier(Modifier):
     :param max_restored_per_10k: a budget: restore at most this many weights per 10,000
         language parameters, the ones with the highest safety importance first (ties: module
         order, then position); with it, two settings compare at the same restored count
+    :param units: what is realigned: `['heads']` (the paper) or `['heads', 'mlp']` (opt-in: also
+        the top MLP intermediate channels, ranked by first-order attribution on the safety
+        prompts; rows of gate/up and columns of down)
+    :param num_mlp_channels: MLP channels realigned with `units: ['heads', 'mlp']`, ranked over
+        all targeted layers
+    :param utility_tolerance: `restore_gain` only: the largest first-order rise of the utility
+        NLL a restored weight may cause
+    :param rounds: `restore_gain` only: spend the budget in this many chunks, re-scoring the
+        gradients after each (greedy); needs `max_restored_per_10k`
     """
 
     num_heads: int = Field(default=10, ge=1)
     head_score: Literal["ships_subspace", "ships_kl", "reference", "attribution"] = "ships_subspace"
     subspace_rank: int = Field(default=1, ge=1)
     ablation_eps: float = Field(default=1e-5, gt=0.0, lt=1.0)
-    neuron_score: Literal["wanda", "sparsegpt", "snip"] = "wanda"
+    neuron_score: Literal["wanda", "sparsegpt", "snip", "restore_gain"] = "wanda"
     safety_top: float = Field(default=0.5, gt=0.0, le=1.0)
     utility_top: float = Field(default=0.5, ge=0.0, le=1.0)
     utility_max: float = Field(default=0.7, ge=0.0, le=1.0)
@@ -152,6 +175,10 @@ class HSRModifier(Modifier):
     report_path: str | None = None
     preserve_nm: str | None = None
     max_restored_per_10k: float | None = Field(default=None, ge=0.0)
+    units: list[Literal["heads", "mlp"]] = Field(default_factory=lambda: ["heads"])
+    num_mlp_channels: int = Field(default=64, ge=1)
+    utility_tolerance: float = Field(default=0.0, ge=0.0)
+    rounds: int = Field(default=1, ge=1)
 
     _plans: dict[str, _Plan] = PrivateAttr(default_factory=dict)
     _dense: DenseSource | None = PrivateAttr(default=None)
@@ -160,6 +187,8 @@ class HSRModifier(Modifier):
     _selected: list[tuple[int, int]] = PrivateAttr(default_factory=list)
     _timing: dict[str, float] = PrivateAttr(default_factory=dict)
     _scoring: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _samples: tuple | None = PrivateAttr(default=None)
+    _mlp_selected: list[tuple[int, int, float]] = PrivateAttr(default_factory=list)
     _model_info: dict[str, Any] = PrivateAttr(default_factory=dict)
     _restored: bool = PrivateAttr(default=False)
     _report: dict[str, Any] | None = PrivateAttr(default=None)
@@ -186,6 +215,24 @@ class HSRModifier(Modifier):
         if not value or not value.strip():
             raise ValueError("calibration data must name a bundled set, a path or a dataset id")
         return value
+
+    @field_validator("units")
+    @classmethod
+    def _check_units(cls, value):
+        if "heads" not in value:
+            raise ValueError("units must include 'heads': ['heads'] or ['heads', 'mlp']")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _check_rounds(self):
+        if self.rounds > 1 and (
+            self.neuron_score != "restore_gain" or self.max_restored_per_10k is None
+        ):
+            raise ValueError(
+                f"rounds={self.rounds} re-scores between chunks of the budget: it needs "
+                "neuron_score: restore_gain and max_restored_per_10k"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_fractions(self):
@@ -345,10 +392,80 @@ class HSRModifier(Modifier):
         kv_of = {(s.layer, s.head): s.kv_group for s in self._head_scores}
         for layer, head in self._selected:
             by_layer.setdefault(layer, []).append((head, kv_of[(layer, head)]))
-        chosen = [b for b in blocks if b.layer in by_layer]
-        modules = {name: module for b in chosen for _, name, module in b.projections()}
+        slices: dict[str, tuple[nn.Linear, torch.Tensor, str]] = {}
+        for block in (b for b in blocks if b.layer in by_layer):
+            for short, name, module in block.projections():
+                shape = (module.out_features, module.in_features)
+                mask = union_head_slices(
+                    shape,
+                    short,
+                    by_layer[block.layer],
+                    block.head_dim,
+                    block.num_heads,
+                    self.head_slicing,
+                )
+                slices[name] = (module, mask, "heads")
+        if "mlp" in self.units:
+            start = time.perf_counter()
+            slices.update(self._plan_mlp(model, blocks, safety, pad_id, device))
+            self._timing["mlp_scoring"] = time.perf_counter() - start
+        modules = {name: module for name, (module, _, _) in slices.items()}
 
         start = time.perf_counter()
+        if self.neuron_score == "restore_gain":
+            # candidates are chosen after pruning, on the pruned model (see _restore_gain)
+            self._samples = (safety, utility)
+            for name, (module, mask, unit) in slices.items():
+                self._plans[name] = _Plan(module, None, mask, None, unit)
+        else:
+            self._plan_candidates(model, slices, safety, utility, device)
+        self._timing["neuron_scoring"] = time.perf_counter() - start
+        if self._dense is None:
+            start = time.perf_counter()
+            self._dense = DenseSnapshot(modules)
+            self._timing["dense_snapshot"] = time.perf_counter() - start
+
+    def _plan_mlp(self, model, blocks, safety, pad_id, device) -> dict:
+        """Rank MLP channels of the targeted layers (first order) and slice the top ones."""
+        mlps = find_mlp_blocks(model, layers=[b.layer for b in blocks])
+        total = sum(m.intermediate for m in mlps)
+        if self.num_mlp_channels > total:
+            raise ValueError(
+                f"num_mlp_channels={self.num_mlp_channels} exceeds the {total} MLP channels of "
+                "the targeted layers"
+            )
+        for mlp in mlps:
+            for _, name, module in mlp.projections():
+                with align_module_device(module):
+                    _check_finite(module.weight, f"weight of {name}")
+        if self._dense is not None:
+            self._dense.check({name: m for mlp in mlps for _, name, m in mlp.projections()})
+        sites = {mlp.layer: (mlp.projection("down"), mlp.intermediate, 1) for mlp in mlps}
+        scores = first_order_unit_scores(
+            model, sites, safety, self.batch_size, pad_id, device, self, what="MLP channel scores"
+        )
+        ranked = rank_heads(
+            {(layer, c): float(v) for layer, t in scores.items() for c, v in enumerate(t)}
+        )
+        chosen = select_top_heads(ranked, self.num_mlp_channels)
+        self._mlp_selected = [(layer, c, dict(ranked)[(layer, c)]) for layer, c in chosen]
+        channels: dict[int, list[int]] = {}
+        for layer, channel in chosen:
+            channels.setdefault(layer, []).append(channel)
+        planned = {}
+        for mlp in (m for m in mlps if m.layer in channels):
+            for short, name, module in mlp.projections():
+                shape = (module.out_features, module.in_features)
+                planned[name] = (
+                    module,
+                    mlp_channel_slices(shape, short, channels[mlp.layer]),
+                    "mlp",
+                )
+        return planned
+
+    def _plan_candidates(self, model, slices, safety, utility, device) -> None:
+        """The paper's neuron level: candidates from safety and utility importance (dense)."""
+        modules = {name: module for name, (module, _, _) in slices.items()}
         stats_device = "cpu" if self.offload_statistics else device
         stats_s, stats_u = (
             collect_statistics(
@@ -363,33 +480,19 @@ class HSRModifier(Modifier):
             )
             for which, samples in (("safety", safety), ("utility", utility))
         )
-        for block in chosen:
-            for short, name, module in block.projections():
-                with align_module_device(module):
-                    weight = module.weight.detach()
-                    # each matrix's statistics are freed as soon as its mask is built
-                    i_s = importance_scores(self.neuron_score, stats_s.pop(name), weight)
-                    i_u = importance_scores(self.neuron_score, stats_u.pop(name), weight)
-                candidates = candidate_mask(
-                    i_s, i_u, self.safety_top, self.utility_top, self.utility_max
-                )
-                slices = union_head_slices(
-                    tuple(weight.shape),
-                    short,
-                    by_layer[block.layer],
-                    block.head_dim,
-                    block.num_heads,
-                    self.head_slicing,
-                )
-                # the safety importance ranks restorations only for N:M and for the budget
-                ranked = self.preserve_nm is not None or self.max_restored_per_10k is not None
-                priority = i_s.float().cpu() if ranked else None
-                self._plans[name] = _Plan(module, candidates.cpu(), slices, priority)
-        self._timing["neuron_scoring"] = time.perf_counter() - start
-        if self._dense is None:
-            start = time.perf_counter()
-            self._dense = DenseSnapshot(modules)
-            self._timing["dense_snapshot"] = time.perf_counter() - start
+        # the safety importance ranks restorations only for N:M and for the budget
+        ranked = self.preserve_nm is not None or self.max_restored_per_10k is not None
+        for name, (module, mask, unit) in slices.items():
+            with align_module_device(module):
+                weight = module.weight.detach()
+                # each matrix's statistics are freed as soon as its mask is built
+                i_s = importance_scores(self.neuron_score, stats_s.pop(name), weight)
+                i_u = importance_scores(self.neuron_score, stats_u.pop(name), weight)
+            candidates = candidate_mask(
+                i_s, i_u, self.safety_top, self.utility_top, self.utility_max
+            )
+            priority = i_s.float().cpu() if ranked else None
+            self._plans[name] = _Plan(module, candidates.cpu(), mask, priority, unit)
 
     def _restore(self, model) -> None:
         unfinished = [type(m).__name__ for m in self._earlier_pruning if not m.ended_]
@@ -414,21 +517,17 @@ class HSRModifier(Modifier):
                 f"layers: {earlier} pruned nothing there. Check its targets and sparsity, and "
                 "give it calibration data (the 'datafree' pipeline runs none)."
             )
-        nm = parse_nm(self.preserve_nm)
-        masks, stats = {}, {}
-        for name, plan in self._plans.items():
-            masks[name], stats[name] = restoration_mask(
-                name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
-            )
+        cap = None
         if self.max_restored_per_10k is not None:
             cap = math.floor(self.max_restored_per_10k * language_params / 1e4 + 1e-9)
-            masks = budget_masks(masks, {n: p.priority for n, p in self._plans.items()}, cap)
-            stats = {n: replace(s, restored=int(masks[n].sum())) for n, s in stats.items()}
             self._scoring["budget"] = cap
-        rows = []
-        for name, plan in self._plans.items():
-            apply_restoration(plan.module, dense[name], masks[name])
-            rows.append(stats[name].as_report())
+        if self.neuron_score == "restore_gain":
+            stats = self._restore_gain(model, dense, cap)
+        else:
+            stats = self._restore_candidates(dense, cap)
+        rows = [
+            {**stats[name].as_report(), "unit": plan.unit} for name, plan in self._plans.items()
+        ]
         if not any(row["restored"] for row in rows):
             logger.warning(
                 "HSR restored no weights: no pruned weight of the selected heads is a candidate. "
@@ -449,12 +548,79 @@ class HSRModifier(Modifier):
             pruned_params=pruned_params,
             timing=self._timing,
             scoring=self._scoring,
+            mlp_selected=self._mlp_selected,
         )
-        self._plans, self._dense = {}, None  # what restoration needed is freed now
+        self._plans, self._dense, self._samples = {}, None, None  # freed once restored
         if self.report_path:
             write_json_atomic(self.report_path, self._report)
             logger.info(f"HSR report written to {self.report_path}")
         log_summary(self._report)
+
+    def _restore_candidates(self, dense, cap: int | None) -> dict[str, RestoreStats]:
+        nm = parse_nm(self.preserve_nm)
+        masks, stats = {}, {}
+        for name, plan in self._plans.items():
+            masks[name], stats[name] = restoration_mask(
+                name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
+            )
+        if cap is not None:
+            masks = budget_masks(masks, {n: p.priority for n, p in self._plans.items()}, cap)
+            stats = {n: replace(s, restored=int(masks[n].sum())) for n, s in stats.items()}
+        for name, plan in self._plans.items():
+            apply_restoration(plan.module, dense[name], masks[name])
+        return stats
+
+    def _restore_gain(self, model, dense, cap: int | None) -> dict[str, RestoreStats]:
+        """Candidates scored on the PRUNED model by first-order safety gain; `rounds` re-scores."""
+        safety, utility = self._samples
+        modules = {name: plan.module for name, plan in self._plans.items()}
+        nm = parse_nm(self.preserve_nm)
+        restored = {name: 0 for name in self._plans}
+        first: dict[str, RestoreStats] = {}
+        remaining = cap
+        with (
+            DisableQuantization(model),
+            eval_context(model),
+            execution_placement(model) as placed,
+        ):
+            for round_index in range(self.rounds):
+                grads = [
+                    mean_weight_gradients(
+                        model,
+                        modules,
+                        samples,
+                        f"HSR restore_gain {which} gradients (round {round_index + 1})",
+                        device=placed.device,
+                        hooks=self,
+                        stats_device="cpu" if self.offload_statistics else placed.device,
+                    )
+                    for which, samples in (("safety", safety), ("utility", utility))
+                ]
+                masks, gains = {}, {}
+                for name, plan in self._plans.items():
+                    masks[name], gains[name], stats = restore_gain_mask(
+                        name,
+                        plan.module,
+                        dense[name],
+                        plan.slices,
+                        grads[0].pop(name),
+                        grads[1].pop(name),
+                        self.utility_tolerance,
+                        nm,
+                    )
+                    first.setdefault(name, stats)
+                if remaining is not None:
+                    share = math.ceil(remaining / (self.rounds - round_index))
+                    masks = budget_masks(masks, gains, share)
+                for name, plan in self._plans.items():
+                    apply_restoration(plan.module, dense[name], masks[name])
+                    restored[name] += int(masks[name].sum())
+                done = sum(int(m.sum()) for m in masks.values())
+                if remaining is not None:
+                    remaining -= done
+                if done == 0 or remaining == 0:
+                    break
+        return {name: replace(first[name], restored=restored[name]) for name in self._plans}
 
 
 def _is_pruning(modifier: Modifier) -> bool:

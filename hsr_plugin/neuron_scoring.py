@@ -16,7 +16,7 @@ with `stats_device="cpu"`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
@@ -39,7 +39,14 @@ from hsr_plugin.placement import execution_device
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-__all__ = ["NeuronScore", "MatrixStatistics", "collect_statistics", "importance_scores"]
+__all__ = [
+    "MatrixStatistics",
+    "NeuronScore",
+    "collect_statistics",
+    "for_each_weight_gradient",
+    "importance_scores",
+    "mean_weight_gradients",
+]
 
 NeuronScore = Literal["wanda", "sparsegpt", "snip"]
 Accumulator = InputNormAccumulator | HessianAccumulator | GradientSaliencyAccumulator
@@ -120,6 +127,33 @@ def _collect_snip(
     model, modules, samples, desc, progress, device, stats_device, owner
 ) -> MatrixStatistics:
     stats = MatrixStatistics({name: GradientSaliencyAccumulator(stats_device) for name in modules})
+
+    def accumulate(name: str, module: nn.Linear, grad_weight: torch.Tensor) -> None:
+        with align_module_device(module):
+            stats[name].update(module.weight, grad_weight.to(module.weight.device))
+
+    for_each_weight_gradient(
+        model, modules, samples, f"{desc} (snip)", progress, device, owner, accumulate
+    )
+    return stats
+
+
+def for_each_weight_gradient(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    samples: list[CalibrationSample],
+    desc: str,
+    progress: bool,
+    device: torch.device,
+    owner: HooksMixin,
+    consume: Callable[[str, nn.Linear, torch.Tensor], None],
+) -> None:
+    """For each sample, dL/dW of every module in `modules`, L being the mean NLL of the sample's
+    response tokens; `consume(name, module, grad)` receives each gradient (float32).
+
+    The gradients come from `torch.autograd.grad` on zero probes added to the modules' outputs,
+    dL/dW = (dL/dy)^T x over the sample's tokens: no parameter gets `requires_grad` or `.grad`.
+    """
     inputs_seen: dict[str, torch.Tensor] = {}
     probes: dict[str, torch.Tensor] = {}
 
@@ -136,28 +170,49 @@ def _collect_snip(
         owner.register_hook(module, make(name), "forward") for name, module in modules.items()
     }
     try:
-        for sample in tqdm(samples, desc=f"{desc} (snip)", disable=not progress):
+        for sample in tqdm(samples, desc=desc, disable=not progress):
             inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
             labels = torch.where(sample.response_mask.to(device), inputs["input_ids"], -100)
             with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
                 loss = model(**inputs, labels=labels, use_cache=False).loss
                 if not torch.isfinite(loss):
                     raise ValueError(
-                        "SNIP: the response NLL is not finite; check the calibration data"
+                        f"{desc}: the response NLL is not finite; check the calibration data"
                     )
                 names = list(probes)
                 grads = torch.autograd.grad(loss, [probes[n] for n in names])
             for name, grad_out in zip(names, grads, strict=True):
                 module = modules[name]
                 x = inputs_seen[name].reshape(-1, module.in_features).float()
-                grad_weight = grad_out.reshape(-1, module.out_features).float().T @ x
-                with align_module_device(module):
-                    stats[name].update(module.weight, grad_weight.to(module.weight.device))
+                consume(name, module, grad_out.reshape(-1, module.out_features).float().T @ x)
             inputs_seen.clear()
             probes.clear()
     finally:
         owner.remove_hooks(handles)
-    return stats
+
+
+def mean_weight_gradients(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    samples: list[CalibrationSample],
+    desc: str,
+    progress: bool = True,
+    device: torch.device | None = None,
+    hooks: HooksMixin | None = None,
+    stats_device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """dL/dW averaged over `samples` (L: each sample's mean response-token NLL)."""
+    device = device if device is not None else execution_device(model)
+    stats_device = stats_device if stats_device is not None else device
+    owner = hooks if hooks is not None else hooks_mixin()()
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, _module: nn.Linear, grad_weight: torch.Tensor) -> None:
+        grad_weight = grad_weight.to(stats_device)
+        sums[name] = grad_weight if name not in sums else sums[name] + grad_weight
+
+    for_each_weight_gradient(model, modules, samples, desc, progress, device, owner, add)
+    return {name: grad / len(samples) for name, grad in sums.items()}
 
 
 def _check_seen(stats: MatrixStatistics) -> None:

@@ -38,6 +38,7 @@ def build_report(
     pruned_params: int,
     timing: dict[str, float],
     scoring: dict[str, Any] | None = None,
+    mlp_selected: list[tuple[int, int, float]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report: heads sorted by score (ties by layer, head), totals and notes."""
     notes = []
@@ -57,6 +58,10 @@ def build_report(
         ],
         "selected_heads": [[layer, head] for layer, head in selected],
         "restored": rows,
+        "selected_mlp_channels": [
+            {"layer": layer, "channel": channel, "score": score}
+            for layer, channel, score in (mlp_selected or [])
+        ],
         "totals": totals(rows, language_params, pruned_params),
         "timing_s": {k: round(v, 4) for k, v in timing.items()},
         "scoring": scoring or {},
@@ -66,8 +71,14 @@ def build_report(
 
 def totals(restored_rows: list[dict], language_params: int, pruned_params: int) -> dict[str, Any]:
     restored = sum(row["restored"] for row in restored_rows)
+    by_unit = {
+        unit: sum(row["restored"] for row in restored_rows if row.get("unit", "heads") == unit)
+        for unit in ("heads", "mlp")
+    }
     return {
         "restored": restored,
+        "restored_in_heads": by_unit["heads"],
+        "restored_in_mlp": by_unit["mlp"],
         "language_params": language_params,
         "pruned_params": pruned_params,
         "restored_per_10k_params": 1e4 * restored / language_params if language_params else 0.0,

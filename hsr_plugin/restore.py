@@ -13,7 +13,13 @@ import torch
 from compressed_tensors.utils import align_module_device, update_offload_parameter
 from torch import nn
 
-from hsr_plugin.selection import apply_restore, nm_compatible_mask, pruned_mask, restore_mask
+from hsr_plugin.selection import (
+    apply_restore,
+    nm_compatible_mask,
+    pruned_mask,
+    restore_gains,
+    restore_mask,
+)
 
 __all__ = [
     "RestoreStats",
@@ -22,6 +28,7 @@ __all__ = [
     "count_pruned",
     "parse_nm",
     "restoration_mask",
+    "restore_gain_mask",
     "restore_matrix",
 ]
 
@@ -86,6 +93,44 @@ def restoration_mask(
             int(pruned.sum()),
         )
     return mask.cpu(), stats
+
+
+@torch.no_grad()
+def restore_gain_mask(
+    name: str,
+    module: nn.Linear,
+    dense_weight: torch.Tensor,
+    slices: torch.Tensor,
+    grad_safety: torch.Tensor,
+    grad_utility: torch.Tensor,
+    utility_tolerance: float = 0.0,
+    preserve_nm: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, RestoreStats]:
+    """`restore_gain` for one matrix of the pruned model: (R, safety gain, counts).
+
+    Candidates: pruned weights inside the slices whose restoration lowers the safety loss
+    (gain > 0) and raises the utility loss by at most `utility_tolerance`, to first order.
+    """
+    with align_module_device(module):
+        current = module.weight.detach()
+        dense = dense_weight.to(current.device)
+        pruned = pruned_mask(current, dense)
+        inside = slices.to(current.device)
+        gain, harm = restore_gains(
+            dense, grad_safety.to(current.device), grad_utility.to(current.device)
+        )
+        candidates = pruned & inside & (gain > 0) & (harm <= utility_tolerance)
+        mask = candidates
+        if preserve_nm is not None:
+            mask = nm_compatible_mask(mask, current, *preserve_nm, priority=gain)
+        stats = RestoreStats(
+            name,
+            int(mask.sum()),
+            int((pruned & inside).sum()),
+            int(candidates.sum()),
+            int(pruned.sum()),
+        )
+    return mask.cpu(), gain.float().cpu(), stats
 
 
 @torch.no_grad()

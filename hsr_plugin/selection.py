@@ -20,6 +20,7 @@ __all__ = [
     "restore_mask",
     "apply_restore",
     "nm_compatible_mask",
+    "restore_gains",
 ]
 
 
@@ -137,3 +138,21 @@ def nm_compatible_mask(
     rank.scatter_(-1, order, torch.arange(m).expand_as(order).contiguous())
     keep = groups & (rank < room.unsqueeze(-1))
     return keep.reshape(rows, cols)
+
+
+def restore_gains(
+    dense_weight: torch.Tensor, grad_safety: torch.Tensor, grad_utility: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(safety gain, utility harm) of restoring each pruned weight, to first order.
+
+    Restoring moves a pruned weight from 0 to its dense value w, so the safety loss changes by
+    about g_s * w: the gain is -g_s * w (positive: the refusal NLL drops), and the utility loss
+    by g_u * w (positive: harm). Only meaningful at pruned positions.
+    """
+    if not dense_weight.shape == grad_safety.shape == grad_utility.shape:
+        raise ValueError(
+            f"shapes differ: dense {tuple(dense_weight.shape)}, safety gradient "
+            f"{tuple(grad_safety.shape)}, utility gradient {tuple(grad_utility.shape)}"
+        )
+    dense = dense_weight.double()
+    return -(grad_safety.double() * dense), grad_utility.double() * dense

@@ -15,7 +15,13 @@ from typing import Literal
 
 import torch
 
-__all__ = ["HeadSlicing", "Projection", "head_slice_mask", "union_head_slices"]
+__all__ = [
+    "HeadSlicing",
+    "Projection",
+    "head_slice_mask",
+    "mlp_channel_slices",
+    "union_head_slices",
+]
 
 HeadSlicing = Literal["exact", "reference"]
 Projection = Literal["q", "k", "v", "o"]
@@ -91,3 +97,24 @@ def _check(shape, projection, head, kv_group, head_dim, num_heads, mode) -> tupl
                 f"o_proj has {cols} columns, fewer than num_heads*head_dim = {num_heads * head_dim}"
             )
     return rows, cols
+
+
+def mlp_channel_slices(
+    shape: tuple[int, int], projection: str, channels: Iterable[int]
+) -> torch.Tensor:
+    """The weights of MLP intermediate channels: rows of gate/up, columns of down."""
+    if len(shape) != 2:
+        raise ValueError(f"weight shape must be 2-D (out, in), got {tuple(shape)}")
+    if projection not in ("gate", "up", "down"):
+        raise ValueError(f"projection must be gate, up or down; got {projection!r}")
+    rows, cols = (int(s) for s in shape)
+    width = cols if projection == "down" else rows
+    index = torch.tensor(sorted(set(channels)), dtype=torch.long)
+    if index.numel() and not (0 <= int(index.min()) and int(index.max()) < width):
+        raise ValueError(f"channel indices must lie in [0, {width}), got {index.tolist()}")
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    if projection == "down":
+        mask[:, index] = True
+    else:
+        mask[index, :] = True
+    return mask
