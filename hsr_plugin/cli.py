@@ -1,6 +1,8 @@
 """The `hsr` command line: compress with a recipe, summarise a report, run the demo.
 
 hsr compress --model MODEL --recipe recipes/wanda_hsr.yaml --output OUT [--dataset DATA]
+hsr sweep --model MODEL --recipe RECIPE --dataset DATA --eval-data DIR --output OUT
+          --grid num_heads=4,8 --grid neuron_score=wanda,restore_gain ...
 hsr report OUT/hsr_report.json [--comparison EVAL/comparison.json] [--out DIR]
 hsr demo [--out outputs/demo]
 """
@@ -65,6 +67,39 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--overwrite", action="store_true", help="replace an existing output directory"
     )
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="prune once, run HSR for every point of a grid, score each with the hsr_safety "
+        "tasks' scorer: a table and a Pareto plot (needs a checkout)",
+    )
+    sweep.add_argument("--model", required=True, help="model id or local directory")
+    sweep.add_argument(
+        "--recipe", required=True, help="recipe: pruning stage(s), then an HSRModifier stage"
+    )
+    sweep.add_argument("--output", required=True, help="output directory (written atomically)")
+    sweep.add_argument("--dataset", required=True, help="the pruning stage's calibration data")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="FIELD=V1,V2",
+        help="an HSRModifier field and its values (repeatable; the grid is their product)",
+    )
+    sweep.add_argument(
+        "--eval-data",
+        required=True,
+        help="folder of held-out sets in the hsr_safety tasks' format (heldout_harmful.jsonl, "
+        "heldout_borderline.jsonl, heldout_utility.jsonl; *_vision.jsonl for VLMs)",
+    )
+    sweep.add_argument("--eval-limit", type=int, help="score the first N documents per task")
+    sweep.add_argument("--num-samples", type=int, default=128, help="calibration samples")
+    sweep.add_argument("--max-seq-length", type=int, default=512, help="default 512")
+    sweep.add_argument("--seed", type=int, default=0, help="seed for sampling calibration rows")
+    sweep.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="MODIFIER.FIELD=VALUE"
+    )
+    sweep.add_argument("--overwrite", action="store_true", help="replace an earlier hsr output")
 
     rep = sub.add_parser("report", help="summarise an HSR report and draw its plots")
     rep.add_argument("report", help="hsr_report.json written by HSRModifier")
@@ -256,6 +291,54 @@ def compress(args: argparse.Namespace) -> Path:
     return output
 
 
+def sweep(args: argparse.Namespace) -> Path:
+    """Validate everything, then prune once and score every grid point into a staging folder."""
+    import yaml
+
+    from hsr_plugin.common import published_dir
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict
+    from hsr_plugin.sweep import parse_grid, points, run_sweep, split_recipe
+
+    output = Path(args.output).resolve()
+    _check_model(args.model)
+    _check_dataset(args.dataset)
+    eval_data = Path(args.eval_data)
+    if not eval_data.is_dir():
+        raise SystemExit(f"error: --eval-data {eval_data} is not a folder")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise SystemExit("error: --eval-limit must be >= 1")
+    recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
+    inputs = _input_paths(args, recipe) + [("--eval-data", eval_data.resolve())]
+    _check_output(output, args.overwrite, inputs)
+    _check_hsr_entries(recipe)
+    grid = parse_grid(args.grid)
+    _pruning, base, _after = split_recipe(recipe)
+    logger.info(f"hsr sweep: {len(points(base, grid))} points over one pruning -> {output}")
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    with _stop_cleanly_on_sigterm(), published_dir(output) as staging:
+        _check_output(output, args.overwrite, [])
+        run_sweep(
+            args.model,
+            recipe,
+            grid,
+            {
+                "num_calibration_samples": args.num_samples,
+                "max_seq_length": args.max_seq_length,
+                **_dataset_kwargs(args),
+            },
+            staging,
+            eval_data.resolve(),
+            args.eval_limit,
+        )
+        (staging / RESOLVED_RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    logger.info(f"hsr sweep: table {output / 'sweep.md'}, plot {output / 'pareto.png'}")
+    print((output / "sweep.md").read_text())
+    return output
+
+
 def _hsr_reports() -> list[dict]:
     from llmcompressor.core import active_session
 
@@ -364,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "compress":
         compress(args)
+    elif args.command == "sweep":
+        sweep(args)
     elif args.command == "report":
         report(args)
     elif args.command == "demo":

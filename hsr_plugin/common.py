@@ -10,6 +10,7 @@ module without llm-compressor, torch-free code paths included. It holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 __all__ = [
     "VISION_PATTERNS",
     "atomic_path",
+    "folder_digest",
     "is_language_weight",
     "is_vision_module",
     "language_sparsity_counts",
@@ -239,3 +241,13 @@ def replace_generated_block(path: str | Path, name: str, body: str) -> Path:
     if not pattern.search(text):
         raise ValueError(f"{path} has no {begin} ... {end} block to replace")
     return write_text_atomic(path, pattern.sub(lambda _: f"{begin}\n{body.strip()}\n{end}", text))
+
+
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 over every file's relative path and bytes, in sorted order."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

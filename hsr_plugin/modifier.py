@@ -624,12 +624,17 @@ class HSRModifier(Modifier):
 
 
 def _is_pruning(modifier: Modifier) -> bool:
-    """Modifiers that zero weights: Wanda and SparseGPT (SparsityModifierBase) and magnitude
-    pruning. ConstantPruningModifier only keeps existing zeros, so it is not one."""
+    """Modifiers that zero weights: Wanda and SparseGPT (SparsityModifierBase), magnitude
+    pruning, and the sweep's saved pruning (PrunedWeightsModifier). ConstantPruningModifier only
+    keeps existing zeros, so it is not one."""
     from llmcompressor.modifiers.pruning import MagnitudePruningModifier
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 
-    return isinstance(modifier, SparsityModifierBase | MagnitudePruningModifier)
+    from hsr_plugin.pruned_base import PrunedWeightsModifier
+
+    return isinstance(
+        modifier, SparsityModifierBase | MagnitudePruningModifier | PrunedWeightsModifier
+    )
 
 
 @torch.no_grad()

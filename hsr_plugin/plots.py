@@ -24,6 +24,7 @@ __all__ = [
     "head_score_grid",
     "plot_head_scores",
     "plot_safety_bars",
+    "save_figure",
     "summary_markdown",
 ]
 
@@ -63,7 +64,7 @@ def plot_head_scores(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(range(width))
     ax.set_yticks(range(layers))
     ax.set_title(f"Safety head scores, {len(selected)} selected (red)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_safety_bars(comparison: dict[str, Any], path: str | Path) -> Path:
@@ -90,7 +91,7 @@ def plot_safety_bars(comparison: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("%")
         ax.tick_params(axis="x", rotation=20)
     fig.suptitle("; ".join(rsr_lines(comparison)) or "RSR: n/a")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def summary_markdown(report: dict[str, Any], comparison: dict[str, Any] | None = None) -> str:
@@ -131,7 +132,7 @@ def _as_percent(value: float | None) -> float | None:
     return None if value is None else 100.0 * float(value)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")

@@ -3,11 +3,11 @@ each other)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
+from hsr_plugin.common import folder_digest  # noqa: F401  (re-exported for the tests)
 from hsr_plugin.oneshot_data import calibration_kwargs
 
 __all__ = [
@@ -76,14 +76,6 @@ def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
         **calibration,
         **kwargs,
     )
-
-
-def folder_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
 
 
 def compress_args(

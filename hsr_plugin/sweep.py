@@ -1,0 +1,302 @@
+"""`hsr sweep`: one pruning, many HSR settings, every one scored by the hsr_safety tasks' scorer.
+
+The recipe's stages before the HSRModifier entry are the pruning; they run once, and the pruned
+Linear weights are saved (`pruned_base/`). Every grid point is then one `oneshot` of
+`PrunedWeightsModifier` (those weights, put into a fresh dense model) followed by HSRModifier
+with the entry's fields and the point's values, so heads are scored on the dense model and
+weights restored into the same pruned model every time. Stages after HSR (quantization) are not
+part of the sweep. The scorer is the one the lm-eval tasks use
+(`integration/lm_eval_tasks/hsr_safety/in_process.py`), so the sweep needs a checkout.
+
+Writes `sweep.json`, `sweep.md` (a table) and `pareto.png` (restored weights per 10k parameters
+against refusal, utility as colour, the dense and pruned models as reference lines).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+__all__ = ["parse_grid", "split_recipe", "run_sweep", "pareto_front"]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """`field=v1,v2` items -> {field: [values]}; values are read as YAML scalars."""
+    import yaml
+
+    from hsr_plugin import HSRModifier
+
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        field, sep, values = item.partition("=")
+        field = field.strip().removeprefix("HSRModifier.")
+        if not sep or not field or not values.strip():
+            raise ValueError(f"--grid {item!r}: write FIELD=VALUE1,VALUE2,...")
+        if field not in HSRModifier.model_fields:
+            raise ValueError(f"--grid {item!r}: HSRModifier has no field {field!r}")
+        if field in grid:
+            raise ValueError(f"--grid names {field} twice")
+        grid[field] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+    if not grid:
+        raise ValueError("hsr sweep needs at least one --grid FIELD=VALUES")
+    return grid
+
+
+def split_recipe(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(the stages before HSR's, the HSRModifier entry's fields, the stages after it)."""
+    stages = list(recipe.items())
+    for index, (_key, stage) in enumerate(stages):
+        for group_key, group in (stage or {}).items():
+            if group_key.endswith("_modifiers") and "HSRModifier" in (group or {}):
+                others = [name for name in group if name != "HSRModifier"]
+                if others:
+                    raise ValueError(
+                        f"the HSR stage also holds {others[0]}: give HSRModifier a stage of "
+                        "its own for the sweep"
+                    )
+                before = dict(copy.deepcopy(stages[:index]))
+                if not before:
+                    raise ValueError("the recipe has no pruning stage before HSRModifier")
+                fields = dict(group["HSRModifier"] or {})
+                return before, fields, [key for key, _ in stages[index + 1 :]]
+    raise ValueError("the recipe has no HSRModifier entry: the sweep varies its fields")
+
+
+def points(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every grid point's HSRModifier fields, validated now (before any long work)."""
+    from hsr_plugin import HSRModifier
+
+    fields = list(grid)
+    result = []
+    for values in itertools.product(*(grid[f] for f in fields)):
+        point = dict(zip(fields, values, strict=True))
+        HSRModifier(**{**base, **point})  # a pydantic error names the bad field
+        result.append(point)
+    return result
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
+    """Indices of the points no other point beats: as much refusal for fewer restored weights."""
+    front = []
+    for i, row in enumerate(rows):
+        beaten = any(
+            other["restored_per_10k"] <= row["restored_per_10k"]
+            and other["refusal"] >= row["refusal"]
+            and (
+                other["restored_per_10k"] < row["restored_per_10k"]
+                or other["refusal"] > row["refusal"]
+            )
+            for j, other in enumerate(rows)
+            if j != i
+        )
+        if not beaten:
+            front.append(i)
+    return front
+
+
+def _load_model(path: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path)
+    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    dtype = "auto" if torch.accelerator.is_available() else torch.float32
+    return cls.from_pretrained(path, dtype=dtype).eval()
+
+
+def _scorer():
+    try:
+        from integration.lm_eval_tasks.hsr_safety.in_process import (
+            TEXT_TASKS,
+            VISION_TASKS,
+            score_model,
+        )
+    except ImportError:
+        raise RuntimeError(
+            "hsr sweep scores with the hsr_safety lm-eval tasks (integration/ of a checkout of "
+            "this repository, installed editable); they are not importable here"
+        ) from None
+    return score_model, TEXT_TASKS, VISION_TASKS
+
+
+def run_sweep(
+    model: str,
+    recipe: dict[str, Any],
+    grid: dict[str, list[Any]],
+    dataset_kwargs: dict[str, Any],
+    output: Path,
+    eval_data: Path,
+    eval_limit: int | None = None,
+) -> dict[str, Any]:
+    """Prune once into `output/pruned_base`, run and score every point; write the results."""
+    import yaml
+    from llmcompressor import oneshot
+
+    from hsr_plugin import HSRModifier
+    from hsr_plugin.calibration import load_processor
+    from hsr_plugin.common import folder_digest, write_json_atomic, write_text_atomic
+    from hsr_plugin.pruned_base import PrunedWeightsModifier, save_pruned_weights
+
+    pruning, base, after = split_recipe(recipe)
+    planned = points(base, grid)
+    score_model, text_tasks, vision_tasks = _scorer()
+    tasks = vision_tasks if (eval_data / "heldout_harmful_vision.jsonl").is_file() else text_tasks
+    for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
+        if not any((eval_data / f"{name}{s}.jsonl").is_file() for s in ("", "_vision")):
+            raise ValueError(f"--eval-data {eval_data} has no {name}.jsonl")
+    if after:
+        logger.info(f"hsr sweep: the stages after HSR ({', '.join(after)}) are not swept")
+    processor = load_processor(model)
+    metadata = {"data_dir": str(eval_data)}
+
+    def score(m, desc: str) -> dict[str, Any]:
+        return score_model(m, processor, tasks, metadata, limit=eval_limit, desc=desc).summary()
+
+    started = time.monotonic()
+    logger.info(f"hsr sweep: pruning once with {', '.join(pruning)}")
+    pruned = _load_model(model)
+    oneshot(
+        model=pruned,
+        processor=processor,
+        recipe=yaml.safe_dump(pruning, sort_keys=False),
+        **dataset_kwargs,
+    )
+    dense = _load_model(model)
+    base_dir = output / "pruned_base"
+    weights = save_pruned_weights(pruned, base_dir, reference=dense)
+    base_digest = folder_digest(base_dir)
+    references = {"dense": score(dense, "dense"), "pruned": score(pruned, "pruned")}
+    del dense, pruned
+
+    rows = []
+    for index, point in enumerate(planned, 1):
+        logger.info(f"hsr sweep: point {index}/{len(planned)}: {point}")
+        fields = {**base, **point}
+        hsr = HSRModifier(**fields)
+        restored_model = _load_model(model)
+        oneshot(
+            model=restored_model,
+            processor=processor,
+            recipe=[PrunedWeightsModifier(path=str(weights)), hsr],
+        )
+        totals = hsr.report["totals"]
+        rows.append(
+            {
+                "point": point,
+                "restored": totals["restored"],
+                "restored_per_10k": totals["restored_per_10k_params"],
+                **score(restored_model, f"point {index}"),
+            }
+        )
+        del restored_model
+    if folder_digest(base_dir) != base_digest:
+        raise RuntimeError(f"{base_dir} changed during the sweep")
+    result = {
+        "model": model,
+        "grid": grid,
+        "hsr_fields": base,
+        "pruning": pruning,
+        "references": references,
+        "points": rows,
+        "pareto": pareto_front(rows),
+        "pruned_base": {"file": str(weights.relative_to(output)), "digest": base_digest},
+        "eval_data": str(eval_data),
+        "eval_limit": eval_limit,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(output / "sweep.json", result)
+    write_text_atomic(output / "sweep.md", sweep_markdown(result))
+    plot_pareto(result, output / "pareto.png")
+    return result
+
+
+def _rsr(refusal: float, references: dict[str, Any]) -> float | None:
+    lost = references["dense"]["refusal"] - references["pruned"]["refusal"]
+    return None if abs(lost) < 1e-9 else (refusal - references["pruned"]["refusal"]) / lost
+
+
+def sweep_markdown(result: dict[str, Any]) -> str:
+    from hsr_plugin.tables import fmt, markdown_table, percent
+
+    fields = list(result["grid"])
+    refs = result["references"]
+    front = set(result["pareto"])
+    body = [
+        [
+            name,
+            *[""] * len(fields),
+            "",
+            "",
+            percent(r["refusal"]),
+            "",
+            percent(r["over_refusal"]),
+            percent(r["utility"]),
+            "",
+        ]  # fmt: skip
+        for name, r in refs.items()
+    ]
+    for i, row in enumerate(result["points"]):
+        rsr = _rsr(row["refusal"], refs)
+        body.append(
+            [
+                "HSR",
+                *[str(row["point"][f]) for f in fields],
+                row["restored"],
+                fmt(row["restored_per_10k"], 3),
+                percent(row["refusal"]),
+                "" if rsr is None else f"{100 * rsr:.0f}%",
+                percent(row["over_refusal"]),
+                percent(row["utility"]),
+                "yes" if i in front else "",
+            ]
+        )
+    table = markdown_table(
+        [
+            "model",
+            *fields,
+            "restored",
+            "per 10k params",
+            "refusal %",
+            "RSR",
+            "over-refusal %",
+            "utility %",
+            "Pareto",
+        ],  # fmt: skip
+        body,
+    )
+    return (
+        f"# hsr sweep: {result['model']}\n\n{table}\n\n"
+        f"_Scored by the hsr_safety tasks' scorer on {result['eval_data']}"
+        + (f" (first {result['eval_limit']} per task)" if result["eval_limit"] else "")
+        + f"; {len(result['points'])} points over one pruning, in {result['seconds']} s._\n"
+    )
+
+
+def plot_pareto(result: dict[str, Any], path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    from hsr_plugin.plots import save_figure
+
+    rows = result["points"]
+    refs = result["references"]
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    xs = [r["restored_per_10k"] for r in rows]
+    ys = [100 * r["refusal"] for r in rows]
+    colours = [100 * (r["utility"] or 0.0) for r in rows]
+    points = ax.scatter(xs, ys, c=colours, cmap="viridis", s=40, zorder=3)
+    fig.colorbar(points, ax=ax, label="utility %")
+    front = sorted(result["pareto"], key=lambda i: xs[i])
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], color="grey", lw=1, zorder=2)
+    for name, style in (("dense", "-"), ("pruned", "--")):
+        ax.axhline(100 * refs[name]["refusal"], color="black", ls=style, lw=1, label=name)
+    ax.set_xlabel("restored weights per 10k parameters")
+    ax.set_ylabel("refusal of harmful requests %")
+    ax.set_title("hsr sweep: safety per restored weight")
+    ax.legend(loc="lower right")
+    return save_figure(fig, path)
