@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench mutation clean-outputs
+.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench bench-scale bench-gain mutation clean-outputs
 
 compress-venv:
 	HSR_VENV=$(VENV) PYTHON=$(PYTHON) bash integration/envs/setup_compress_venv.sh
@@ -36,6 +36,14 @@ demo-smollm2: venvs smollm2
 
 bench: compress-venv
 	$(VENV)/bin/python -m integration.bench.bench_hsr
+
+# scoring cost at scale (naive vs cached exact vs first-order, stage times, peak RSS): ~1 h here
+bench-scale: compress-venv
+	$(VENV)/bin/python -m integration.bench.bench_scale
+
+# restore_gain, the budget and MLP realignment against the paper's default: ~10 min here
+bench-gain: compress-venv
+	$(VENV)/bin/python -m integration.bench.bench_gain
 
 # ruff checks and formats everything; CI runs it through `make test`.
 lint: compress-venv

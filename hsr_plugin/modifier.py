@@ -529,12 +529,19 @@ class HSRModifier(Modifier):
             {**stats[name].as_report(), "unit": plan.unit} for name, plan in self._plans.items()
         ]
         if not any(row["restored"] for row in rows):
-            logger.warning(
-                "HSR restored no weights: no pruned weight of the selected heads is a candidate. "
-                f"Raise safety_top (q={self.safety_top}), lower utility_top (p="
-                f"{self.utility_top}) or raise utility_max (p_max={self.utility_max}), or select "
-                "more heads (num_heads)."
-            )
+            if self.neuron_score == "restore_gain":
+                advice = (
+                    "no pruned weight of the selected units would lower the refusal NLL without "
+                    f"raising the utility NLL by more than utility_tolerance "
+                    f"({self.utility_tolerance}). Raise utility_tolerance or select more heads."
+                )
+            else:
+                advice = (
+                    "no pruned weight of the selected heads is a candidate. Raise safety_top "
+                    f"(q={self.safety_top}), lower utility_top (p={self.utility_top}) or raise "
+                    f"utility_max (p_max={self.utility_max}), or select more heads (num_heads)."
+                )
+            logger.warning(f"HSR restored no weights: {advice}")
         self._timing["restore"] = time.perf_counter() - start
         self._restored = True
         self._report = build_report(

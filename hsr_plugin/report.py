@@ -3,12 +3,15 @@
     {"schema_version": 1, "config": {...every field...}, "model": {...},
      "heads": [{layer, head, kv_group, score}, ...]    # sorted by score, descending
      "selected_heads": [[layer, head], ...],
-     "restored": [{module, restored, pruned_in_slice, candidates}, ...],
-     "totals": {restored, language_params, pruned_params,
+     "restored": [{module, restored, pruned_in_slice, candidates, unit}, ...],
+     "selected_mlp_channels": [{layer, channel, score}, ...],   # units: [heads, mlp]
+     "totals": {restored, restored_in_heads, restored_in_mlp, language_params, pruned_params,
                 restored_per_10k_params, restored_per_10k_pruned},
      "timing_s": {phase: seconds},
      "scoring": {device, placement, head_scoring_forward_equivalents}, "notes": [...]}
-`candidates` counts the neuron-level candidates inside the selected heads' slices.
+`candidates` counts the neuron-level candidates inside the selected units' slices (for
+`restore_gain`: the pruned weights there with a positive safety gain and no utility harm beyond
+the tolerance, before the budget).
 """
 
 from __future__ import annotations
@@ -101,5 +104,19 @@ def log_summary(report: dict[str, Any]) -> None:
         f"{tot['restored_per_10k_pruned']:.4f} per 10k pruned)",
         "  timing: " + ", ".join(f"{k} {v:.1f}s" for k, v in report["timing_s"].items()),
     ]
+    mlp = report.get("selected_mlp_channels") or []
+    if mlp:
+        lines.insert(
+            5,
+            f"  MLP channels ({len(mlp)}): {tot['restored_in_mlp']:,} restored there, "
+            f"{tot['restored_in_heads']:,} in the heads",
+        )
+    scoring = report.get("scoring") or {}
+    if scoring:
+        lines.append(
+            f"  scored on {scoring.get('device')} ({scoring.get('placement')}), head scoring "
+            f"{scoring.get('head_scoring_forward_equivalents')} forward-pass equivalents"
+            + (f", budget {scoring['budget']:,}" if "budget" in scoring else "")
+        )
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     logger.info("\n".join(lines))

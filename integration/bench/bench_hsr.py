@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def run_recipe(organism: Organism, method: str, hsr: dict | None):
+def run_recipe(organism: Organism, method: str, hsr: dict | None, sparsity: float = 0.5):
     """(model, tokenizer, HSR report or None) of one `oneshot` run: prune, then maybe HSR."""
     from llmcompressor import oneshot
     from llmcompressor.core import active_session
@@ -47,7 +47,7 @@ def run_recipe(organism: Organism, method: str, hsr: dict | None):
     calib = str(organism.data_dir / "calib_utility.jsonl")
     calibration = calibration_kwargs(calib, tokenizer, 64, 128)
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-    recipe = [cls(sparsity=0.5, targets=[r"re:.*layers\.\d+$"], ignore=["re:.*lm_head"])]
+    recipe = [cls(sparsity=sparsity, targets=[r"re:.*layers\.\d+$"], ignore=["re:.*lm_head"])]
     if hsr is not None:
         safety = str(organism.data_dir / "calib_safety.jsonl")
         recipe.append(HSRModifier(safety_data=safety, utility_data=calib, **hsr))
