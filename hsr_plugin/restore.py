@@ -29,7 +29,6 @@ __all__ = [
     "parse_nm",
     "restoration_mask",
     "restore_gain_mask",
-    "restore_matrix",
 ]
 
 
@@ -173,21 +172,3 @@ def budget_masks(
         keep[flat[owner == index]] = True
         kept[name] = keep.reshape(mask.shape)
     return kept
-
-
-@torch.no_grad()
-def restore_matrix(
-    name: str,
-    module: nn.Linear,
-    dense_weight: torch.Tensor,
-    candidates: torch.Tensor,
-    head_slices: torch.Tensor,
-    preserve_nm: tuple[int, int] | None = None,
-    priority: torch.Tensor | None = None,
-) -> RestoreStats:
-    """`restoration_mask` then `apply_restoration`, for one matrix on its own."""
-    mask, stats = restoration_mask(
-        name, module, dense_weight, candidates, head_slices, preserve_nm, priority
-    )
-    apply_restoration(module, dense_weight, mask)
-    return stats
