@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from compressed_tensors.utils import align_module_device, match_named_modules
@@ -188,6 +188,7 @@ class HSRModifier(Modifier):
     _timing: dict[str, float] = PrivateAttr(default_factory=dict)
     _scoring: dict[str, Any] = PrivateAttr(default_factory=dict)
     _samples: tuple | None = PrivateAttr(default=None)
+    _given_head_scores: list[HeadScore] | None = PrivateAttr(default=None)
     _mlp_selected: list[tuple[int, int, float]] = PrivateAttr(default_factory=list)
     _model_info: dict[str, Any] = PrivateAttr(default_factory=dict)
     _restored: bool = PrivateAttr(default=False)
@@ -197,6 +198,29 @@ class HSRModifier(Modifier):
     def report(self) -> dict[str, Any] | None:
         """The HSR report (schema version 1), once weights have been restored."""
         return self._report
+
+    SCORING_FIELDS: ClassVar[tuple[str, ...]] = (
+        "head_score",
+        "subspace_rank",
+        "ablation_eps",
+        "safety_data",
+        "num_samples",
+        "max_seq_length",
+        "batch_size",
+        "seed",
+        "targets",
+        "ignore",
+        "processor",
+    )
+
+    def scoring_key(self) -> str:
+        """The fields that decide the head scores: equal keys, equal scores (same model)."""
+        return repr([(name, getattr(self, name)) for name in self.SCORING_FIELDS])
+
+    def use_head_scores(self, scores: list[HeadScore]) -> None:
+        """Skip head attribution and use `scores`, from an earlier run on the same dense model
+        with the same `scoring_key()` (how `hsr sweep` scores heads once per setting)."""
+        self._given_head_scores = list(scores)
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -361,15 +385,13 @@ class HSRModifier(Modifier):
         logger.info(f"HSR {field}: {len(samples)} samples from {spec}")
         return samples
 
-    def _score_and_plan(self, model, blocks, safety, utility, pad_id: int, device) -> None:
-        start = time.perf_counter()
-        cost = AttributionCost()
+    def _score_heads(self, model, blocks, safety, pad_id, device, cost) -> list[HeadScore]:
         memory = (
             None
             if self.attribution_memory_gb is None
             else int(self.attribution_memory_gb * (1 << 30))
         )
-        self._head_scores = score_heads(
+        return score_heads(
             model,
             blocks,
             safety,
@@ -383,6 +405,15 @@ class HSRModifier(Modifier):
             memory_budget=memory,
             cost=cost,
         )
+
+    def _score_and_plan(self, model, blocks, safety, utility, pad_id: int, device) -> None:
+        start = time.perf_counter()
+        cost = AttributionCost()
+        if self._given_head_scores is not None:
+            logger.info("HSR reuses the head scores of an earlier run with the same settings")
+            self._head_scores = self._given_head_scores
+        else:
+            self._head_scores = self._score_heads(model, blocks, safety, pad_id, device, cost)
         self._scoring["head_scoring_forward_equivalents"] = round(cost.forward_equivalents, 4)
         ranked = rank_heads({(s.layer, s.head): s.score for s in self._head_scores})
         self._selected = select_top_heads(ranked, self.num_heads)

@@ -4,8 +4,9 @@ The recipe's stages before the HSRModifier entry are the pruning; they run once,
 Linear weights are saved (`pruned_base/`). Every grid point is then one `oneshot` of
 `PrunedWeightsModifier` (those weights, put into a fresh dense model) followed by HSRModifier
 with the entry's fields and the point's values, so heads are scored on the dense model and
-weights restored into the same pruned model every time. Stages after HSR (quantization) are not
-part of the sweep. The scorer is the one the lm-eval tasks use
+weights restored into the same pruned model every time; points that share the fields deciding
+the head scores (`HSRModifier.scoring_key`) score heads once. Stages after HSR (quantization)
+are not part of the sweep. The scorer is the one the lm-eval tasks use
 (`integration/lm_eval_tasks/hsr_safety/in_process.py`), so the sweep needs a checkout.
 
 Writes `sweep.json`, `sweep.md` (a table) and `pareto.png` (restored weights per 10k parameters
@@ -138,6 +139,7 @@ def run_sweep(
     from llmcompressor import oneshot
 
     from hsr_plugin import HSRModifier
+    from hsr_plugin.attribution import HeadScore
     from hsr_plugin.calibration import load_processor
     from hsr_plugin.common import folder_digest, write_json_atomic, write_text_atomic
     from hsr_plugin.pruned_base import PrunedWeightsModifier, save_pruned_weights
@@ -174,16 +176,22 @@ def run_sweep(
     del dense, pruned
 
     rows = []
+    head_scores: dict[str, list] = {}  # heads are scored once per scoring setting
     for index, point in enumerate(planned, 1):
         logger.info(f"hsr sweep: point {index}/{len(planned)}: {point}")
         fields = {**base, **point}
         hsr = HSRModifier(**fields)
+        if hsr.scoring_key() in head_scores:
+            hsr.use_head_scores(head_scores[hsr.scoring_key()])
         restored_model = _load_model(model)
         oneshot(
             model=restored_model,
             processor=processor,
             recipe=[PrunedWeightsModifier(path=str(weights)), hsr],
         )
+        head_scores[hsr.scoring_key()] = [
+            HeadScore(h["layer"], h["head"], h["kv_group"], h["score"]) for h in hsr.report["heads"]
+        ]
         totals = hsr.report["totals"]
         rows.append(
             {

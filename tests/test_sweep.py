@@ -66,6 +66,8 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     sparsified = [line for line in lines if line.startswith("Sparsifying ")]
     assert len(sparsified) == 2 * 7 and len(set(sparsified)) == 14
     assert sum("applied the pruned weights" in line for line in lines) == 4
+    # one scoring setting in this grid: heads are scored at the first point only
+    assert sum("reuses the head scores" in line for line in lines) == 3
     assert folder_digest(out / "pruned_base") == result["pruned_base"]["digest"]
     table = (out / "sweep.md").read_text()
     assert table.count("\n| HSR |") == 4 and "| dense |" in table and "| pruned |" in table
