@@ -65,6 +65,7 @@ class DecoderStack:
     layers: nn.ModuleList
     norm: nn.Module
     head: nn.Module
+    softcap: float | None = None  # Gemma's final_logit_softcapping
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -107,6 +108,8 @@ class DecoderStack:
         """(next-token logits, final-norm state) at the last position of every sequence."""
         state = self.norm(hidden[:, -1:, :])
         logits = self.head(state)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits[:, 0].float(), state[:, 0].float()
 
     def run_from(
@@ -150,4 +153,7 @@ def find_decoder_stack(model: nn.Module, blocks: list[AttentionBlock]) -> Decode
             f"{type(model).__name__}: cannot find the final norm next to {list_name} or the output "
             "head, which head attribution runs after the last decoder layer"
         )
-    return DecoderStack(layers, norm, head)
+    config = getattr(model, "config", None)
+    getter = getattr(config, "get_text_config", None)
+    text = getter(decoder=True) if callable(getter) else config
+    return DecoderStack(layers, norm, head, getattr(text, "final_logit_softcapping", None))

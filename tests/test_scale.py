@@ -62,6 +62,30 @@ def test_cached_attribution_equals_the_naive_loop(
     assert _ranking(cached) == _ranking(naive), f"{arch}/{method}: rankings differ"
 
 
+@pytest.mark.parametrize("method", ["ships_subspace", "ships_kl"])
+def test_cached_attribution_equals_the_naive_loop_with_logit_softcapping(
+    model_dirs, calib_files, method
+):
+    """Gemma-style final_logit_softcapping is part of the re-run tail."""
+    import transformers
+
+    _, _, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
+    config = transformers.Gemma3TextConfig(
+        vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        final_logit_softcapping=3.0, pad_token_id=pad,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    blocks = find_attention_blocks(model)
+    naive = naive_head_scores(model, blocks, samples, method, batch_size=3, pad_id=pad)
+    cached = score_heads(model, blocks, samples, method, batch_size=3, pad_id=pad, progress=False)
+    got = torch.tensor([s.score for s in cached], dtype=torch.float64)
+    want = torch.tensor([s.score for s in naive], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+    assert _ranking(cached) == _ranking(naive)
+
+
 def test_cached_attribution_counts_its_work(model_dirs, calib_files):
     """2 layers x 4 heads: the intact pass, 4 heads over both layers, 4 over the last one."""
     model, blocks, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
