@@ -57,10 +57,16 @@ class MatrixStatistics(dict):
 
 
 class _CurrentSample:
-    """The response-token mask of the sample being run, read by the statistics hooks."""
+    """The response-token mask of the sample being run, read by the statistics hooks, and the
+    modules that have seen it: once all have, the rest of the forward pass is not needed."""
 
     def __init__(self) -> None:
         self.response_mask: torch.Tensor | None = None
+        self.seen: set[str] = set()
+
+
+class _EnoughSeen(Exception):
+    """Raised by the last statistics hook of a sample to skip the layers after it."""
 
 
 @contextmanager
@@ -73,6 +79,9 @@ def _input_hooks(
     def make(name: str):
         def hook(_module, args):
             stats[name].update(args[0], current.response_mask)
+            current.seen.add(name)
+            if len(current.seen) == len(modules):
+                raise _EnoughSeen
 
         return hook
 
@@ -118,7 +127,13 @@ def collect_statistics(
     with torch.no_grad(), _input_hooks(modules, stats, current, owner):
         for sample in tqdm(samples, desc=f"{desc} ({method})", disable=not progress):
             current.response_mask = sample.response_mask.to(device)
-            model(**{k: v.to(device) for k, v in sample.model_inputs().items()}, use_cache=False)
+            current.seen = set()
+            try:
+                model(
+                    **{k: v.to(device) for k, v in sample.model_inputs().items()}, use_cache=False
+                )
+            except _EnoughSeen:
+                pass  # every statistic of this sample is in: the later layers would add nothing
     _check_seen(stats)
     return stats
 

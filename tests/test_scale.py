@@ -290,3 +290,32 @@ def test_oneshot_on_an_offloaded_model_is_bit_identical(model_dirs, calib_files,
         assert plain_report["totals"]["restored"] > 0
         for name, weight in plain.items():
             assert torch.equal(weights[name], weight), name
+
+
+def test_statistics_stop_the_forward_pass_after_the_last_selected_layer(model_dirs, calib_files):
+    """Wanda/SparseGPT statistics need the inputs of the selected layers only: nothing after
+    the last of them runs, and the statistics equal those of full passes."""
+    from hsr_plugin.importance import InputNormAccumulator
+
+    model, blocks, samples, _pad = _setup(model_dirs, calib_files, "llama", "safety", rows=3)
+    modules = {name: m for _, name, m in blocks[0].projections()}
+    calls = []
+    handle = model.model.layers[1].register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        stats = collect_statistics(model, modules, samples, "wanda", progress=False)
+    finally:
+        handle.remove()
+    assert calls == [], "layer 1 must not run when only layer 0 is scored"
+    for name, module in modules.items():
+        reference = InputNormAccumulator(module.in_features)
+        seen = []
+        hook = module.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0]))
+        try:
+            with torch.no_grad():
+                for sample in samples:
+                    seen.clear()
+                    model(**sample.model_inputs(), use_cache=False)
+                    reference.update(seen[0], sample.response_mask)
+        finally:
+            hook.remove()
+        torch.testing.assert_close(stats[name].squared_norms(), reference.squared_norms())
