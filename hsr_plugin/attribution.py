@@ -55,7 +55,9 @@ __all__ = [
 ]
 
 HeadScoreMethod = Literal["ships_kl", "ships_subspace", "reference", "attribution"]
-DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per replicated pass on the CPU
+# bytes of activations one replicated pass may use on the CPU: batching more heads per pass does
+# not cut the CPU's work, and host memory is what the pruning stage needs too
+DEFAULT_CPU_BUDGET = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def score_heads(
 
     `device`: where inputs go (the model's execution device by default). `memory_budget`: bytes
     of activations one replicated pass may use (a quarter of the accelerator's free memory, or
-    1 GiB on the CPU, by default). `cost`, if given, receives the work done.
+    128 MiB on the CPU, by default). `cost`, if given, receives the work done.
     Every pass runs inside `HooksMixin.disable_hooks`, keeping only HSR's own hooks (owned by
     `hooks`, the HSRModifier; a bare `HooksMixin` when called on its own).
     """

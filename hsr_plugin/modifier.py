@@ -122,10 +122,11 @@ class HSRModifier(Modifier):
     :param utility_data: benign requests with helpful answers, same forms
     :param num_samples: samples drawn from each set (seeded)
     :param max_seq_length: longest rendered conversation, in tokens
-    :param batch_size: prompts per forward pass during head attribution (text only)
+    :param batch_size: prompts (or conversations) per forward pass of head attribution and of
+        the Wanda/SparseGPT statistics (text only; samples with images run one at a time)
     :param attribution_memory_gb: activation memory one exact attribution pass may use, which
         sets how many ablated heads share a pass; default: a quarter of the accelerator's free
-        memory, or 1 GB on the CPU
+        memory, or 128 MiB on the CPU
     :param offload_statistics: accumulate the Wanda/SparseGPT/SNIP statistics on the CPU
         instead of the execution device (for very large layers, like SparseGPT's
         `offload_hessians`)
@@ -449,7 +450,7 @@ class HSRModifier(Modifier):
             for name, (module, mask, unit) in slices.items():
                 self._plans[name] = _Plan(module, None, mask, None, unit)
         else:
-            self._plan_candidates(model, slices, safety, utility, device)
+            self._plan_candidates(model, slices, safety, utility, device, pad_id)
         self._timing["neuron_scoring"] = time.perf_counter() - start
         if self._dense is None:
             start = time.perf_counter()
@@ -494,7 +495,7 @@ class HSRModifier(Modifier):
                 )
         return planned
 
-    def _plan_candidates(self, model, slices, safety, utility, device) -> None:
+    def _plan_candidates(self, model, slices, safety, utility, device, pad_id: int) -> None:
         """The paper's neuron level: candidates from safety and utility importance (dense)."""
         modules = {name: module for name, (module, _, _) in slices.items()}
         stats_device = "cpu" if self.offload_statistics else device
@@ -508,6 +509,8 @@ class HSRModifier(Modifier):
                 hooks=self,
                 device=device,
                 stats_device=stats_device,
+                batch_size=self.batch_size,
+                pad_id=pad_id,
             )
             for which, samples in (("safety", safety), ("utility", utility))
         )

@@ -25,6 +25,7 @@ from compressed_tensors.utils import align_module_device
 from torch import nn
 from tqdm import tqdm
 
+from hsr_plugin.attribution import prompt_batches
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import (
@@ -105,12 +106,15 @@ def collect_statistics(
     hooks: HooksMixin | None = None,
     device: torch.device | None = None,
     stats_device: torch.device | str | None = None,
+    batch_size: int = 1,
+    pad_id: int = 0,
 ) -> MatrixStatistics:
     """Per-matrix statistics of `modules` over the response tokens of `samples`.
 
     `device`: where inputs go (the model's execution device by default); `stats_device`: where
     statistics accumulate (`device` by default). `hooks` owns the hooks (the HSRModifier; a bare
-    `HooksMixin` by default).
+    `HooksMixin` by default). Wanda and SparseGPT statistics run `batch_size` conversations per
+    pass, left-padded (pads are never response tokens, so they never count); SNIP runs one.
     """
     if not samples:
         raise ValueError("neuron scoring needs at least one calibration sample")
@@ -124,16 +128,17 @@ def collect_statistics(
         {name: factory(module.in_features, stats_device) for name, module in modules.items()}
     )
     current = _CurrentSample()
+    multimodal = hasattr(getattr(model, "config", None), "vision_config")
+    batches = list(prompt_batches(samples, batch_size, pad_id, not multimodal, full=True))
     with torch.no_grad(), _input_hooks(modules, stats, current, owner):
-        for sample in tqdm(samples, desc=f"{desc} ({method})", disable=not progress):
-            current.response_mask = sample.response_mask.to(device)
+        for batch in tqdm(batches, desc=f"{desc} ({method})", disable=not progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            current.response_mask = batch.pop("labels") != -100
             current.seen = set()
             try:
-                model(
-                    **{k: v.to(device) for k, v in sample.model_inputs().items()}, use_cache=False
-                )
+                model(**batch, use_cache=False)
             except _EnoughSeen:
-                pass  # every statistic of this sample is in: the later layers would add nothing
+                pass  # every statistic of this batch is in: the later layers would add nothing
     _check_seen(stats)
     return stats
 

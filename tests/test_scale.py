@@ -319,3 +319,11 @@ def test_statistics_stop_the_forward_pass_after_the_last_selected_layer(model_di
         finally:
             hook.remove()
         torch.testing.assert_close(stats[name].squared_norms(), reference.squared_norms())
+    # left-padded batches: pads are never response tokens, the sums are the same
+    batched = collect_statistics(
+        model, modules, samples, "sparsegpt", progress=False, batch_size=3, pad_id=_pad
+    )
+    single = collect_statistics(model, modules, samples, "sparsegpt", progress=False)
+    for name in modules:
+        assert batched[name].count == single[name].count
+        torch.testing.assert_close(batched[name].hessian(), single[name].hessian())
