@@ -23,6 +23,8 @@ __all__ = [
     "UnsupportedArchitectureError",
     "find_attention_blocks",
     "find_mlp_blocks",
+    "is_multimodal",
+    "text_config",
 ]
 
 FUSED_NAMES = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "qkv")
@@ -62,7 +64,13 @@ class AttentionBlock:
             yield short, self.projection_name(short), self.projection(short)
 
 
-def _text_config(model: nn.Module):
+def is_multimodal(model: nn.Module) -> bool:
+    """A model whose config has a vision part (LLaVA, Qwen2-VL, ...)."""
+    return hasattr(getattr(model, "config", None), "vision_config")
+
+
+def text_config(model: nn.Module):
+    """The language decoder's config (the model's own config for a text-only model)."""
     config = getattr(model, "config", None)
     if config is None:
         raise UnsupportedArchitectureError(f"{type(model).__name__} has no `config`")
@@ -74,7 +82,7 @@ def _text_config(model: nn.Module):
 
 
 def _head_counts(model: nn.Module, name: str, module: nn.Module) -> tuple[int, int, int]:
-    config = _text_config(model)
+    config = text_config(model)
     num_heads = getattr(config, "num_attention_heads", None) or getattr(module, "num_heads", None)
     if not num_heads:
         raise UnsupportedArchitectureError(

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from hsr_plugin.ablation import ablate_heads_per_replica, ablation_units
-from hsr_plugin.architecture import AttentionBlock
+from hsr_plugin.architecture import AttentionBlock, is_multimodal, text_config
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicate
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
@@ -127,10 +127,6 @@ def prompt_batches(
         yield batch
 
 
-def _multimodal(model: torch.nn.Module) -> bool:
-    return hasattr(getattr(model, "config", None), "vision_config")
-
-
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -146,7 +142,7 @@ def last_token_outputs(
     """Next-token logits and final hidden state at the last prompt position, for every sample."""
     device = device if device is not None else execution_device(model)
     logits, states = [], []
-    for batch in prompt_batches(samples, batch_size, pad_id, positions=not _multimodal(model)):
+    for batch in prompt_batches(samples, batch_size, pad_id, positions=not is_multimodal(model)):
         out = model(**_to(batch, device), use_cache=False, output_hidden_states=True)
         logits.append(out.logits[:, -1].float().cpu())
         states.append(out.hidden_states[-1][:, -1].float().cpu())
@@ -175,10 +171,7 @@ def _memory_budget(device: torch.device, budget: int | None) -> int:
 
 
 def _intermediate(model: torch.nn.Module, hidden: int) -> int:
-    config = getattr(model, "config", None)
-    getter = getattr(config, "get_text_config", None)
-    text = getter(decoder=True) if callable(getter) else config
-    return int(getattr(text, "intermediate_size", None) or 4 * hidden)
+    return int(getattr(text_config(model), "intermediate_size", None) or 4 * hidden)
 
 
 class _UnitResults:
@@ -189,11 +182,7 @@ class _UnitResults:
         self.values: list[torch.Tensor] = []
 
     def add(self, dense_logits, logits, states, what: str) -> None:
-        if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
-            raise ValueError(
-                f"head attribution: the next-token logits or final states of {what} on the "
-                "safety prompts are not finite (NaN or inf), so its head score would be too"
-            )
+        _check_finite(logits, states, what)
         if self.method == "ships_kl":
             self.values.append(last_token_kl(dense_logits, logits.cpu()))
         else:
@@ -246,7 +235,7 @@ def score_heads(
     results = {(b.layer, h): _UnitResults(method) for b in blocks for h, _ in units[b.layer]}
     budget = _memory_budget(device, memory_budget)
     dense_states = []
-    batches = list(prompt_batches(samples, batch_size, pad_id, positions=not _multimodal(model)))
+    batches = list(prompt_batches(samples, batch_size, pad_id, positions=not is_multimodal(model)))
     total = len(batches) * sum(len(u) for u in units.values())
     bar = tqdm(total=total, desc=f"HSR head scores ({method})", disable=not progress)
     with torch.no_grad():
@@ -258,12 +247,7 @@ def score_heads(
                 out = model(**batch, use_cache=False, output_hidden_states=True)
             cost.work += rows * width * len(stack)
             logits, states = out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()
-            if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
-                raise ValueError(
-                    "head attribution: the next-token logits or final states of the intact model "
-                    "on the safety prompts are not finite (NaN or inf), so its head score would "
-                    "be too"
-                )
+            _check_finite(logits, states, "the intact model")
             if index == 0:
                 _check_tail(stack, last[0], logits, states, type(model).__name__)
             dense_cpu = logits.cpu()
@@ -294,6 +278,15 @@ def score_heads(
         for b in blocks
         for h, g in units[b.layer]
     ]
+
+
+def _check_finite(logits: torch.Tensor, states: torch.Tensor, what: str) -> None:
+    """NaN or inf would reach the SVD of the subspace score; say where they came from."""
+    if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
+        raise ValueError(
+            f"head attribution: the next-token logits or final states of {what} on the safety "
+            "prompts are not finite (NaN or inf), so its head score would be too"
+        )
 
 
 def _ablated_tail(stack: DecoderStack, block, captured, heads, rows, eps, mode, owner):
@@ -373,7 +366,7 @@ def first_order_unit_scores(
         owner.register_hook(module, make(key), "forward_pre")
         for key, (module, _, _) in sites.items()
     }
-    positions = not _multimodal(model)
+    positions = not is_multimodal(model)
     for batch in prompt_batches(samples, batch_size, pad_id, positions):
         cost.unit += batch["input_ids"].numel()  # the intact pass over the prompts: the unit
     batches = list(prompt_batches(samples, batch_size, pad_id, positions, full=True))

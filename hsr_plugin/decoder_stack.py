@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hsr_plugin.architecture import LAYER_INDEX, AttentionBlock, UnsupportedArchitectureError
+from hsr_plugin.architecture import (
+    LAYER_INDEX,
+    AttentionBlock,
+    UnsupportedArchitectureError,
+    text_config,
+)
 from hsr_plugin.hooks import hooks_mixin
 
 if TYPE_CHECKING:
@@ -153,7 +158,5 @@ def find_decoder_stack(model: nn.Module, blocks: list[AttentionBlock]) -> Decode
             f"{type(model).__name__}: cannot find the final norm next to {list_name} or the output "
             "head, which head attribution runs after the last decoder layer"
         )
-    config = getattr(model, "config", None)
-    getter = getattr(config, "get_text_config", None)
-    text = getter(decoder=True) if callable(getter) else config
-    return DecoderStack(layers, norm, head, getattr(text, "final_logit_softcapping", None))
+    softcap = getattr(text_config(model), "final_logit_softcapping", None)
+    return DecoderStack(layers, norm, head, softcap)

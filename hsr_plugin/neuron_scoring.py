@@ -25,6 +25,7 @@ from compressed_tensors.utils import align_module_device
 from torch import nn
 from tqdm import tqdm
 
+from hsr_plugin.architecture import is_multimodal
 from hsr_plugin.attribution import prompt_batches
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.hooks import hooks_mixin
@@ -128,8 +129,7 @@ def collect_statistics(
         {name: factory(module.in_features, stats_device) for name, module in modules.items()}
     )
     current = _CurrentSample()
-    multimodal = hasattr(getattr(model, "config", None), "vision_config")
-    batches = list(prompt_batches(samples, batch_size, pad_id, not multimodal, full=True))
+    batches = list(prompt_batches(samples, batch_size, pad_id, not is_multimodal(model), full=True))
     with torch.no_grad(), _input_hooks(modules, stats, current, owner):
         for batch in tqdm(batches, desc=f"{desc} ({method})", disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}

@@ -102,12 +102,12 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
 
 def _load_model(path: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(path)
-    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    dtype = "auto" if torch.accelerator.is_available() else torch.float32
-    return cls.from_pretrained(path, dtype=dtype).eval()
+    from hsr_plugin.models import load_model
+
+    # the checkpoint's own dtype on an accelerator; float32 on the CPU, where half precision
+    # is slow
+    return load_model(path, "auto" if torch.accelerator.is_available() else torch.float32)
 
 
 def _scorer():

@@ -52,11 +52,9 @@ quant_stage:
 
 
 def load_model(model_dir: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from hsr_plugin.models import load_model as load
 
-    config = AutoConfig.from_pretrained(model_dir)
-    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    return cls.from_pretrained(model_dir, dtype=torch.float32)
+    return load(model_dir, torch.float32)
 
 
 def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):

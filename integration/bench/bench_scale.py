@@ -75,11 +75,9 @@ def build_midsize() -> Path:
 
 
 def _load(model_dir: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from hsr_plugin.models import load_model
 
-    config = AutoConfig.from_pretrained(model_dir)
-    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    return cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return load_model(model_dir, torch.float32)
 
 
 def _safety_samples(model_dir: Path, data_dir: Path, rows: int):
