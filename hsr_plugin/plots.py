@@ -22,8 +22,10 @@ from hsr_plugin.tables import comparison_table, fmt, markdown_table, rsr_lines
 __all__ = [
     "comparison_table",
     "head_score_grid",
+    "head_scores_figure",
     "plot_head_scores",
     "plot_safety_bars",
+    "safety_bars_figure",
     "save_figure",
     "summary_markdown",
 ]
@@ -49,6 +51,11 @@ def head_score_grid(report: dict[str, Any]) -> np.ndarray:
 
 
 def plot_head_scores(report: dict[str, Any], path: str | Path) -> Path:
+    return save_figure(head_scores_figure(report), path)
+
+
+def head_scores_figure(report: dict[str, Any]) -> Figure:
+    """Heatmap of the head scores (layers up, heads across), selected heads framed in red."""
     grid = head_score_grid(report)
     selected = [tuple(x) for x in report.get("selected_heads", [])]
     layers, width = grid.shape
@@ -64,10 +71,15 @@ def plot_head_scores(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(range(width))
     ax.set_yticks(range(layers))
     ax.set_title(f"Safety head scores, {len(selected)} selected (red)")
-    return save_figure(fig, path)
+    return fig
 
 
 def plot_safety_bars(comparison: dict[str, Any], path: str | Path) -> Path:
+    return save_figure(safety_bars_figure(comparison), path)
+
+
+def safety_bars_figure(comparison: dict[str, Any]) -> Figure:
+    """One bar panel per metric of METRICS (in percent, n/a as an empty bar), RSR as the title."""
     models = comparison.get("models") or {}
     if not models:
         raise ValueError("the comparison lists no models")
@@ -91,7 +103,7 @@ def plot_safety_bars(comparison: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("%")
         ax.tick_params(axis="x", rotation=20)
     fig.suptitle("; ".join(rsr_lines(comparison)) or "RSR: n/a")
-    return save_figure(fig, path)
+    return fig
 
 
 def summary_markdown(report: dict[str, Any], comparison: dict[str, Any] | None = None) -> str:

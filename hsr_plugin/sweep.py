@@ -23,7 +23,16 @@ from typing import Any
 
 from loguru import logger
 
-__all__ = ["parse_grid", "split_recipe", "run_sweep", "pareto_front"]
+__all__ = [
+    "eval_tasks",
+    "parse_grid",
+    "pareto_figure",
+    "pareto_front",
+    "plot_pareto",
+    "run_sweep",
+    "split_recipe",
+    "sweep_markdown",
+]
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -125,6 +134,20 @@ def _scorer():
     return score_model, TEXT_TASKS, VISION_TASKS
 
 
+def eval_tasks(eval_data: Path) -> tuple[str, ...]:
+    """The hsr_safety tasks for the held-out files in `eval_data`.
+
+    The vision tasks when it has pictures (heldout_harmful_vision.jsonl), else the text ones;
+    every held-out set must be there, in one form or the other.
+    """
+    _, text_tasks, vision_tasks = _scorer()
+    for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
+        if not any((eval_data / f"{name}{s}.jsonl").is_file() for s in ("", "_vision")):
+            raise ValueError(f"--eval-data {eval_data} has no {name}.jsonl")
+    vision = (eval_data / "heldout_harmful_vision.jsonl").is_file()
+    return tuple(vision_tasks if vision else text_tasks)
+
+
 def run_sweep(
     model: str,
     recipe: dict[str, Any],
@@ -146,11 +169,8 @@ def run_sweep(
 
     pruning, base, after = split_recipe(recipe)
     planned = points(base, grid)
-    score_model, text_tasks, vision_tasks = _scorer()
-    tasks = vision_tasks if (eval_data / "heldout_harmful_vision.jsonl").is_file() else text_tasks
-    for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
-        if not any((eval_data / f"{name}{s}.jsonl").is_file() for s in ("", "_vision")):
-            raise ValueError(f"--eval-data {eval_data} has no {name}.jsonl")
+    score_model = _scorer()[0]
+    tasks = eval_tasks(eval_data)
     if after:
         logger.info(f"hsr sweep: the stages after HSR ({', '.join(after)}) are not swept")
     processor = load_processor(model)
@@ -286,9 +306,15 @@ def sweep_markdown(result: dict[str, Any]) -> str:
 
 
 def plot_pareto(result: dict[str, Any], path: Path) -> Path:
-    from matplotlib.figure import Figure
-
     from hsr_plugin.plots import save_figure
+
+    return save_figure(pareto_figure(result), path)
+
+
+def pareto_figure(result: dict[str, Any]):
+    """Refusal against restored weights per point (coloured by utility), the Pareto front as a
+    grey line, the dense and pruned refusals as horizontal lines."""
+    from matplotlib.figure import Figure
 
     rows = result["points"]
     refs = result["references"]
@@ -307,4 +333,4 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("refusal of harmful requests %")
     ax.set_title("hsr sweep: safety per restored weight")
     ax.legend(loc="lower right")
-    return save_figure(fig, path)
+    return fig

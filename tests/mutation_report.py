@@ -3,6 +3,9 @@
     .venv/bin/mutmut run [MUTANT_GLOB]        # mutates hsr_plugin/ (config: pyproject.toml)
     .venv/bin/python -m tests.mutation_report  # the score, per module, and every survivor
 
+With `--sample mutants/sample.txt` (tests/mutation_sample.py) only the sampled mutants count, and
+the score comes with its 95% Wilson interval as the estimate for all of hsr_plugin/.
+
 A mutant is killed when a test failed with it, survived when the tests passed, and not run when
 mutmut did not reach it (a partial run). Survivors that are equivalent to the original (no test
 could tell them apart) are explained in EQUIVALENT and counted apart. The score is
@@ -12,6 +15,7 @@ killed / (killed + survived - equivalent + mutants with no covering test).
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -41,13 +45,22 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.selection.x_nm_compatible_mask__mutmut_71": "argsort sorts the last dim by default",
 }
 
-_STATUS = {None: "not run", 0: "survived", 1: "killed", 5: "no tests", 33: "skipped", 34: "skipped"}
+# mutmut's verdicts (mutmut.stats.status_by_exit_code) -> the columns of the table
+_COLUMN = {
+    "killed": "killed",
+    "caught by type check": "killed",
+    "survived": "survived",
+    "no tests": "no tests",
+    "timeout": "timeout",
+    "segfault": "timeout",  # -9: killed by the CPU-time limit's SIGKILL
+    "suspicious": "timeout",
+}
 
 
 def _status(code) -> str:
-    if code in _STATUS:
-        return _STATUS[code]
-    return "timeout" if code in (-24, 24, 152, -9) else "killed"
+    from mutmut.stats import status_by_exit_code
+
+    return _COLUMN.get(status_by_exit_code[code], "not run")  # not checked, interrupted, skipped
 
 
 def collect() -> dict[str, str]:
@@ -65,7 +78,17 @@ def _diff(name: str) -> str:
     return " / ".join(ln for ln in lines if not ln.startswith(("+++", "---")))[:160]
 
 
-def render(results: dict[str, str]) -> str:
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k/n (sound near 0 and 1)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def render(results: dict[str, str], population: int | None = None) -> str:
     by_module: dict[str, Counter] = {}
     for name, status in results.items():
         module = re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]  # mutmut: <module>.x_<function>...
@@ -87,6 +110,16 @@ def render(results: dict[str, str]) -> str:
         f"Score: **{score}** of the non-equivalent mutants that were run killed "
         f"({total['killed']} of {judged}); {total['not run']} of {len(results)} mutants not run.",
         "",
+    ]
+    if population is not None:
+        low, high = wilson_interval(total["killed"], judged)
+        parts[-1:] = [
+            f"The {len(results)} mutants are a seeded random sample, stratified by module, of all "
+            f"{population} mutants of hsr_plugin/: the estimated score of the whole package is "
+            f"{score}, 95% Wilson interval {100 * low:.1f}% to {100 * high:.1f}%.",
+            "",
+        ]
+    parts += [
         markdown_table(["module", "killed", "survived", "no tests", "timeout", "not run"], rows),
         "",
         "## Surviving mutants",
@@ -120,10 +153,19 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scope", help="what this run covered, when it was narrowed")
+    parser.add_argument("--sample", type=Path, help="count only these mutants (one name a line)")
     args = parser.parse_args(argv)
     if not MUTANTS.is_dir():
         raise SystemExit("error: no mutants/ folder: run `make mutation` (mutmut run) first")
-    text = render(collect())
+    results, population = collect(), None
+    if args.sample:
+        wanted = args.sample.read_text().split()
+        missing = [n for n in wanted if n not in results]
+        if missing:
+            unknown = f"{len(missing)} sampled mutants unknown to mutmut"
+            raise SystemExit(f"error: {unknown}: {missing[0]}")
+        results, population = {n: results[n] for n in wanted}, len(results)
+    text = render(results, population)
     if args.scope:
         text = f"Scope of this run: {args.scope}\n\n{text}"
     write_block("mutmut", text)

@@ -156,6 +156,7 @@ def test_the_saved_recipe_reproduces_the_run_and_outputs_are_readable(work, tmp_
     _untouched(work)
 
 
+@pytest.mark.subprocess
 def test_the_real_entry_point_prints_one_line(work):
     hsr = Path(sys.executable).with_name("hsr")
     proc = subprocess.run(
@@ -373,6 +374,7 @@ def _wait_for_staging(out: Path, proc, timeout: float = 180.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.subprocess
 def test_sigterm_leaves_nothing_behind(work, tmp_path):
     import signal
 
@@ -387,6 +389,7 @@ def test_sigterm_leaves_nothing_behind(work, tmp_path):
     _untouched(work)
 
 
+@pytest.mark.subprocess
 def test_a_killed_runs_staging_is_removed_by_the_next_run(work, tmp_path):
     out = tmp_path / "out"
     proc = _hsr_process(work, out)
@@ -399,6 +402,7 @@ def test_a_killed_runs_staging_is_removed_by_the_next_run(work, tmp_path):
     _untouched(work)
 
 
+@pytest.mark.subprocess
 def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
     out = tmp_path / "out"
     procs = [_hsr_process(work, out) for _ in range(2)]
@@ -432,6 +436,7 @@ def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
         "scoring-first",
     ],
 )
+@pytest.mark.subprocess
 def test_import_hsr_plugin_registers_hsrmodifier_in_any_order(code):
     check = (
         f"{code}\nfrom llmcompressor.modifiers.factory import ModifierFactory\n"
@@ -443,6 +448,7 @@ def test_import_hsr_plugin_registers_hsrmodifier_in_any_order(code):
     assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.subprocess
 def test_help_imports_no_heavy_library():
     hsr = Path(sys.executable).with_name("hsr")
     for args in (["--help"], ["compress", "--help"], ["report", "--help"]):

@@ -40,6 +40,7 @@ def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.subprocess
 def test_python_example_runs(tmp_path):
     (block,) = [b for b in _blocks("python") if "import hsr_plugin" in b and "oneshot(" in b]
     out = tmp_path / "python-example"
@@ -57,6 +58,7 @@ def test_python_example_runs(tmp_path):
     assert "HSRModifier" in (out / "recipe.yaml").read_text()
 
 
+@pytest.mark.subprocess
 def test_hsr_commands_run(tmp_path):
     (block,) = [b for b in _blocks("bash") if "hsr compress" in b and "hsr report" in b]
     out = tmp_path / "cli-example"

@@ -8,12 +8,19 @@ import pytest
 
 from hsr_plugin.cli import main
 from hsr_plugin.common import folder_digest
-from hsr_plugin.sweep import pareto_front, parse_grid, split_recipe
+from hsr_plugin.sweep import (
+    eval_tasks,
+    pareto_figure,
+    pareto_front,
+    parse_grid,
+    split_recipe,
+    sweep_markdown,
+)
 from integration.organisms.registry import ORGANISMS
 from tests.helpers import HSR, WANDA
 
 
-def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_path):
+def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_path, capsys):
     import llmcompressor  # noqa: F401  (it resets loguru's sinks when first imported)
     from loguru import logger
 
@@ -73,6 +80,97 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     assert table.count("\n| HSR |") == 4 and "| dense |" in table and "| pruned |" in table
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["pareto"] == pareto_front(result["points"])
+    # --eval-limit 3: three prompts of each of the three text tasks, for every model scored
+    assert [p["n"] for p in result["points"]] == [9] * 4
+    assert {name: r["n"] for name, r in result["references"].items()} == {"dense": 9, "pruned": 9}
+    assert f"hsr sweep: table {out / 'sweep.md'}, plot {out / 'pareto.png'}" in lines
+    bars = capsys.readouterr().err  # each scoring's progress bar names the model and the task
+    assert all(f"{m} hsr_utility" in bars for m in ("dense", "pruned", "point 1", "point 4"))
+
+
+def _result(pareto=(1,), limit=3, pruned_refusal=0.5):
+    return {
+        "model": "m",
+        "grid": {"num_heads": [1, 3]},
+        "references": {
+            "dense": {"refusal": 0.9, "over_refusal": 0.05, "utility": 0.8},
+            "pruned": {"refusal": pruned_refusal, "over_refusal": 0.02, "utility": 0.75},
+        },
+        "points": [
+            {
+                "point": {"num_heads": 1},
+                "restored": 10,
+                "restored_per_10k": 0.5,
+                "refusal": 0.6,
+                "over_refusal": 0.03,
+                "utility": 0.74,
+            },
+            {
+                "point": {"num_heads": 3},
+                "restored": 30,
+                "restored_per_10k": 1.5,
+                "refusal": 0.7,
+                "over_refusal": None,
+                "utility": 0.76,
+            },
+        ],
+        "pareto": list(pareto),
+        "eval_data": "d",
+        "eval_limit": limit,
+        "seconds": 12.3,
+    }
+
+
+def test_sweep_table_is_exact():
+    assert sweep_markdown(_result()) == (
+        "# hsr sweep: m\n\n"
+        "| model | num_heads | restored | per 10k params | refusal % | RSR | over-refusal % "
+        "| utility % | Pareto |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| dense |  |  |  | 90.0 |  | 5.0 | 80.0 |  |\n"
+        "| pruned |  |  |  | 50.0 |  | 2.0 | 75.0 |  |\n"
+        "| HSR | 1 | 10 | 0.500 | 60.0 | 25% | 3.0 | 74.0 |  |\n"
+        "| HSR | 3 | 30 | 1.500 | 70.0 | 50% | n/a | 76.0 | yes |\n\n"
+        "_Scored by the hsr_safety tasks' scorer on d (first 3 per task); 2 points over one "
+        "pruning, in 12.3 s._\n"
+    )
+    # no RSR when pruning lost no refusal; no limit, no "first N"
+    text = sweep_markdown(_result(limit=None, pruned_refusal=0.9))
+    assert "| HSR | 1 | 10 | 0.500 | 60.0 |  | 3.0 | 74.0 |  |" in text
+    assert text.endswith("scorer on d; 2 points over one pruning, in 12.3 s._\n")
+
+
+def test_pareto_figure_draws_points_front_and_references():
+    fig = pareto_figure(_result(pareto=(1, 0)))
+    ax, bar = fig.axes
+    (points,) = ax.collections
+    assert points.get_offsets().tolist() == [[0.5, 60.0], [1.5, 70.0]]
+    assert points.get_array().tolist() == [74.0, 76.0]
+    front, dense, pruned = ax.lines
+    assert front.get_xydata().tolist() == [[0.5, 60.0], [1.5, 70.0]]  # sorted by x
+    assert (front.get_color(), front.get_linewidth()) == ("grey", 1)
+    assert [tuple(line.get_ydata()) for line in (dense, pruned)] == [(90.0, 90.0), (50.0, 50.0)]
+    assert [(line.get_label(), line.get_linestyle()) for line in (dense, pruned)] == [
+        ("dense", "-"),
+        ("pruned", "--"),
+    ]
+    assert bar.get_ylabel() == "utility %"
+    assert ax.get_xlabel() == "restored weights per 10k parameters"
+    assert ax.get_ylabel() == "refusal of harmful requests %"
+    assert ax.get_title() == "hsr sweep: safety per restored weight"
+
+
+def test_eval_tasks_follow_the_held_out_files(tmp_path):
+    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, VISION_TASKS
+
+    for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
+        (tmp_path / f"{name}.jsonl").write_text("{}\n")
+    assert eval_tasks(tmp_path) == TEXT_TASKS
+    (tmp_path / "heldout_harmful_vision.jsonl").write_text("{}\n")
+    assert eval_tasks(tmp_path) == VISION_TASKS
+    (tmp_path / "heldout_utility.jsonl").unlink()
+    with pytest.raises(ValueError, match=f"--eval-data {tmp_path} has no heldout_utility.jsonl"):
+        eval_tasks(tmp_path)
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
@@ -81,6 +179,8 @@ def test_pareto_front_keeps_the_points_nothing_beats():
         {"restored_per_10k": 2.0, "refusal": 0.4},  # beaten by the first
         {"restored_per_10k": 3.0, "refusal": 0.7},
         {"restored_per_10k": 3.0, "refusal": 0.7},  # a tie beats nobody
+        {"restored_per_10k": 4.0, "refusal": 0.7},  # as safe as 2 and 3, but dearer
+        {"restored_per_10k": 1.0, "refusal": 0.45},  # as cheap as 0, but less safe
     ]
     assert pareto_front(rows) == [0, 2, 3]
 

@@ -1,0 +1,100 @@
+"""Where calibration conversations come from: hub datasets (two row layouts), VLGuard with its
+own image root, the image part of multimodal turns, and the organism's training encoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hsr_plugin import calibration
+from hsr_plugin.calibration import encode_conversation, load_conversations, load_vlguard
+from tests.tiny_models import build_tokenizer, write_image
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """datasets.load_dataset answering from a dict, recording what it was asked for."""
+    import datasets
+
+    asked, tables = [], {}
+
+    def load_dataset(dataset_id, split):
+        asked.append((dataset_id, split))
+        return tables[dataset_id]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return asked, tables
+
+
+def test_hub_rows_with_messages_or_prompt_and_response(fake_hub):
+    asked, tables = fake_hub
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    tables["org/chats"] = [{"messages": chat, "prompt": "ignored", "response": "ignored"}]
+    tables["org/pairs"] = [{"prompt": "How?", "response": "Like this."}]
+    (from_messages,) = load_conversations("org/chats")
+    (from_pairs,) = load_conversations("org/pairs:test")
+    assert asked == [("org/chats", "train"), ("org/pairs", "test")]
+    assert from_messages.messages == tuple(chat) and from_messages.source == "org/chats[0]"
+    assert from_pairs.messages == (
+        {"role": "user", "content": "How?"},
+        {"role": "assistant", "content": "Like this."},
+    )
+    assert from_pairs.source == "org/pairs[0]" and from_pairs.image is None
+
+
+def test_hub_rows_without_a_conversation_are_named(fake_hub):
+    _, tables = fake_hub
+    tables["org/half"] = [{"prompt": "p", "response": "r"}, {"response": "only a response"}]
+    with pytest.raises(ValueError, match=r"^org/half\[1\]: 'messages' must be a non-empty list"):
+        load_conversations("org/half")
+
+
+def test_vlguard_images_resolve_under_the_image_root(tmp_path):
+    images = tmp_path / "images"
+    (images / "bad").mkdir(parents=True)
+    write_image(images / "bad" / "a.png")
+    item = {
+        "image": "bad/a.png",
+        "safe": False,
+        "instr-resp": [{"instruction": "Hurt?", "response": "No."}],
+    }
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "train.json").write_text(json.dumps([{"safe": False}, item]))
+    (conv,) = load_vlguard(tmp_path / "meta" / "train.json", "unsafes", image_root=images)
+    assert conv.image == (images / "bad" / "a.png").resolve()
+    assert conv.source == f"{tmp_path / 'meta' / 'train.json'}[1]"
+    with pytest.raises(ValueError, match=r"train\.json\[1\]: image .* does not exist"):
+        load_vlguard(tmp_path / "meta" / "train.json", "unsafes")  # the json's folder has none
+
+
+def test_the_image_part_goes_into_the_first_user_turn_only():
+    messages = (
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+        {"role": "assistant", "content": "a2"},
+    )
+    parts = [m["content"] for m in calibration._with_image_part(messages)]
+    assert parts == [
+        [{"type": "text", "text": "s"}],
+        [{"type": "image"}, {"type": "text", "text": "u1"}],
+        [{"type": "text", "text": "a1"}],
+        [{"type": "text", "text": "u2"}],
+        [{"type": "text", "text": "a2"}],
+    ]
+
+
+def test_encode_conversation_marks_the_prompt_tokens():
+    tokenizer = build_tokenizer()
+    messages = [
+        {"role": "user", "content": "how are you"},
+        {"role": "assistant", "content": "fine"},
+    ]
+    ids, n_prompt = encode_conversation(tokenizer, messages)
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert ids == tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert n_prompt == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert 0 < n_prompt < len(ids)

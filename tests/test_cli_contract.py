@@ -1,0 +1,140 @@
+"""The `hsr` command line as users meet it: every option, default and help line (a golden file),
+one-line errors, bad reports, the demo hand-off, and the up-front checks of calibration specs.
+
+Regenerate the golden help after a deliberate change to the CLI with
+`HSR_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_cli_contract.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from hsr_plugin import cli
+from tests.test_plots import _comparison, _report
+
+GOLDEN = Path(__file__).with_name("golden") / "hsr_help.txt"
+COMMANDS = ([], ["compress"], ["report"], ["sweep"], ["demo"])
+
+
+def _help_text(monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal width
+    parts = []
+    for command in COMMANDS:
+        parser = cli.build_parser()
+        if command:
+            parser = parser._subparsers._group_actions[0].choices[command[0]]
+        parts.append(f"$ hsr {' '.join([*command, '--help'])}\n{parser.format_help()}")
+    return "\n".join(parts)
+
+
+def test_every_option_and_help_line_matches_the_golden_file(monkeypatch):
+    text = _help_text(monkeypatch)
+    if os.environ.get("HSR_REGENERATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), f"`hsr ... --help` changed: compare with {GOLDEN}"
+
+
+def test_parsed_defaults_and_required_options(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["compress", "--model", "m", "--recipe", "r", "--output", "o", "--dataset", "d"]
+    )
+    assert (args.max_seq_length, args.num_samples, args.seed) == (512, 128, 0)
+    assert args.pipeline == "independent"
+    assert args.overrides == [] and not args.overwrite
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sweep", "--model", "m", "--recipe", "r", "--grid", "a.b=1"])
+    assert "the following arguments are required: --output" in capsys.readouterr().err
+
+
+def test_validation_errors_are_one_line_naming_each_field():
+    from hsr_plugin import HSRModifier
+
+    with pytest.raises(Exception) as fields:
+        HSRModifier(num_heads=0, neuron_scor="x")
+    assert cli._one_line(fields.value) == (
+        "HSRModifier: num_heads: Input should be greater than or equal to 1; "
+        "neuron_scor: Extra inputs are not permitted"
+    )
+    with pytest.raises(Exception) as whole:
+        HSRModifier(rounds=2)  # a model-level check has no field: its type names it
+    assert cli._one_line(whole.value).startswith("HSRModifier: value_error: Value error, rounds=2")
+    assert cli._one_line(ValueError("a\nb\nc\nd")) == "a | b | c"
+    assert cli._one_line(ValueError("  only  ")) == "only"
+    assert cli._one_line(ValueError("")) == "ValueError"
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"totals": []}, "'totals' must be a JSON object"),
+        ({"config": None}, "'config' must be a JSON object"),
+        ({"restored": {}}, "'restored' and 'selected_heads' must be lists"),
+        ({"selected_heads": None}, "'restored' and 'selected_heads' must be lists"),
+        ({"heads": [{"layer": 0, "head": "a", "score": 1.0}]}, "'heads' must list"),
+        ({"schema_version": 2}, "schema_version 2 is not supported"),
+    ],
+)
+def test_a_malformed_report_is_one_error_line(tmp_path, capsys, change, message):
+    path = _write(tmp_path / "r.json", {**_report(), **change})
+    assert cli.run(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: {message}" + err.split(message, 1)[1] and err.count("\n") == 1
+
+
+def test_run_reads_sys_argv_when_given_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["hsr", "report", str(tmp_path / "missing.json")])
+    assert cli.run() == 2
+    assert capsys.readouterr().err == f"error: report {tmp_path / 'missing.json'} does not exist\n"
+
+
+def test_report_puts_the_comparison_in_the_summary(tmp_path):
+    report = _write(tmp_path / "r.json", _report())
+    comparison = _write(tmp_path / "c.json", _comparison())
+    out = cli.report(
+        cli.build_parser().parse_args(["report", str(report), "--comparison", str(comparison)])
+    )
+    summary = (out / "summary.md").read_text()
+    assert out == tmp_path and "| wanda+hsr | 20.0 | 80.0 | 4.0 | 85.0 | 50.0 |" in summary
+    assert "RSR wanda+hsr: 52.6%" in summary
+
+
+def test_demo_hands_over_to_the_checkout_script(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: calls.append((exe, cmd)))
+    monkeypatch.chdir(tmp_path)  # found from the package's own checkout, not the cwd
+    cli.main(["demo", "--out", "outputs/d", "--extra"])
+    ((exe, cmd),) = calls
+    script = Path(cli.__file__).resolve().parents[1] / "integration" / "demo" / "run_demo.py"
+    assert exe == sys.executable and cmd == [
+        sys.executable,
+        str(script),
+        "--out",
+        "outputs/d",
+        "--extra",
+    ]
+    assert script.is_file()
+
+
+def test_calibration_specs_with_a_split_are_checked_before_any_work(tmp_path):
+    (tmp_path / "train.json").write_text("[]")
+    recipe = {
+        "hsr_stage": {
+            "hsr_modifiers": {
+                "HSRModifier": {"safety_data": f"{tmp_path / 'train.json'}:bogus", "num_heads": 2}
+            }
+        }
+    }
+    with pytest.raises(ValueError, match="VLGuard split must be one of"):
+        cli._check_hsr_entries(recipe)

@@ -1,0 +1,301 @@
+"""Small contracts the larger tests pass through without pinning: staging-folder bookkeeping,
+recipe overrides, MLP discovery, MLP channel slices, and HSRModifier's registration."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hsr_plugin import common
+from hsr_plugin.recipe_overrides import apply_overrides, parse_override, recipe_modifiers
+
+
+# ----------------------------------------------------------------------------- staging folders
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_alive_tells_a_running_process_from_an_ended_one():
+    assert common._alive(os.getpid()) is True
+    assert common._alive(_dead_pid()) is False
+
+
+def test_only_the_staging_folders_of_ended_writers_are_removed(tmp_path):
+    target = tmp_path / "out"
+    dead = tmp_path / f".out.pid{_dead_pid()}.abc"
+    live = tmp_path / f".out.pid{os.getpid()}.def"
+    other = tmp_path / f".outer.pid{_dead_pid()}.ghi"  # another output's staging
+    for folder in (dead, live, other):
+        folder.mkdir()
+    common._remove_stale_staging(target)
+    assert not dead.exists() and live.is_dir() and other.is_dir()
+
+
+def test_published_folders_and_subfolders_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with common.published_dir(tmp_path / "out") as staging:
+            (staging / "sub").mkdir(mode=0o700)
+            (staging / "sub" / "data.bin").write_bytes(b"x")
+            script = staging / "run.sh"
+            script.write_text("#!/bin/sh\n")
+            script.chmod(0o700)
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    out = tmp_path / "out"
+    assert (mode(out), mode(out / "sub")) == (0o750, 0o750)
+    assert (mode(out / "sub" / "data.bin"), mode(out / "run.sh")) == (0o640, 0o750)
+
+
+# ----------------------------------------------------------------------------- recipe overrides
+def test_an_override_value_may_hold_equals_signs():
+    assert parse_override("HSRModifier.ignore=re:a=b") == ("HSRModifier", "ignore", "re:a=b")
+
+
+def test_a_modifier_without_arguments_takes_overrides():
+    recipe = {"hsr_stage": {"hsr_modifiers": {"HSRModifier": None}}}
+    assert recipe_modifiers(recipe) == [("HSRModifier", {})]
+    apply_overrides(recipe, ["HSRModifier.num_heads=3"])
+    assert recipe["hsr_stage"]["hsr_modifiers"]["HSRModifier"] == {"num_heads": 3}
+
+
+# ----------------------------------------------------------------------------- MLP units
+def _tiny_llama(layers: int = 3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_find_mlp_blocks_keeps_only_the_asked_layers():
+    from hsr_plugin.architecture import find_mlp_blocks
+
+    model = _tiny_llama()
+    assert [b.layer for b in find_mlp_blocks(model)] == [0, 1, 2]
+    blocks = find_mlp_blocks(model, layers=[2, 0])
+    assert [(b.layer, b.name, b.intermediate) for b in blocks] == [
+        (0, "model.layers.0.mlp", 24),
+        (2, "model.layers.2.mlp", 24),
+    ]
+
+
+def test_a_model_without_gated_mlps_is_named():
+    from hsr_plugin.architecture import UnsupportedArchitectureError, find_mlp_blocks
+
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        find_mlp_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    assert str(err.value) == (
+        "no gated MLP (gate_proj/up_proj/down_proj) found in Sequential's decoder layers: "
+        "MLP realignment (units: [heads, mlp]) needs one"
+    )
+
+
+def test_mlp_channel_slices_accept_channel_zero_and_the_last_channel():
+    from hsr_plugin.slicing import mlp_channel_slices
+
+    gate = mlp_channel_slices((4, 3), "gate", [0, 3])
+    assert gate.nonzero().tolist() == [[0, 0], [0, 1], [0, 2], [3, 0], [3, 1], [3, 2]]
+    down = mlp_channel_slices((3, 4), "down", [0])
+    assert down.nonzero().tolist() == [[0, 0], [1, 0], [2, 0]]
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\), got \[-1\]"):
+        mlp_channel_slices((3, 4), "down", [-1])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\), got \[4\]"):
+        mlp_channel_slices((4, 3), "up", [4])
+
+
+# ----------------------------------------------------------------------------- registration
+def test_registration_refuses_a_shipped_hsrmodifier_and_tolerates_a_missing_registry(
+    monkeypatch,
+):
+    from llmcompressor.modifiers.factory import ModifierFactory
+
+    from hsr_plugin import HSRModifier
+    from hsr_plugin.modifier import _register
+
+    monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
+    monkeypatch.setattr(ModifierFactory, "_main_registry", {"HSRModifier": object}, raising=False)
+    with pytest.raises(RuntimeError, match="already ships a modifier named HSRModifier"):
+        _register()
+    monkeypatch.setattr(ModifierFactory, "_main_registry", {}, raising=False)
+    monkeypatch.delattr(ModifierFactory, "_experimental_registry", raising=False)
+    _register()
+    assert ModifierFactory._registered_registry["HSRModifier"] is HSRModifier
+
+
+def test_the_import_hook_steps_aside_when_llmcompressor_is_absent(monkeypatch):
+    import importlib.util
+
+    import hsr_plugin
+
+    finder = hsr_plugin._RegisterWhenLlmCompressorLoads()
+    assert finder.find_spec("numpy", None) is None
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert finder.find_spec("llmcompressor", None) is None
+    assert finder not in sys.meta_path  # it looks once
+
+
+# ----------------------------------------------------------------------------- report, helpers
+def test_build_report_is_exact():
+    from hsr_plugin.attribution import HeadScore
+    from hsr_plugin.report import SCHEMA_VERSION, SPARSEGPT_NOTE, build_report
+
+    scores = [HeadScore(1, 0, 0, 0.5), HeadScore(0, 1, 0, 0.5), HeadScore(0, 0, 0, 0.9)]
+    rows = [
+        {"module": "a", "restored": 3, "pruned_in_slice": 9, "candidates": 4, "unit": "heads"},
+        {"module": "b", "restored": 2, "pruned_in_slice": 5, "candidates": 2, "unit": "mlp"},
+        {"module": "c", "restored": 1, "pruned_in_slice": 2, "candidates": 1},  # heads by default
+    ]
+    report = build_report(
+        config={"head_score": "reference"},
+        model={"name": "m"},
+        pruned_by=["SparseGPTModifier"],
+        head_scores=scores,
+        selected=[(0, 0)],
+        rows=rows,
+        language_params=20000,
+        pruned_params=0,
+        timing={"restore": 0.123456},
+        mlp_selected=[(1, 7, 0.25)],
+    )
+    assert report == {
+        "schema_version": SCHEMA_VERSION,
+        "config": {"head_score": "reference"},
+        "model": {"name": "m"},
+        "pruned_by": ["SparseGPTModifier"],
+        "heads": [  # by score, ties by layer then head
+            {"layer": 0, "head": 0, "kv_group": 0, "score": 0.9},
+            {"layer": 0, "head": 1, "kv_group": 0, "score": 0.5},
+            {"layer": 1, "head": 0, "kv_group": 0, "score": 0.5},
+        ],
+        "selected_heads": [[0, 0]],
+        "restored": rows,
+        "selected_mlp_channels": [{"layer": 1, "channel": 7, "score": 0.25}],
+        "totals": {
+            "restored": 6,
+            "restored_in_heads": 4,
+            "restored_in_mlp": 2,
+            "language_params": 20000,
+            "pruned_params": 0,
+            "restored_per_10k_params": 3.0,
+            "restored_per_10k_pruned": 0.0,
+        },
+        "timing_s": {"restore": 0.1235},
+        "scoring": {},
+        "notes": [
+            SPARSEGPT_NOTE,
+            "reference head score: one score per KV group, reported as head index g",
+        ],
+    }
+    plain = build_report(
+        config={"head_score": "ships_kl"},
+        model={},
+        pruned_by=["WandaPruningModifier"],
+        head_scores=scores,
+        selected=[],
+        rows=[],
+        language_params=0,
+        pruned_params=10,
+        timing={},
+        scoring={"device": "cpu"},
+    )
+    assert plain["notes"] == [] and plain["scoring"] == {"device": "cpu"}
+    assert plain["totals"]["restored_per_10k_params"] == 0.0
+
+
+def test_model_inputs_are_ids_mask_and_extras():
+    from hsr_plugin.calibration import CalibrationSample
+
+    ids, mask = torch.tensor([[1, 2]]), torch.tensor([[1, 1]])
+    pixels = torch.zeros(1, 3)
+    sample = CalibrationSample(ids, mask, mask.bool(), 1, {"pixel_values": pixels})
+    inputs = sample.model_inputs()
+    assert list(inputs) == ["input_ids", "attention_mask", "pixel_values"]
+    assert inputs["input_ids"] is ids and inputs["attention_mask"] is mask
+    assert inputs["pixel_values"] is pixels
+
+
+def test_user_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("HSR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert common.user_cache_dir() == tmp_path / "xdg" / "hsr-plugin"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert common.user_cache_dir() == tmp_path / "home" / ".cache" / "hsr-plugin"
+    monkeypatch.setenv("HSR_CACHE_DIR", str(tmp_path / "mine"))
+    assert common.user_cache_dir() == tmp_path / "mine"
+
+
+def test_a_matrix_that_saw_no_response_token_is_named():
+    from hsr_plugin.importance import InputNormAccumulator
+    from hsr_plugin.neuron_scoring import _check_seen
+
+    seen, unseen = InputNormAccumulator(2), InputNormAccumulator(2)
+    seen.update(torch.ones(1, 3, 2))
+    _check_seen({"a": seen})
+    with pytest.raises(ValueError) as err:
+        _check_seen({"a": seen, "b": unseen, "c": InputNormAccumulator(2)})
+    assert str(err.value) == (
+        "no response tokens reached b (and 1 more): check the calibration data"
+    )
+
+
+def test_an_execution_device_on_the_disk_is_refused(monkeypatch):
+    import compressed_tensors.offload as offload
+
+    from hsr_plugin.placement import execution_device
+
+    model = torch.nn.Linear(2, 2)
+    assert execution_device(model) == torch.device("cpu")
+    monkeypatch.setattr(offload, "get_execution_device", lambda module: "disk")
+    with pytest.raises(ValueError, match="execution device is the disk"):
+        execution_device(model)
+
+
+def test_totals_per_ten_thousand():
+    from hsr_plugin.report import totals
+
+    rows = [{"restored": 3}, {"restored": 2, "unit": "mlp"}]
+    assert totals(rows, 50000, 1000) == {
+        "restored": 5,
+        "restored_in_heads": 3,
+        "restored_in_mlp": 2,
+        "language_params": 50000,
+        "pruned_params": 1000,
+        "restored_per_10k_params": 1.0,
+        "restored_per_10k_pruned": 50.0,
+    }
+
+
+@pytest.mark.parametrize("pattern", ["0:4", "-1:4", "5:4"])
+def test_nm_patterns_need_at_least_one_kept_weight(pattern):
+    from hsr_plugin.restore import parse_nm
+
+    with pytest.raises(ValueError, match=f"preserve_nm '{pattern}': need 0 < N <= M"):
+        parse_nm(pattern)
+    assert parse_nm("1:4") == (1, 4) and parse_nm("4:4") == (4, 4) and parse_nm(None) is None
+
+
+def test_finalize_reports_success_only_after_restoring():
+    from hsr_plugin import HSRModifier
+
+    modifier = HSRModifier()
+    with pytest.raises(RuntimeError, match="finalized before it restored any weights"):
+        modifier.on_finalize(state=None)
+    modifier._restored = True
+    assert modifier.on_finalize(state=None) is True
