@@ -182,3 +182,33 @@ def test_too_many_mlp_channels_fail_before_pruning(model_dirs, calib_files):
             calib_files,
             "      units: [heads, mlp]\n      num_mlp_channels: 100000\n",
         )
+
+
+def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files):
+    """rounds=2: half the budget, re-scoring, then the rest; the report names the model."""
+    _, free = _run(model_dirs["llama"], calib_files, "      neuron_score: restore_gain\n")
+    params = free["totals"]["language_params"]
+    extra = (
+        "      neuron_score: restore_gain\n"
+        f"      max_restored_per_10k: {21 * 1e4 / params!r}\n"
+        "      utility_tolerance: 1000.0\n"
+    )
+    _, one = _run(model_dirs["llama"], calib_files, extra)
+    _, two = _run(model_dirs["llama"], calib_files, extra + "      rounds: 2\n")
+    assert one["totals"]["restored"] == two["totals"]["restored"] == 21
+    # MLP channels planned for restore_gain are reported as MLP rows
+    _, mlp = _run(
+        model_dirs["llama"],
+        calib_files,
+        extra + "      units: [heads, mlp]\n      num_mlp_channels: 4\n",
+    )
+    units = {row["module"].split(".")[3]: row["unit"] for row in mlp["restored"]}
+    assert units == {"self_attn": "heads", "mlp": "mlp"}
+    assert two["model"] == {
+        "class": "LlamaForCausalLM",
+        "name_or_path": str(model_dirs["llama"]),
+        "attention_blocks": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "head_dim": 16,
+    }

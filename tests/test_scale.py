@@ -170,18 +170,26 @@ def test_snip_uses_autograd_and_leaves_the_parameters_alone(model_dirs, calib_fi
 def test_the_placement_decision():
     from compressed_tensors.offload import dispatch_model
 
+    from hsr_plugin.placement import Placement
+
     cuda = torch.device("cuda", 0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
-    assert placement.decide_placement(model, cuda).action == "dispatch"
-    assert placement.decide_placement(model, None).action == "cpu"
+    assert placement.decide_placement(model, cuda) == Placement(
+        "dispatch", "on the CPU while cuda:0 is available", cuda
+    )
+    assert placement.decide_placement(model, None) == Placement(
+        "cpu", "no accelerator is available", None
+    )
+    on_meta = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"))
+    assert placement.decide_placement(on_meta, cuda).action == "dispatch"
     accelerate_dispatched = torch.nn.Sequential(torch.nn.Linear(4, 4))
     accelerate_dispatched[0]._hf_hook = object()
-    assert placement.decide_placement(accelerate_dispatched, cuda).action == "keep"
+    assert placement.decide_placement(accelerate_dispatched, cuda) == Placement(
+        "keep", "already dispatched by accelerate", cuda
+    )
     dispatch_model(model, device_memory={torch.device("cpu"): 1 << 20}, extra_memory=0)
-    decision = placement.decide_placement(model, cuda)
-    assert (decision.action, decision.reason) == (
-        "keep",
-        "already dispatched by compressed-tensors",
+    assert placement.decide_placement(model, cuda) == Placement(
+        "keep", "already dispatched by compressed-tensors", cuda
     )
 
 

@@ -299,3 +299,18 @@ def test_finalize_reports_success_only_after_restoring():
         modifier.on_finalize(state=None)
     modifier._restored = True
     assert modifier.on_finalize(state=None) is True
+
+
+def test_replace_generated_block_rewrites_only_its_own_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# Titel ✓\n<!-- a:begin -->\nold a\n<!-- a:end -->\nkept\n"
+        "<!-- b:begin -->\nold b\n<!-- b:end -->\n"
+    )
+    common.replace_generated_block(readme, "a", "\n| new | ✓ |\n\n")
+    assert readme.read_text() == (
+        "# Titel ✓\n<!-- a:begin -->\n| new | ✓ |\n<!-- a:end -->\nkept\n"
+        "<!-- b:begin -->\nold b\n<!-- b:end -->\n"
+    )
+    with pytest.raises(ValueError, match=r"has no <!-- c:begin --> \.\.\. <!-- c:end --> block"):
+        common.replace_generated_block(readme, "c", "x")

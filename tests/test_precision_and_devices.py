@@ -1,0 +1,90 @@
+"""Where statistics live and in what precision: the accumulators and the gradient means keep the
+device they are given (the meta device stands in for an accelerator on a CPU-only machine), the
+SparseGPT damping is added in float64, and a non-finite loss is named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.hooks import hooks_mixin
+from hsr_plugin.importance import HessianAccumulator, InputNormAccumulator, sparsegpt_scores
+from hsr_plugin.neuron_scoring import mean_weight_gradients
+from tests.test_small_contracts import _tiny_llama
+
+
+def test_accumulators_keep_float32_statistics_on_their_device():
+    for acc in (HessianAccumulator(3, device="meta"), InputNormAccumulator(3, device="meta")):
+        stat = acc._sum if isinstance(acc, HessianAccumulator) else acc._sum_sq
+        assert (stat.device.type, stat.dtype) == ("meta", torch.float32)
+    cpu = HessianAccumulator(3)
+    cpu.update(torch.ones(2, 3, dtype=torch.float64))
+    assert cpu.hessian().dtype == torch.float32
+
+
+def test_sparsegpt_damping_is_added_in_float64():
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    h = 2 * x.T @ x / 40
+    w = torch.randn(2, 3, dtype=torch.float64)
+    damped = h + 1.0 * h.diag().mean() * torch.eye(3, dtype=torch.float64)
+    u = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
+    expected = w**2 / u.diag() ** 2
+    torch.testing.assert_close(sparsegpt_scores(w, h, damping=1.0), expected, rtol=1e-13, atol=0)
+
+
+def _samples(n: int = 2) -> list[CalibrationSample]:
+    out = []
+    for i in range(n):
+        ids = torch.tensor([[1, 2 + i, 3, 4, 5]])
+        response = torch.tensor([[False, False, True, True, True]])
+        out.append(CalibrationSample(ids, torch.ones_like(ids), response, 2))
+    return out
+
+
+def test_gradient_means_go_to_the_statistics_device_through_the_given_hooks():
+    torch.manual_seed(0)
+    model = _tiny_llama(layers=1).eval()
+    modules = {"q": model.model.layers[0].self_attn.q_proj}
+    registered = []
+
+    class Recording(hooks_mixin()):
+        def register_hook(self, target, *args, **kwargs):
+            registered.append(target)
+            return super().register_hook(target, *args, **kwargs)
+
+    owner = Recording()
+    on_cpu = mean_weight_gradients(model, modules, _samples(), "t", progress=False, hooks=owner)
+    assert registered == [modules["q"]] and on_cpu["q"].device.type == "cpu"
+    on_meta = mean_weight_gradients(
+        model, modules, _samples(), "t", progress=False, stats_device="meta"
+    )
+    assert on_meta["q"].device.type == "meta" and on_meta["q"].shape == (16, 16)
+
+
+def test_a_non_finite_response_loss_is_named():
+    model = _tiny_llama(layers=1).eval()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    modules = {"q": model.model.layers[0].self_attn.q_proj}
+    with pytest.raises(ValueError) as err:
+        mean_weight_gradients(model, modules, _samples(1), "SNIP", progress=False)
+    assert str(err.value) == "SNIP: the response NLL is not finite; check the calibration data"
+
+
+def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
+    from hsr_plugin.attribution import first_order_unit_scores
+
+    model = _tiny_llama(layers=1).eval()
+    o_proj = model.model.layers[0].self_attn.o_proj
+    runs = {}
+    for progress in (True, False):
+        scores = first_order_unit_scores(
+            model, {"o": (o_proj, 2, 8)}, _samples(), 2, 0, torch.device("cpu"),
+            hooks_mixin()(), progress=progress,
+        )  # fmt: skip
+        runs[progress] = (scores["o"], capsys.readouterr().err)
+    assert "HSR unit scores (first order)" in runs[True][1]
+    assert "HSR unit scores" not in runs[False][1]
+    assert torch.equal(runs[True][0], runs[False][0]) and runs[True][0].shape == (2,)
