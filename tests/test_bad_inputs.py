@@ -14,26 +14,64 @@ from hsr_plugin import HSRModifier
 from hsr_plugin.architecture import UnsupportedArchitectureError, find_attention_blocks
 from tests.helpers import FP8, HSR, WANDA, run_oneshot
 
+_VALUE = "HSRModifier: {}: Value error, {}"
+_INPUT = "HSRModifier: {}: Input should be {}"
+
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"utility_top": 0.8, "utility_max": 0.7}, "must not exceed utility_max"),
-        ({"num_heads": 0}, "greater than or equal to 1"),
-        ({"head_score": "ships_magic"}, "ships_subspace"),
-        ({"neuron_score": "gradient"}, "wanda"),
-        ({"safety_top": 0.0}, "greater than 0"),
-        ({"head_slicing": "rows"}, "exact"),
-        ({"preserve_nm": "2-4"}, "2:4"),
-        ({"preserve_nm": "5:4"}, "0 < N <= M"),
-        ({"ablation_eps": 2.0}, "less than 1"),
-        ({"safety_data": "  "}, "bundled set"),
-        ({"unknown_field": 1}, "xtra"),
+        (
+            {"utility_top": 0.8, "utility_max": 0.7},
+            _VALUE.format(
+                "value_error",
+                "utility_top (p=0.8) must not exceed utility_max (p_max=0.7): candidates are "
+                "(top_q safety ∩ top_pmax utility) minus top_p utility",
+            ),
+        ),
+        ({"num_heads": 0}, _INPUT.format("num_heads", "greater than or equal to 1")),
+        (
+            {"head_score": "ships_magic"},
+            _INPUT.format(
+                "head_score", "'ships_subspace', 'ships_kl', 'reference' or 'attribution'"
+            ),
+        ),
+        (
+            {"neuron_score": "gradient"},
+            _INPUT.format("neuron_score", "'wanda', 'sparsegpt', 'snip' or 'restore_gain'"),
+        ),
+        ({"safety_top": 0.0}, _INPUT.format("safety_top", "greater than 0")),
+        ({"head_slicing": "rows"}, _INPUT.format("head_slicing", "'exact' or 'reference'")),
+        (
+            {"preserve_nm": "2-4"},
+            _VALUE.format("preserve_nm", "preserve_nm must look like '2:4', got '2-4'"),
+        ),
+        (
+            {"preserve_nm": "5:4"},
+            _VALUE.format("preserve_nm", "preserve_nm '5:4': need 0 < N <= M"),
+        ),
+        ({"ablation_eps": 2.0}, _INPUT.format("ablation_eps", "less than 1")),
+        (
+            {"safety_data": "  "},
+            _VALUE.format(
+                "safety_data", "calibration data must name a bundled set, a path or a dataset id"
+            ),
+        ),
+        (
+            {"utility_data": ""},
+            _VALUE.format(
+                "utility_data", "calibration data must name a bundled set, a path or a dataset id"
+            ),
+        ),
+        ({"unknown_field": 1}, "HSRModifier: unknown_field: Extra inputs are not permitted"),
     ],
 )
 def test_bad_hyperparameters_are_rejected_by_the_config(kwargs, message):
-    with pytest.raises(ValidationError, match=message):
+    from hsr_plugin.cli import _one_line
+
+    with pytest.raises(ValidationError) as err:
         HSRModifier(**kwargs)
+    assert _one_line(err.value) == message
 
 
 def _recipe(calib, extra="", prune=True):

@@ -156,23 +156,53 @@ def test_mlp_realignment_touches_only_the_selected_channels(model_dirs, calib_fi
     assert all(row["unit"] == "mlp" for name, row in rows.items() if ".mlp." in name)
 
 
+_ROUNDS = (
+    "HSRModifier: value_error: Value error, rounds=2 re-scores between chunks of the budget: "
+    "it needs neuron_score: restore_gain and max_restored_per_10k"
+)
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"units": ["mlp"]}, "units must include 'heads'"),
-        ({"units": ["heads", "ffn"]}, "units"),
-        ({"rounds": 2}, "rounds=2 re-scores"),
-        ({"rounds": 2, "neuron_score": "restore_gain"}, "needs neuron_score: restore_gain"),
-        ({"max_restored_per_10k": -1}, "max_restored_per_10k"),
-        ({"utility_tolerance": -0.1}, "utility_tolerance"),
-        ({"num_mlp_channels": 0}, "num_mlp_channels"),
+        (
+            {"units": ["mlp"]},
+            "HSRModifier: units: Value error, units must include 'heads': ['heads'] or "
+            "['heads', 'mlp']",
+        ),
+        ({"units": ["heads", "ffn"]}, "HSRModifier: units.1: Input should be 'heads' or 'mlp'"),
+        ({"rounds": 2}, _ROUNDS),
+        ({"rounds": 2, "neuron_score": "restore_gain"}, _ROUNDS),
+        ({"rounds": 2, "max_restored_per_10k": 1.0}, _ROUNDS),
+        (
+            {"max_restored_per_10k": -1},
+            "HSRModifier: max_restored_per_10k: Input should be greater than or equal to 0",
+        ),
+        (
+            {"utility_tolerance": -0.1},
+            "HSRModifier: utility_tolerance: Input should be greater than or equal to 0",
+        ),
+        (
+            {"num_mlp_channels": 0},
+            "HSRModifier: num_mlp_channels: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_invalid_new_fields_are_named(fields, message):
     from hsr_plugin import HSRModifier
+    from hsr_plugin.cli import _one_line
 
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError) as err:
         HSRModifier(**fields)
+    assert _one_line(err.value) == message
+
+
+def test_valid_units_and_rounds_are_kept():
+    from hsr_plugin import HSRModifier
+
+    assert HSRModifier(units=["heads", "mlp", "heads"]).units == ["heads", "mlp"]
+    fields = {"rounds": 3, "neuron_score": "restore_gain", "max_restored_per_10k": 1.0}
+    assert HSRModifier(**fields).rounds == 3
 
 
 def test_too_many_mlp_channels_fail_before_pruning(model_dirs, calib_files):
