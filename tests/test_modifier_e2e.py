@@ -287,8 +287,16 @@ def test_yaml_recipe_file_with_report_path(model_dirs, calib_files, tmp_path):
     assert (tmp_path / "out" / "recipe.yaml").read_text().count("HSRModifier") == 1
 
 
-def test_ignore_excludes_attention_blocks(model_dirs, calib_files):
-    extra = "      ignore: ['re:.*lm_head', 're:.*layers\\.0\\.self_attn.*']\n"
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "      ignore: ['re:.*lm_head', 're:.*layers\\.0\\.self_attn.*']\n",
+        "      ignore: ['re:.*lm_head', 're:.*layers\\.0$']\n",  # the whole decoder layer
+        "      targets: ['re:.*layers\\.1$']\n",  # only layer 1 is targeted
+    ],
+    ids=["ignore-attention", "ignore-layer", "target-layer"],
+)
+def test_ignore_excludes_attention_blocks(model_dirs, calib_files, extra):
     dense, pruned, final, report = _run_pair(
         model_dirs["llama"], WANDA.format(structure="0:0"), calib_files, extra=extra
     )

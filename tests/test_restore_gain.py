@@ -214,7 +214,7 @@ def test_too_many_mlp_channels_fail_before_pruning(model_dirs, calib_files):
         )
 
 
-def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files):
+def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files, capsys):
     """rounds=2: half the budget, re-scoring, then the rest; the report names the model."""
     _, free = _run(model_dirs["llama"], calib_files, "      neuron_score: restore_gain\n")
     params = free["totals"]["language_params"]
@@ -226,6 +226,9 @@ def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files):
     _, one = _run(model_dirs["llama"], calib_files, extra)
     _, two = _run(model_dirs["llama"], calib_files, extra + "      rounds: 2\n")
     assert one["totals"]["restored"] == two["totals"]["restored"] == 21
+    bars = capsys.readouterr().err
+    for which in ("safety", "utility"):
+        assert f"HSR restore_gain {which} gradients (round 2)" in bars
     # MLP channels planned for restore_gain are reported as MLP rows
     _, mlp = _run(
         model_dirs["llama"],
