@@ -66,6 +66,10 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.common.x_replace_generated_block__mutmut_5": _LOCALE,
     "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_31": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
+    "hsr_plugin.attribution.x_score_heads__mutmut_33": _ONE_DEVICE,
+    "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_5": (
+        "module names from named_modules never start with '.' or whitespace"
+    ),
 }
 
 # mutmut's verdicts (mutmut.stats.status_by_exit_code) -> the columns of the table

@@ -138,3 +138,14 @@ def test_calibration_specs_with_a_split_are_checked_before_any_work(tmp_path):
     }
     with pytest.raises(ValueError, match="VLGuard split must be one of"):
         cli._check_hsr_entries(recipe)
+
+
+def test_demo_outside_a_checkout_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "hsr_plugin" / "cli.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        cli.main(["demo"])
+    assert err.value.code == (
+        "error: `hsr demo` runs from a checkout of the hsr-plugin repository "
+        "(integration/demo/run_demo.py was not found); clone it and run `make demo`"
+    )

@@ -223,7 +223,17 @@ def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files, capsys
         f"      max_restored_per_10k: {21 * 1e4 / params!r}\n"
         "      utility_tolerance: 1000.0\n"
     )
-    _, one = _run(model_dirs["llama"], calib_files, extra)
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        _, one = _run(model_dirs["llama"], calib_files, extra)
+    finally:
+        logger.remove(sink)
+    for field in ("safety", "utility"):
+        rows = len(calib_files[field].read_text().splitlines())
+        assert f"HSR {field}_data: {rows} samples from {calib_files[field]}" in lines, lines
     _, two = _run(model_dirs["llama"], calib_files, extra + "      rounds: 2\n")
     assert one["totals"]["restored"] == two["totals"]["restored"] == 21
     bars = capsys.readouterr().err
