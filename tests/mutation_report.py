@@ -67,6 +67,7 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_31": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
     "hsr_plugin.attribution.x_score_heads__mutmut_33": _ONE_DEVICE,
+    "hsr_plugin.plots.x_plot_safety_bars__mutmut_55": _SAME_LENGTH,
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_5": (
         "module names from named_modules never start with '.' or whitespace"
     ),

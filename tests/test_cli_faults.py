@@ -89,6 +89,18 @@ def test_an_output_holding_the_data_files_is_refused(work, tmp_path):
     _untouched(work)
 
 
+@pytest.mark.parametrize("field", ["dense_model", "processor"])
+def test_an_output_inside_the_dense_model_or_processor_is_refused(work, tmp_path, field):
+    source = tmp_path / "source"
+    shutil.copytree(work["model"], source)
+    before = folder_digest(source)
+    args = _args(work, source / "out", "--set", f"HSRModifier.{field}={source}")
+    with pytest.raises(SystemExit, match=f"lies inside the input HSRModifier.{field}"):
+        main(args)
+    assert folder_digest(source) == before and not (source / "out").exists()
+    _untouched(work)
+
+
 def test_overwrite_replaces_only_an_earlier_hsr_output(work, tmp_path):
     foreign = tmp_path / "photos"
     foreign.mkdir()

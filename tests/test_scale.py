@@ -86,12 +86,16 @@ def test_cached_attribution_equals_the_naive_loop_with_logit_softcapping(
     assert _ranking(cached) == _ranking(naive)
 
 
-def test_cached_attribution_counts_its_work(model_dirs, calib_files):
-    """2 layers x 4 heads: the intact pass, 4 heads over both layers, 4 over the last one."""
+def test_cached_attribution_counts_its_work(model_dirs, calib_files, capsys):
+    """2 layers x 4 heads: the intact pass, 4 heads over both layers, 4 over the last one,
+    whatever the batching (every batch adds to the unit and to the work)."""
     model, blocks, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
-    cost = AttributionCost()
-    score_heads(model, blocks, samples, "ships_kl", pad_id=pad, progress=False, cost=cost)
-    assert cost.forward_equivalents == pytest.approx(1 + 4 * 2 / 2 + 4 * 1 / 2)
+    for batch_size, progress in ((32, False), (2, True)):
+        cost = AttributionCost()
+        score_heads(model, blocks, samples, "ships_kl", batch_size=batch_size, pad_id=pad,
+                    progress=progress, cost=cost)  # fmt: skip
+        assert cost.forward_equivalents == pytest.approx(1 + 4 * 2 / 2 + 4 * 1 / 2)
+    assert "HSR head scores (ships_kl)" in capsys.readouterr().err
     naive = 1 + 2 * 4
     assert cost.forward_equivalents / naive <= 7 / 9
 
