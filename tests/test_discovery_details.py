@@ -1,0 +1,126 @@
+"""Details of architecture discovery and calibration parsing that the end-to-end runs pass
+through without pinning: head sizes, text configs, error texts, sources, picture keys, batches."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from hsr_plugin.architecture import (
+    UnsupportedArchitectureError,
+    find_attention_blocks,
+    text_config,
+)
+from hsr_plugin.attribution import prompt_batches
+from hsr_plugin.calibration import (
+    CalibrationSample,
+    load_conversations,
+    load_jsonl,
+    load_processor,
+)
+from tests.tiny_models import write_image
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden=8, heads=2, kv=1, head_dim=4):
+        super().__init__()
+        self.q_proj = nn.Linear(hidden, heads * head_dim)
+        self.k_proj = nn.Linear(hidden, kv * head_dim)
+        self.v_proj = nn.Linear(hidden, kv * head_dim)
+        self.o_proj = nn.Linear(heads * head_dim, hidden)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([nn.Module()])
+        self.layers[0].self_attn = _Attention()
+
+
+def test_head_dim_is_derived_as_an_integer_when_the_config_has_none():
+    model = _Decoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
+    (block,) = find_attention_blocks(model)
+    assert (block.num_heads, block.num_kv_heads, block.head_dim) == (2, 1, 4)
+    assert type(block.head_dim) is int
+
+
+def test_no_attention_within_the_targets_says_so():
+    model = _Decoder(SimpleNamespace(num_attention_heads=2))
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        find_attention_blocks(model, within=["lm_head"])
+    assert str(err.value) == (
+        "no language self-attention blocks with q_proj/k_proj/v_proj/o_proj found in _Decoder "
+        "within the targeted modules"
+    )
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        find_attention_blocks(nn.Sequential(nn.Linear(2, 2)))
+    assert str(err.value).endswith("found in Sequential")
+
+
+def test_text_config_prefers_get_text_config_then_text_config():
+    inner, decoder = SimpleNamespace(name="text"), SimpleNamespace(name="decoder")
+    asks = []
+
+    class WithGetter(SimpleNamespace):
+        def get_text_config(self, decoder):
+            asks.append(decoder)
+            return decoder_config
+
+    decoder_config = decoder
+    getter = WithGetter(text_config=inner)
+    assert text_config(SimpleNamespace(config=getter)) is decoder and asks == [True]
+    assert text_config(SimpleNamespace(config=SimpleNamespace(text_config=inner))) is inner
+    plain = SimpleNamespace(num_attention_heads=2)
+    assert text_config(SimpleNamespace(config=plain)) is plain
+
+
+def test_conversations_keep_their_file_and_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    path.write_text(json.dumps(row) + "\n\n" + json.dumps(row) + "\n")
+    first, second = load_jsonl(path)
+    assert (first.source, second.source) == (f"{path}:1", f"{path}:3")
+
+
+@pytest.mark.parametrize("key", ["image", "path", "url"])
+def test_an_image_part_may_name_its_picture_under_any_key(tmp_path, key):
+    write_image(tmp_path / "p.png")
+    content = [{"type": "image", key: "p.png"}, {"type": "text", "text": "what is it?"}]
+    row = {
+        "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "a"}]
+    }
+    (tmp_path / "v.jsonl").write_text(json.dumps(row) + "\n")
+    (conv,) = load_jsonl(tmp_path / "v.jsonl")
+    assert conv.image == (tmp_path / "p.png").resolve()
+    assert conv.messages[0] == {"role": "user", "content": "what is it?"}
+
+
+def test_empty_specs_and_processors_without_templates_are_named(tmp_path):
+    with pytest.raises(ValueError) as err:
+        load_conversations("  ")
+    assert str(err.value) == "calibration data spec is empty"
+    with pytest.raises(ValueError) as err:
+        load_processor(str(tmp_path))
+    text = str(err.value)
+    assert text.startswith(f"could not load a processor with a chat template from '{tmp_path}' (")
+    assert "AutoProcessor: " in text and "; AutoTokenizer: " in text
+    assert text.endswith("); pass `processor=` to HSRModifier")
+
+
+def test_prompt_batches_are_left_padded_with_integer_masks():
+    samples = [
+        CalibrationSample(torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long),
+                          torch.tensor([[False, False, True, True]]), 2),
+        CalibrationSample(torch.tensor([[9, 10, 11]]), torch.ones(1, 3, dtype=torch.long),
+                          torch.tensor([[False, True, True]]), 1),
+    ]  # fmt: skip
+    (batch,) = prompt_batches(samples, 2, pad_id=0, positions=True)
+    assert batch["input_ids"].tolist() == [[5, 6], [0, 9]]
+    assert batch["attention_mask"].dtype == torch.long
+    assert batch["attention_mask"].tolist() == [[1, 1], [0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1], [0, 0]]
