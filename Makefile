@@ -50,7 +50,7 @@ lint: compress-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Mutation testing, outside CI. All ~7,000 mutants take days on two cores, so SAMPLE=N runs a
+# Mutation testing, outside CI. All ~7,000 mutants take ~7 hours on two cores, so SAMPLE=N runs a
 # seeded random sample stratified by module (the estimate for the whole package, with its
 # interval); MUTATE narrows a full run instead, e.g. make mutation MUTATE='hsr_plugin.selection*'.
 # Writes tests/MUTATION.md.
