@@ -68,6 +68,16 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
     "hsr_plugin.attribution.x_score_heads__mutmut_33": _ONE_DEVICE,
     "hsr_plugin.plots.x_plot_safety_bars__mutmut_55": _SAME_LENGTH,
+    "hsr_plugin.calibration.x_encode_conversation__mutmut_16": (
+        "chat templates test `if add_generation_prompt`: None acts as False"
+    ),
+    "hsr_plugin.cli.x__one_line__mutmut_19": "' | '.join of a single line is that line",
+    "hsr_plugin.plots.x_head_scores_figure__mutmut_88": (
+        "with ax=None, Figure.colorbar takes the image's own axes: the same axes"
+    ),
+    "hsr_plugin.plots.x_summary_markdown__mutmut_107": (
+        "a missing timing_s gives None instead of {}: both skip the timing table"
+    ),
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_5": (
         "module names from named_modules never start with '.' or whitespace"
     ),

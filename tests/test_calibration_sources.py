@@ -43,6 +43,17 @@ def test_hub_rows_with_messages_or_prompt_and_response(fake_hub):
     assert from_pairs.source == "org/pairs[0]" and from_pairs.image is None
 
 
+def test_vlguard_by_hub_id_says_to_download_it(fake_hub):
+    asked, _ = fake_hub
+    with pytest.raises(ValueError) as err:
+        load_conversations("ys-zong/VLGuard:train")
+    assert str(err.value) == (
+        "VLGuard ships its images as a zip: download ys-zong/VLGuard once and pass the local "
+        "train.json path with a split, e.g. /data/VLGuard/train.json:unsafes"
+    )
+    assert asked == []
+
+
 def test_hub_rows_without_a_conversation_are_named(fake_hub):
     _, tables = fake_hub
     tables["org/half"] = [{"prompt": "p", "response": "r"}, {"response": "only a response"}]

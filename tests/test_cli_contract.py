@@ -93,6 +93,21 @@ def test_a_malformed_report_is_one_error_line(tmp_path, capsys, change, message)
     assert err == f"error: {path}: {message}" + err.split(message, 1)[1] and err.count("\n") == 1
 
 
+def test_debug_keeps_the_traceback(tmp_path):
+    missing = str(tmp_path / "missing.json")
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.run(["--debug", "report", missing])
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.run(["report", missing, "--debug"])  # accepted anywhere on the line
+
+
+def test_report_creates_nested_output_folders(tmp_path):
+    report = _write(tmp_path / "r.json", _report())
+    out = tmp_path / "a" / "b"
+    assert cli.run(["report", str(report), "--out", str(out)]) == 0
+    assert (out / "summary.md").is_file() and (out / "head_scores.png").is_file()
+
+
 def test_run_reads_sys_argv_when_given_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["hsr", "report", str(tmp_path / "missing.json")])
     assert cli.run() == 2

@@ -59,6 +59,13 @@ def test_comparison_table_is_exact():
     assert comparison_table(_comparison()) == COMPARISON_TEXT
 
 
+def test_comparison_table_of_no_models():
+    assert comparison_table({"models": {}}) == (
+        "| model | ASR % | refusal % | over-refusal % | utility % | sparsity % |\n"
+        "|---|---:|---:|---:|---:|---:|\n\nRSR: n/a"
+    )
+
+
 def test_comparison_table_without_counts_vision_rsr_or_judge():
     text = comparison_table({"models": {"m": {"asr": 0.5}}})
     assert text == (
@@ -154,6 +161,10 @@ def test_head_scores_figure_shows_every_score_and_frames_the_selected_heads():
     assert ax.get_title() == "Safety head scores, 2 selected (red)"
     assert list(ax.get_xticks()) == [0, 1, 2, 3] and list(ax.get_yticks()) == [0, 1, 2]
     assert image.origin == "lower"
+    assert tuple(fig.get_size_inches()) == (4.0, 3.0)  # 4 heads x 3 layers: the minimum size
+    wide = _report()
+    wide["heads"] += [{"layer": 0, "head": h, "kv_group": 0, "score": 0.0} for h in range(4, 12)]
+    assert tuple(head_scores_figure(wide).get_size_inches()) == (8.0, 3.0)
 
 
 def test_safety_bars_figure_has_one_panel_per_metric_with_values():

@@ -314,3 +314,30 @@ def test_replace_generated_block_rewrites_only_its_own_block(tmp_path):
     )
     with pytest.raises(ValueError, match=r"has no <!-- c:begin --> \.\.\. <!-- c:end --> block"):
         common.replace_generated_block(readme, "c", "x")
+
+
+def test_a_dense_source_may_be_one_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from hsr_plugin.dense_source import SafetensorsDenseSource
+
+    weight = torch.arange(6.0).reshape(2, 3)
+    save_file({"model.layers.0.self_attn.q_proj.weight": weight}, str(tmp_path / "w.safetensors"))
+    source = SafetensorsDenseSource(tmp_path / "w.safetensors")
+    assert torch.equal(source.get("model.layers.0.self_attn.q_proj"), weight)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        SafetensorsDenseSource(tmp_path / "empty")
+    assert str(err.value) == f"dense_model {tmp_path / 'empty'} holds no .safetensors files"
+
+
+def test_registration_names_the_modifier(monkeypatch):
+    from llmcompressor.modifiers.factory import ModifierFactory
+
+    from hsr_plugin import HSRModifier
+    from hsr_plugin.modifier import _register
+
+    monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
+    monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
+    _register()
+    assert ModifierFactory._registered_registry == {"HSRModifier": HSRModifier}
