@@ -78,6 +78,13 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.plots.x_summary_markdown__mutmut_107": (
         "a missing timing_s gives None instead of {}: both skip the timing table"
     ),
+    "hsr_plugin.cli.x__read_json__mutmut_5": _LOCALE,
+    "hsr_plugin.selection.x_nm_compatible_mask__mutmut_44": (
+        "an all-zero priority orders the positions the same in any dtype"
+    ),
+    "hsr_plugin.sweep.x_run_sweep__mutmut_98": (
+        "without a processor, oneshot loads the same one from the model's name_or_path"
+    ),
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_5": (
         "module names from named_modules never start with '.' or whitespace"
     ),

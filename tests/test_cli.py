@@ -23,10 +23,20 @@ def _compress(model, out, calib, *extra):
 def test_compress_writes_model_report_and_resolved_recipe(
     model_dirs, calib_files, tmp_path, monkeypatch
 ):
+    import llmcompressor  # noqa: F401  (it resets loguru's sinks when first imported)
+    from loguru import logger
+
     monkeypatch.chdir(REPO)
     before = folder_digest(model_dirs["llama"])
     out = tmp_path / "out"
-    assert _compress(model_dirs["llama"], out, calib_files) == 0
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        assert _compress(model_dirs["llama"], out, calib_files) == 0
+    finally:
+        logger.remove(sink)
+    assert f"hsr compress: {model_dirs['llama']} with recipes/wanda_hsr.yaml -> {out}" in lines
+    assert f"hsr compress: model saved to {out}, report {out / 'hsr_report.json'}" in lines
     report = json.loads((out / "hsr_report.json").read_text())
     assert report["config"]["num_heads"] == 2 and report["totals"]["restored"] > 0
     assert (out / "config.json").is_file() and (out / "hsr_recipe_resolved.yaml").is_file()
@@ -38,6 +48,10 @@ def test_compress_writes_model_report_and_resolved_recipe(
     with pytest.raises(SystemExit, match="exists and is not empty"):
         _compress(model_dirs["llama"], out, calib_files)
     assert _compress(model_dirs["llama"], out, calib_files, "--overwrite") == 0
+    # --num-samples reaches the pruning stage: two calibration rows prune differently than six
+    fewer = tmp_path / "fewer"
+    assert _compress(model_dirs["llama"], fewer, calib_files, "--num-samples", "2") == 0
+    assert (fewer / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
 
 
 def test_compress_rejects_a_folder_that_is_not_a_model(tmp_path, calib_files, monkeypatch):
@@ -56,3 +70,20 @@ def test_unknown_override_target(model_dirs, calib_files, tmp_path, monkeypatch)
             "--set",
             "QuantizationModifier.scheme=FP8",
         )
+
+
+def test_compress_without_hsr_writes_no_report(model_dirs, calib_files, tmp_path, monkeypatch):
+    import llmcompressor  # noqa: F401  (it resets loguru's sinks when first imported)
+    from loguru import logger
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "pruned"
+    args = compress_args(model_dirs["llama"], "recipes/wanda.yaml", out, calib_files["utility"])
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        assert main(args) == 0
+    finally:
+        logger.remove(sink)
+    assert f"hsr compress: model saved to {out}" in lines
+    assert (out / "model.safetensors").is_file() and not (out / "hsr_report.json").exists()

@@ -177,6 +177,9 @@ def test_safety_bars_figure_has_one_panel_per_metric_with_values():
     ]
     heights = [[round(b.get_height(), 6) for b in ax.patches] for ax in fig.axes]
     assert heights == [[2.0, 20.0], [0.0, 4.0], [90.0, 85.0]]
+    assert all(
+        (t.get_ha(), t.get_va()) == ("center", "bottom") for ax in fig.axes for t in ax.texts
+    )
     labels = [[t.get_text() for t in ax.texts] for ax in fig.axes]
     assert labels == [["2.0", "20.0"], ["n/a", "4.0"], ["90.0", "85.0"]]
     assert all(ax.get_ylim() == (0.0, 105.0) and ax.get_ylabel() == "%" for ax in fig.axes)

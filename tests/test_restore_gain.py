@@ -255,3 +255,14 @@ def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files, capsys
         "num_kv_heads": 2,
         "head_dim": 16,
     }
+
+
+def test_mlp_realignment_reads_a_separate_dense_checkpoint(model_dirs, calib_files):
+    """dense_model given: the MLP matrices' dense weights come from it, checked up front."""
+    _, report = _run(
+        model_dirs["llama"],
+        calib_files,
+        f"      dense_model: {model_dirs['llama']}\n      units: [heads, mlp]\n"
+        "      num_mlp_channels: 4\n",
+    )
+    assert report["totals"]["restored_in_mlp"] > 0 and report["totals"]["restored_in_heads"] > 0

@@ -84,6 +84,8 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     assert [p["n"] for p in result["points"]] == [9] * 4
     assert {name: r["n"] for name, r in result["references"].items()} == {"dense": 9, "pruned": 9}
     assert f"hsr sweep: table {out / 'sweep.md'}, plot {out / 'pareto.png'}" in lines
+    resolved = (out / "hsr_recipe_resolved.yaml").read_text()  # the recipe's own stage order
+    assert resolved.index("sparsity_stage") < resolved.index("hsr_stage"), resolved
     bars = capsys.readouterr().err  # each scoring's progress bar names the model and the task
     assert all(f"{m} hsr_utility" in bars for m in ("dense", "pruned", "point 1", "point 4"))
 
@@ -209,3 +211,23 @@ def test_the_recipe_must_prune_before_hsr():
         split_recipe({"hsr_stage": {"hsr_modifiers": {"HSRModifier": {}}}})
     with pytest.raises(ValueError, match="no HSRModifier entry"):
         split_recipe({"s_stage": {"s_modifiers": {"WandaPruningModifier": {}}}})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--eval-limit", "0"], "error: --eval-limit must be >= 1"),
+        (
+            ["--eval-data", "/nonexistent/eval"],
+            "error: --eval-data /nonexistent/eval is not a folder",
+        ),
+    ],
+)
+def test_bad_sweep_options_stop_before_any_work(model_dirs, calib_files, tmp_path, change, message):
+    data = str(ORGANISMS["text"].data_dir)
+    args = ["sweep", "--model", str(model_dirs["llama"]), "--recipe", "recipes/wanda_hsr.yaml",
+            "--dataset", str(calib_files["utility"]), "--output", str(tmp_path / "o"),
+            "--grid", "num_heads=1,2", "--eval-data", data, *change]  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    assert err.value.code == message and not (tmp_path / "o").exists()
