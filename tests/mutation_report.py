@@ -85,6 +85,12 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.sweep.x_run_sweep__mutmut_98": (
         "without a processor, oneshot loads the same one from the model's name_or_path"
     ),
+    "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_64": _SAME_LENGTH,
+    "hsr_plugin.sweep.x_pareto_figure__mutmut_37": "viridis is matplotlib's default colormap",
+    "hsr_plugin.sweep.x_pareto_figure__mutmut_45": (
+        "with ax=None, Figure.colorbar takes the scatter's own axes: the same axes"
+    ),
+    "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_5": (
         "module names from named_modules never start with '.' or whitespace"
     ),

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,6 +49,20 @@ def test_parsed_defaults_and_required_options(capsys):
     assert (args.max_seq_length, args.num_samples, args.seed) == (512, 128, 0)
     assert args.pipeline == "independent"
     assert args.overrides == [] and not args.overwrite
+    typed = parser.parse_args(["compress", "--model", "m", "--recipe", "r", "--output", "o",
+                               "--dataset", "d", "--seed", "3", "--num-samples", "4",
+                               "--max-seq-length", "64"])  # fmt: skip
+    assert (typed.seed, typed.num_samples, typed.max_seq_length) == (3, 4, 64)
+    sweep = parser.parse_args(["sweep", "--model", "m", "--recipe", "r", "--output", "o",
+                               "--dataset", "d", "--grid", "num_heads=1", "--eval-data", "e",
+                               "--seed", "5"])  # fmt: skip
+    assert (sweep.seed, sweep.num_samples, sweep.max_seq_length, sweep.eval_limit) == (
+        5, 128, 512, None
+    )  # fmt: skip
+    plain = ["sweep", "--model", "m", "--recipe", "r", "--output", "o", "--dataset", "d",
+             "--grid", "num_heads=1", "--eval-data", "e"]  # fmt: skip
+    sweep = parser.parse_args(plain)
+    assert sweep.seed == 0 and sweep.overrides == [] and not sweep.overwrite
     with pytest.raises(SystemExit):
         parser.parse_args(["sweep", "--model", "m", "--recipe", "r", "--grid", "a.b=1"])
     assert "the following arguments are required: --output" in capsys.readouterr().err
@@ -164,3 +179,18 @@ def test_demo_outside_a_checkout_says_how_to_get_one(monkeypatch, tmp_path):
         "error: `hsr demo` runs from a checkout of the hsr-plugin repository "
         "(integration/demo/run_demo.py was not found); clone it and run `make demo`"
     )
+
+
+def test_the_pruning_calibration_rows_follow_the_seed(model_dirs, calib_files):
+    def rows(seed):
+        args = cli.build_parser().parse_args(
+            ["compress", "--model", str(model_dirs["llama"]), "--recipe", "r", "--output", "o",
+             "--dataset", str(calib_files["utility"]), "--num-samples", "2", "--seed", str(seed)]
+        )  # fmt: skip
+        return [row["input_ids"] for row in cli._dataset_kwargs(args)["dataset"]]
+
+    assert rows(0) == rows(0) and len(rows(0)) == 2
+    assert any(rows(0) != rows(seed) for seed in (1, 2, 3))
+    assert cli._dataset_kwargs(SimpleNamespace(dataset="open_platypus")) == {
+        "dataset": "open_platypus"
+    }

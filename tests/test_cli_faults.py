@@ -78,14 +78,15 @@ def test_outputs_over_or_around_an_input_are_refused(work, where, message):
     assert not (work["model"] / "sub").exists()
 
 
-def test_an_output_holding_the_data_files_is_refused(work, tmp_path):
+@pytest.mark.parametrize("field", ["safety", "utility"])
+def test_an_output_holding_the_data_files_is_refused(work, tmp_path, field):
     data_dir = tmp_path / "data-home"
     data_dir.mkdir()
-    safety = Path(shutil.copy(work["data"]["safety"], data_dir))
-    args = _args(work, data_dir, "--overwrite", "--set", f"HSRModifier.safety_data={safety}")
-    with pytest.raises(SystemExit, match="contains the input HSRModifier.safety_data"):
+    data = Path(shutil.copy(work["data"][field], data_dir))
+    args = _args(work, data_dir, "--overwrite", "--set", f"HSRModifier.{field}_data={data}")
+    with pytest.raises(SystemExit, match=f"contains the input HSRModifier.{field}_data"):
         main(args)
-    assert safety.read_bytes() == work["data"]["safety"].read_bytes()
+    assert data.read_bytes() == work["data"][field].read_bytes()
     _untouched(work)
 
 

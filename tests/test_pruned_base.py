@@ -23,8 +23,8 @@ def _pair():
 
 def test_only_changed_linear_weights_are_saved(tmp_path):
     dense, pruned = _pair()
-    path = save_pruned_weights(pruned, tmp_path / "base", reference=dense)
-    assert path == tmp_path / "base" / PRUNED_WEIGHTS_FILE
+    path = save_pruned_weights(pruned, tmp_path / "sweep" / "base", reference=dense)
+    assert path == tmp_path / "sweep" / "base" / PRUNED_WEIGHTS_FILE
     saved = load_file(str(path))
     assert list(saved) == ["2"] and torch.equal(saved["2"], pruned[2].weight.detach())
     with pytest.raises(ValueError) as err:

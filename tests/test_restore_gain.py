@@ -236,6 +236,10 @@ def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files, capsys
         assert f"HSR {field}_data: {rows} samples from {calib_files[field]}" in lines, lines
     _, two = _run(model_dirs["llama"], calib_files, extra + "      rounds: 2\n")
     assert one["totals"]["restored"] == two["totals"]["restored"] == 21
+    # shares of 4 over 3 rounds: 2, 1, 1 (the last round runs though only one weight is left)
+    small = extra.replace(repr(21 * 1e4 / params), repr(4 * 1e4 / params))
+    _, three = _run(model_dirs["llama"], calib_files, small + "      rounds: 3\n")
+    assert three["totals"]["restored"] == 4
     bars = capsys.readouterr().err
     for which in ("safety", "utility"):
         assert f"HSR restore_gain {which} gradients (round 2)" in bars

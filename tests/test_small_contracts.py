@@ -341,3 +341,44 @@ def test_registration_names_the_modifier(monkeypatch):
     monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
     _register()
     assert ModifierFactory._registered_registry == {"HSRModifier": HSRModifier}
+
+
+def test_recipe_errors_are_exact(tmp_path):
+    from hsr_plugin.recipe_overrides import load_recipe_dict
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n")
+    with pytest.raises(ValueError) as err:
+        load_recipe_dict(bad)
+    assert str(err.value) == (
+        f"recipe {bad}: not valid YAML at line 2, column 2: expected ',' or ']', but got ':'"
+    )
+    empty = tmp_path / "none.yaml"
+    empty.write_text("a_stage:\n  x: 1\n")
+    with pytest.raises(ValueError) as err:
+        load_recipe_dict(empty)
+    assert str(err.value) == (
+        f"recipe {empty} defines no modifiers: llm-compressor reads only top-level keys ending "
+        "in '_stage' and, inside them, keys ending in '_modifiers'"
+    )
+    recipe = {"s_stage": {"s_modifiers": {"WandaPruningModifier": {}, "HSRModifier": {}}}}
+    with pytest.raises(ValueError) as err:
+        apply_overrides(recipe, ["QuantizationModifier.scheme=FP8"])
+    assert str(err.value) == (
+        "override 'QuantizationModifier.scheme=FP8': the recipe has no QuantizationModifier "
+        "(it has: HSRModifier, WandaPruningModifier)"
+    )
+
+
+def test_budget_ties_go_to_the_earlier_matrix_then_the_lower_index():
+    from hsr_plugin.restore import budget_masks
+
+    masks = {"a": torch.ones(40, 125, dtype=torch.bool), "b": torch.ones(40, 125, dtype=torch.bool)}
+    flat = torch.tensor([1.0, 0.0] * 2500).reshape(40, 125)
+    kept = budget_masks(masks, {"a": flat, "b": flat.clone()}, cap=3000)
+    ones = flat.flatten().nonzero().flatten()
+    want_a = torch.zeros(5000, dtype=torch.bool)
+    want_a[ones] = True  # every 1.0 of a (2500), then the first 500 ones of b
+    want_b = torch.zeros(5000, dtype=torch.bool)
+    want_b[ones[:500]] = True
+    assert torch.equal(kept["a"].flatten(), want_a) and torch.equal(kept["b"].flatten(), want_b)

@@ -69,6 +69,12 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     ]
     assert all(p["restored"] > 0 and p["refusal"] is not None for p in result["points"])
     assert set(result["references"]) == {"dense", "pruned"}
+    assert result["hsr_fields"] == {
+        "num_heads": 2,
+        "safety_data": str(calib_files["safety"]),
+        "utility_data": str(calib_files["utility"]),
+        "seed": 0,
+    }
     # pruned once: every Linear of the two decoder layers was sparsified exactly once
     sparsified = [line for line in lines if line.startswith("Sparsifying ")]
     assert len(sparsified) == 2 * 7 and len(set(sparsified)) == 14
@@ -207,10 +213,26 @@ def test_grid_values_are_yaml_scalars():
 
 
 def test_the_recipe_must_prune_before_hsr():
-    with pytest.raises(ValueError, match="no pruning stage before HSRModifier"):
+    with pytest.raises(ValueError) as err:
         split_recipe({"hsr_stage": {"hsr_modifiers": {"HSRModifier": {}}}})
-    with pytest.raises(ValueError, match="no HSRModifier entry"):
+    assert str(err.value) == "the recipe has no pruning stage before HSRModifier"
+    with pytest.raises(ValueError) as err:
         split_recipe({"s_stage": {"s_modifiers": {"WandaPruningModifier": {}}}})
+    assert str(err.value) == "the recipe has no HSRModifier entry: the sweep varies its fields"
+
+
+def test_the_sweep_needs_the_checkouts_scorer(monkeypatch):
+    import sys
+
+    from hsr_plugin.sweep import _scorer
+
+    monkeypatch.setitem(sys.modules, "integration.lm_eval_tasks.hsr_safety.in_process", None)
+    with pytest.raises(RuntimeError) as err:
+        _scorer()
+    assert str(err.value) == (
+        "hsr sweep scores with the hsr_safety lm-eval tasks (integration/ of a checkout of "
+        "this repository, installed editable); they are not importable here"
+    )
 
 
 @pytest.mark.parametrize(
