@@ -91,6 +91,14 @@ EQUIVALENT: dict[str, str] = {
         "with ax=None, Figure.colorbar takes the scatter's own axes: the same axes"
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
+    "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.neuron_scoring.xǁ_CurrentSampleǁ__init____mutmut_2": (
+        "the statistics loop sets `seen` to a new set before each sample, before any hook reads it"
+    ),
+    "hsr_plugin.modifier.xǁHSRModifierǁ_plan_candidates__mutmut_23": (
+        "the statistics hooks are added and removed inside collect_statistics by whichever "
+        "HooksMixin owns them, and llm-compressor disables hooks class-wide: same passes"
+    ),
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_5": (
         "module names from named_modules never start with '.' or whitespace"
     ),

@@ -382,3 +382,22 @@ def test_budget_ties_go_to_the_earlier_matrix_then_the_lower_index():
     want_b = torch.zeros(5000, dtype=torch.bool)
     want_b[ones[:500]] = True
     assert torch.equal(kept["a"].flatten(), want_a) and torch.equal(kept["b"].flatten(), want_b)
+
+
+def test_the_package_names_what_hsrmodifier_needs(monkeypatch):
+    import importlib.util
+
+    import hsr_plugin
+
+    with pytest.raises(AttributeError) as err:
+        hsr_plugin.__getattr__("Nope")
+    assert str(err.value) == "module 'hsr_plugin' has no attribute 'Nope'"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llmcompressor" else real(n, *a)
+    )
+    with pytest.raises(ImportError) as err:
+        hsr_plugin.__getattr__("HSRModifier")
+    assert str(err.value) == (
+        "HSRModifier needs llm-compressor: pip install torch==2.13.0 llmcompressor==0.14.0.1"
+    )
