@@ -61,19 +61,25 @@ def _untouched(work):
     assert not leftovers, f"staging folders left behind: {leftovers}"
 
 
+_CONTAINS = "error: --output {out} contains the input --model ({model}): replacing it would delete that input; choose a new folder"  # noqa: E501
+_INSIDE = "error: --output {out} lies inside the input --model ({model}): the input is never written into; choose a folder outside it"  # noqa: E501
+
+
 @pytest.mark.parametrize(
     ("where", "message"),
     [
-        (lambda w: w["model"], "is the input --model"),
-        (lambda w: w["root"], "contains the input"),
-        (lambda w: Path("."), "contains the input"),
-        (lambda w: w["model"] / "sub", "lies inside the input --model"),
+        (lambda w: w["model"], "error: --output {out} is the input --model: choose a new folder"),
+        (lambda w: w["root"], _CONTAINS),
+        (lambda w: Path("."), _CONTAINS),
+        (lambda w: w["model"] / "sub", _INSIDE),
     ],
     ids=["output-is-model", "output-is-parent", "output-is-cwd", "output-inside-model"],
 )
 def test_outputs_over_or_around_an_input_are_refused(work, where, message):
-    with pytest.raises(SystemExit, match=message):
-        main(_args(work, where(work), "--overwrite"))
+    out = where(work)
+    with pytest.raises(SystemExit) as err:
+        main(_args(work, out, "--overwrite"))
+    assert err.value.code == message.format(out=out.resolve(), model=work["model"])
     _untouched(work)
     assert not (work["model"] / "sub").exists()
 
@@ -84,8 +90,10 @@ def test_an_output_holding_the_data_files_is_refused(work, tmp_path, field):
     data_dir.mkdir()
     data = Path(shutil.copy(work["data"][field], data_dir))
     args = _args(work, data_dir, "--overwrite", "--set", f"HSRModifier.{field}_data={data}")
-    with pytest.raises(SystemExit, match=f"contains the input HSRModifier.{field}_data"):
+    with pytest.raises(SystemExit) as err:
         main(args)
+    label = f"HSRModifier.{field}_data"
+    assert err.value.code == _CONTAINS.replace("--model", label).format(out=data_dir, model=data)
     assert data.read_bytes() == work["data"][field].read_bytes()
     _untouched(work)
 
@@ -96,8 +104,12 @@ def test_an_output_inside_the_dense_model_or_processor_is_refused(work, tmp_path
     shutil.copytree(work["model"], source)
     before = folder_digest(source)
     args = _args(work, source / "out", "--set", f"HSRModifier.{field}={source}")
-    with pytest.raises(SystemExit, match=f"lies inside the input HSRModifier.{field}"):
+    with pytest.raises(SystemExit) as err:
         main(args)
+    label = f"HSRModifier.{field}"
+    assert err.value.code == _INSIDE.replace("--model", label).format(
+        out=source / "out", model=source
+    )
     assert folder_digest(source) == before and not (source / "out").exists()
     _untouched(work)
 
@@ -201,8 +213,18 @@ def _swap(args: list[str], flag: str, value: str) -> list[str]:
     ("flag", "value", "message"),
     [
         ("--model", "no-model/here/x", "error: model path no-model/here/x not found"),
-        ("--dataset", ".", "is a folder: pass one plugin-format .jsonl file"),
-        ("--dataset", "wanda_hsr.yaml", "a local file must be a plugin-format .jsonl"),
+        (
+            "--dataset",
+            ".",
+            "error: --dataset . is a folder: pass one plugin-format .jsonl file, or a dataset "
+            "name oneshot knows (e.g. open_platypus)",
+        ),
+        (
+            "--dataset",
+            "wanda_hsr.yaml",
+            "error: --dataset wanda_hsr.yaml: a local file must be a plugin-format .jsonl (one "
+            '{"messages": [...]} conversation a line); other formats go through a dataset name',
+        ),
     ],
     ids=["missing-model", "dataset-folder", "dataset-not-jsonl"],
 )
@@ -210,8 +232,7 @@ def test_bad_paths_get_one_line_and_exit_code_2(work, tmp_path, capsys, flag, va
     from hsr_plugin.cli import run
 
     assert run(_swap(_args(work, tmp_path / "out"), flag, value)) == 2
-    line = _error_line(capsys)
-    assert line.startswith("error:") and message in line, line
+    assert _error_line(capsys) == message
     assert not (tmp_path / "out").exists()
     _untouched(work)
 
