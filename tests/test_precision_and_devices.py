@@ -88,3 +88,18 @@ def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
     assert "HSR unit scores (first order)" in runs[True][1]
     assert "HSR unit scores" not in runs[False][1]
     assert torch.equal(runs[True][0], runs[False][0]) and runs[True][0].shape == (2,)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "snip"])
+def test_statistics_progress_bars_name_the_pass_and_the_method(capsys, method):
+    from hsr_plugin.neuron_scoring import collect_statistics
+
+    model = _tiny_llama(layers=1).eval()
+    modules = {"q": model.model.layers[0].self_attn.q_proj}
+    stats = collect_statistics(model, modules, _samples(), method, "HSR safety importance")
+    assert f"HSR safety importance ({method})" in capsys.readouterr().err
+    collect_statistics(model, modules, _samples(), method, "quiet", progress=False)
+    assert "quiet" not in capsys.readouterr().err
+    assert list(stats) == ["q"]
+    with pytest.raises(ValueError, match="^neuron scoring needs at least one calibration sample$"):
+        collect_statistics(model, modules, [], method)
