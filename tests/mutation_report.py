@@ -92,6 +92,11 @@ EQUIVALENT: dict[str, str] = {
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.neuron_scoring.x_collect_statistics__mutmut_87": _ONE_DEVICE,
+    "hsr_plugin.neuron_scoring.x_collect_statistics__mutmut_96": (
+        "use_cache=None falls back to the config's use_cache: at most a KV cache that is dropped, "
+        "the same inputs reach the hooks"
+    ),
     "hsr_plugin.neuron_scoring.xǁ_CurrentSampleǁ__init____mutmut_2": (
         "the statistics loop sets `seen` to a new set before each sample, before any hook reads it"
     ),

@@ -414,3 +414,53 @@ def test_a_stale_staging_folder_that_cannot_be_removed_does_not_stop_a_run(tmp_p
     monkeypatch.setattr(os, "unlink", refuse)
     common._remove_stale_staging(tmp_path / "out")  # best effort: no error
     assert (stale / "weights.bin").is_file()
+
+
+def test_log_summary_is_exact():
+    from loguru import logger
+
+    from hsr_plugin.report import log_summary
+
+    report = {
+        "config": {"head_score": "ships_kl", "neuron_score": "wanda", "head_slicing": "exact"},
+        "heads": [{"layer": 1, "head": h, "score": 1.0 / (h + 1)} for h in range(6)],
+        "selected_heads": [[1, 0], [1, 1]],
+        "totals": {
+            "restored": 1234,
+            "pruned_params": 56789,
+            "restored_per_10k_params": 0.5,
+            "restored_per_10k_pruned": 217.3,
+            "restored_in_mlp": 1000,
+            "restored_in_heads": 234,
+        },
+        "timing_s": {"head_scoring": 1.25, "restore": 0.04},
+        "selected_mlp_channels": [{"layer": 0, "channel": 3, "score": 1.0}],
+        "scoring": {
+            "device": "cpu",
+            "placement": "no accelerator is available",
+            "head_scoring_forward_equivalents": 4.5,
+            "budget": 2000,
+        },
+        "notes": ["n1"],
+    }
+    messages = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO")
+    try:
+        log_summary(report)
+        log_summary({**report, "selected_mlp_channels": [], "scoring": {}, "notes": []})
+    finally:
+        logger.remove(sink)
+    assert messages[0] == (
+        "HSR summary\n"
+        "  head score ships_kl | neuron score wanda | slicing exact\n"
+        "  top heads: L1H0=1, L1H1=0.5, L1H2=0.3333, L1H3=0.25, L1H4=0.2\n"
+        "  selected (2): L1H0, L1H1\n"
+        "  restored 1,234 weights of 56,789 pruned (0.5000 per 10k params, 217.3000 per 10k "
+        "pruned)\n"
+        "  MLP channels (1): 1,000 restored there, 234 in the heads\n"
+        "  timing: head_scoring 1.2s, restore 0.0s\n"
+        "  scored on cpu (no accelerator is available), head scoring 4.5 forward-pass "
+        "equivalents, budget 2,000\n"
+        "  note: n1"
+    )
+    assert messages[1] == "\n".join(messages[0].splitlines()[:5] + messages[0].splitlines()[6:7])
