@@ -186,11 +186,11 @@ def render(results: dict[str, str], population: int | None = None) -> str:
     parts += [
         markdown_table(["module", "killed", "survived", "no tests", "timeout", "not run"], rows),
         "",
-        "## Surviving mutants",
+        "### Surviving mutants",
         "",
     ]
     parts += [f"- `{n}`: {_diff(n)}" for n in survivors] or ["none"]
-    parts += ["", "## Equivalent mutants", ""]
+    parts += ["", "### Equivalent mutants", ""]
     parts += [f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items()) if n in results] or [
         "none"
     ]
@@ -200,7 +200,8 @@ def render(results: dict[str, str], population: int | None = None) -> str:
 
 SECTIONS = {
     "mutmut": "## mutmut over hsr_plugin/",
-    "mutmut-baseline": "## Baseline: an earlier sample, before the tests written against it",
+    "mutmut-seed1": "## An intermediate sample (seed 1), before the tests written against it",
+    "mutmut-baseline": "## Baseline: the first sample (seed 0), before tests written against it",
     "named-mutants": "## The named mutants of the method-pinning issue",
 }
 
