@@ -126,22 +126,32 @@ def test_overwrite_replaces_only_an_earlier_hsr_output(work, tmp_path):
 
 def test_a_pruning_stage_that_pruned_nothing_fails(work, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="found no pruned weights"):
+    with pytest.raises(RuntimeError) as err:
         main(_args(work, out, "--pipeline", "datafree"))
+    assert str(err.value) == (
+        "HSRModifier found no pruned weights in the attention of the selected heads' layers: "
+        "WandaPruningModifier pruned nothing there. Check its targets and sparsity, and give it "
+        "calibration data (the 'datafree' pipeline runs none)."
+    )
     assert not out.exists(), "a failed run must leave no output"
     _untouched(work)
 
 
 def test_restoring_nothing_is_a_warning(work, tmp_path):
     messages = []
-    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
     try:
         out = tmp_path / "out"
-        extra = ["--set", "HSRModifier.utility_top=0", "--set", "HSRModifier.utility_max=0"]
+        extra = ["--set", "HSRModifier.utility_top=0", "--set", "HSRModifier.utility_max=0",
+                 "--set", "HSRModifier.safety_top=0.001"]  # fmt: skip
         assert main(_args(work, out, *extra)) == 0
     finally:
         logger.remove(sink)
-    assert any("HSR restored no weights" in m for m in messages), messages
+    assert (
+        "HSR restored no weights: no pruned weight of the selected heads is a candidate. Raise "
+        "safety_top (q=0.001), lower utility_top (p=0.0) or raise utility_max (p_max=0.0), or "
+        "select more heads (num_heads)."
+    ) in messages, messages
     assert json.loads((out / "hsr_report.json").read_text())["totals"]["restored"] == 0
     _untouched(work)
 

@@ -464,3 +464,23 @@ def test_log_summary_is_exact():
         "  note: n1"
     )
     assert messages[1] == "\n".join(messages[0].splitlines()[:5] + messages[0].splitlines()[6:7])
+
+
+def test_the_modifier_hands_its_fields_to_the_head_scorer(monkeypatch):
+    import hsr_plugin.modifier as modifier_module
+    from hsr_plugin import HSRModifier
+
+    calls = []
+    monkeypatch.setattr(modifier_module, "score_heads", lambda *a, **k: calls.append((a, k)))
+    hsr = HSRModifier(
+        head_score="ships_kl", ablation_eps=0.25, subspace_rank=3, batch_size=5,
+        attribution_memory_gb=0.5,
+    )  # fmt: skip
+    hsr._score_heads("model", "blocks", "safety", 7, "device", "cost")
+    ((args, kwargs),) = calls
+    assert args == ("model", "blocks", "safety", "ships_kl", 0.25, 3, 5, 7)
+    assert kwargs == {
+        "hooks": hsr, "device": "device", "memory_budget": 1 << 29, "cost": "cost"
+    }  # fmt: skip
+    HSRModifier()._score_heads("m", "b", "s", 0, "d", "c")
+    assert calls[1][1]["memory_budget"] is None
