@@ -113,6 +113,8 @@ def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_
     restored = _check_restoration(dense, pruned, final, report, config)
     assert restored > 0
     assert len(report["heads"]) == 2 * 4 and len(report["selected_heads"]) == 2
+    phases = ["data", "head_scoring", "neuron_scoring", "dense_snapshot", "restore"]
+    assert list(report["timing_s"]) == phases
     scores = [h["score"] for h in report["heads"]]
     assert scores == sorted(scores, reverse=True)
     assert report["schema_version"] == 1 and report["config"]["num_heads"] == 2

@@ -484,3 +484,37 @@ def test_the_modifier_hands_its_fields_to_the_head_scorer(monkeypatch):
     }  # fmt: skip
     HSRModifier()._score_heads("m", "b", "s", 0, "d", "c")
     assert calls[1][1]["memory_budget"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ((4, 4), "q", 0, 0, 2, 2, "rows"),
+            "head slicing mode must be 'exact' or 'reference', got 'rows'",
+        ),
+        (((4, 4), "x", 0, 0, 2, 2, "exact"), "projection must be one of q, k, v, o; got 'x'"),
+        (
+            ((4, 4, 1), "q", 0, 0, 2, 2, "exact"),
+            "weight shape must be 2-D (out, in), got (4, 4, 1)",
+        ),
+        (((4, 4), "q", 0, 0, 0, 2, "exact"), "num_heads (2) and head_dim (0) must be positive"),
+        (((4, 4), "q", 2, 0, 2, 2, "exact"), "head 2 is outside [0, 2)"),
+        (((4, 4), "k", 0, -1, 2, 2, "exact"), "kv_group must be >= 0, got -1"),
+        (
+            ((3, 4), "q", 0, 0, 2, 2, "exact"),
+            "q_proj has 3 rows, fewer than num_heads*head_dim = 4",
+        ),
+        (((2, 4), "v", 0, 1, 2, 2, "exact"), "v_proj has 2 rows; KV group 1 needs 4"),
+        (
+            ((4, 3), "o", 0, 0, 2, 2, "exact"),
+            "o_proj has 3 columns, fewer than num_heads*head_dim = 4",
+        ),
+    ],
+)
+def test_head_slice_arguments_are_checked_with_exact_messages(args, message):
+    from hsr_plugin.slicing import head_slice_mask
+
+    with pytest.raises(ValueError) as err:
+        head_slice_mask(*args)
+    assert str(err.value) == message
