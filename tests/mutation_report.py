@@ -40,6 +40,10 @@ _ONE_DEVICE = (
     "equivalent on a CPU-only machine (the execution device is the CPU either way); a GPU run "
     "would tell them apart"
 )
+_PAD = (
+    "left-padded positions are masked out of attention and are never response tokens, so the pad "
+    "token's id changes no score"
+)
 EQUIVALENT: dict[str, str] = {
     "hsr_plugin.head_scores.x_last_token_kl__mutmut_13": _DIM,
     "hsr_plugin.head_scores.x_last_token_kl__mutmut_20": _DIM,
@@ -92,6 +96,14 @@ EQUIVALENT: dict[str, str] = {
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.modifier.xǁHSRModifierǁ_model_path__mutmut_1": (
+        "a transformers model's name_or_path is its config's _name_or_path: `and` returns the same"
+    ),
+    "hsr_plugin.modifier.xǁHSRModifierǁon_initialize__mutmut_71": _PAD,
+    "hsr_plugin.modifier.xǁHSRModifierǁon_initialize__mutmut_74": _PAD,
+    "hsr_plugin.oneshot_data.x_conversation_dataset__mutmut_1": (
+        "calibration_kwargs, its one caller in hsr_plugin, always passes the seed"
+    ),
     "hsr_plugin.neuron_scoring.x_collect_statistics__mutmut_87": _ONE_DEVICE,
     "hsr_plugin.neuron_scoring.x_collect_statistics__mutmut_96": (
         "use_cache=None falls back to the config's use_cache: at most a KV cache that is dropped, "

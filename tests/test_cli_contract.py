@@ -190,6 +190,16 @@ def test_the_pruning_calibration_rows_follow_the_seed(model_dirs, calib_files):
         return [row["input_ids"] for row in cli._dataset_kwargs(args)["dataset"]]
 
     assert rows(0) == rows(0) and len(rows(0)) == 2
+    args = cli.build_parser().parse_args(
+        ["compress", "--model", str(model_dirs["llama"]), "--recipe", "r", "--output", "o",
+         "--dataset", str(calib_files["utility"])]
+    )  # fmt: skip
+    kwargs = cli._dataset_kwargs(args)
+    assert sorted(kwargs) == ["batch_size", "data_collator", "dataset", "num_calibration_samples"]
+    (first, *_) = kwargs["dataset"]
+    assert sorted(first) == ["attention_mask", "input_ids"]
+    assert first["attention_mask"] == [[1] * len(first["input_ids"][0])]
+    assert kwargs["batch_size"] == 1 and kwargs["num_calibration_samples"] == 6
     assert any(rows(0) != rows(seed) for seed in (1, 2, 3))
     assert cli._dataset_kwargs(SimpleNamespace(dataset="open_platypus")) == {
         "dataset": "open_platypus"

@@ -192,6 +192,16 @@ def test_the_placement_decision():
     assert placement.decide_placement(accelerate_dispatched, cuda) == Placement(
         "keep", "already dispatched by accelerate", cuda
     )
+
+    class OnAnAccelerator(torch.nn.Module):  # parameters that report a CUDA device
+        def parameters(self, recurse=True):
+            from types import SimpleNamespace
+
+            yield SimpleNamespace(device=torch.device("cuda", 0))
+
+    assert placement.decide_placement(OnAnAccelerator(), cuda) == Placement(
+        "keep", "already on cuda", cuda
+    )
     dispatch_model(model, device_memory={torch.device("cpu"): 1 << 20}, extra_memory=0)
     assert placement.decide_placement(model, cuda) == Placement(
         "keep", "already dispatched by compressed-tensors", cuda
