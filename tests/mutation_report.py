@@ -96,6 +96,10 @@ EQUIVALENT: dict[str, str] = {
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.attribution.x_heads_per_pass__mutmut_23": (
+        "a replica of a non-empty batch takes at least 4 bytes, so max(per_replica, 1 or 2) is "
+        "per_replica"
+    ),
     "hsr_plugin.modifier.xǁHSRModifierǁ_model_path__mutmut_1": (
         "a transformers model's name_or_path is its config's _name_or_path: `and` returns the same"
     ),

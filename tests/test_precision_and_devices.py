@@ -103,3 +103,23 @@ def test_statistics_progress_bars_name_the_pass_and_the_method(capsys, method):
     assert list(stats) == ["q"]
     with pytest.raises(ValueError, match="^neuron scoring needs at least one calibration sample$"):
         collect_statistics(model, modules, [], method)
+
+
+def test_the_activation_budget_is_a_quarter_of_the_accelerators_free_memory(monkeypatch):
+    from hsr_plugin.attribution import DEFAULT_CPU_BUDGET, _memory_budget, heads_per_pass
+
+    asked = []
+
+    def memory_info(index):
+        asked.append(index)
+        return 4003, 8000
+
+    monkeypatch.setattr(torch.accelerator, "get_memory_info", memory_info, raising=False)
+    budget = _memory_budget(torch.device("cuda", 1), None)
+    assert budget == 1000 and type(budget) is int and asked == [1]
+    assert _memory_budget(torch.device("cuda", 1), 77) == 77
+    assert _memory_budget(torch.device("cpu"), None) == DEFAULT_CPU_BUDGET
+    # per replica: rows x width x (6 hidden + 3 intermediate + heads x width) x 4 bytes
+    per_replica = 2 * 3 * (6 * 8 + 3 * 16 + 4 * 3) * 4
+    assert heads_per_pass(10 * per_replica + 5, 2, 3, 8, 16, 4) == 10
+    assert heads_per_pass(per_replica - 1, 2, 3, 8, 16, 4) == 1  # at least one head a pass
