@@ -96,6 +96,14 @@ EQUIVALENT: dict[str, str] = {
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.attribution.x_score_heads__mutmut_100": _ONE_DEVICE,
+    "hsr_plugin.attribution.x_score_heads__mutmut_60": (
+        "the ablation tests only `mode == 'reference'`; any other value is the exact mode"
+    ),
+    "hsr_plugin.decoder_stack.xǁDecoderStackǁrun_from__mutmut_11": (
+        "transformers 5 passes a decoder layer its hidden states as the only positional "
+        "argument: the captured args are empty, and replicating () gives ()"
+    ),
     "hsr_plugin.attribution.x_heads_per_pass__mutmut_23": (
         "a replica of a non-empty batch takes at least 4 bytes, so max(per_replica, 1 or 2) is "
         "per_replica"

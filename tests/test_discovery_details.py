@@ -124,3 +124,26 @@ def test_prompt_batches_are_left_padded_with_integer_masks():
     assert batch["attention_mask"].dtype == torch.long
     assert batch["attention_mask"].tolist() == [[1, 1], [0, 1]]
     assert batch["position_ids"].tolist() == [[0, 1], [0, 0]]
+
+
+def test_a_decoder_without_final_norm_or_head_is_named():
+    from hsr_plugin.decoder_stack import find_decoder_stack
+
+    model = _Decoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        find_decoder_stack(model, find_attention_blocks(model))
+    assert str(err.value) == (
+        "_Decoder: cannot find the final norm next to layers or the output head, which head "
+        "attribution runs after the last decoder layer"
+    )
+
+
+def test_reference_units_are_kv_groups():
+    from hsr_plugin.ablation import _check_unit
+
+    config = SimpleNamespace(num_attention_heads=2, num_key_value_heads=1)
+    (block,) = find_attention_blocks(_Decoder(config))
+    _check_unit(block, 1, "exact")
+    with pytest.raises(ValueError) as err:
+        _check_unit(block, 1, "reference")
+    assert str(err.value) == "reference ablation scores KV groups: 1 >= 1"

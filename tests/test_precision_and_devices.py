@@ -123,3 +123,23 @@ def test_the_activation_budget_is_a_quarter_of_the_accelerators_free_memory(monk
     per_replica = 2 * 3 * (6 * 8 + 3 * 16 + 4 * 3) * 4
     assert heads_per_pass(10 * per_replica + 5, 2, 3, 8, 16, 4) == 10
     assert heads_per_pass(per_replica - 1, 2, 3, 8, 16, 4) == 1  # at least one head a pass
+
+
+def test_head_scores_default_to_ships_subspace_and_refuse_non_finite_outputs():
+    from hsr_plugin.architecture import find_attention_blocks
+    from hsr_plugin.attribution import score_heads
+
+    torch.manual_seed(0)
+    model = _tiny_llama(layers=1).eval()
+    blocks = find_attention_blocks(model)
+    default = score_heads(model, blocks, _samples(3), progress=False)
+    explicit = score_heads(model, blocks, _samples(3), "ships_subspace", progress=False)
+    assert [s.score for s in default] == [s.score for s in explicit]
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError) as err:
+        score_heads(model, blocks, _samples(3), "ships_kl", progress=False)
+    assert str(err.value) == (
+        "head attribution: the next-token logits or final states of the intact model on the "
+        "safety prompts are not finite (NaN or inf), so its head score would be too"
+    )
