@@ -143,3 +143,25 @@ def test_head_scores_default_to_ships_subspace_and_refuse_non_finite_outputs():
         "head attribution: the next-token logits or final states of the intact model on the "
         "safety prompts are not finite (NaN or inf), so its head score would be too"
     )
+
+
+def test_a_model_whose_logits_the_decoder_tail_cannot_reproduce_is_refused():
+    from hsr_plugin.architecture import UnsupportedArchitectureError, find_attention_blocks
+    from hsr_plugin.attribution import score_heads
+
+    torch.manual_seed(0)
+    model = _tiny_llama(layers=1).eval()
+    blocks = find_attention_blocks(model)
+
+    # an extra scaling after the output head, unknown to the re-run tail (norm + lm_head)
+    def scale(_module, _args, out):
+        out.logits.mul_(2.0)
+
+    model.register_forward_hook(scale)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        score_heads(model, blocks, _samples(1), "ships_kl", progress=False)
+    assert str(err.value) == (
+        "LlamaForCausalLM: the final norm and output head applied to the last decoder layer's "
+        "output do not reproduce the model's logits (extra scaling or soft-capping?), so head "
+        "attribution cannot re-run the decoder from a layer"
+    )
