@@ -147,3 +147,11 @@ def test_reference_units_are_kv_groups():
     with pytest.raises(ValueError) as err:
         _check_unit(block, 1, "reference")
     assert str(err.value) == "reference ablation scores KV groups: 1 >= 1"
+
+
+def test_a_model_is_multimodal_when_its_config_has_a_vision_config():
+    from hsr_plugin.architecture import is_multimodal
+
+    assert is_multimodal(SimpleNamespace(config=SimpleNamespace(vision_config={})))
+    assert not is_multimodal(SimpleNamespace(config=SimpleNamespace(text_config={})))
+    assert not is_multimodal(nn.Linear(2, 2))
