@@ -155,3 +155,80 @@ def test_a_model_is_multimodal_when_its_config_has_a_vision_config():
     assert is_multimodal(SimpleNamespace(config=SimpleNamespace(vision_config={})))
     assert not is_multimodal(SimpleNamespace(config=SimpleNamespace(text_config={})))
     assert not is_multimodal(nn.Linear(2, 2))
+
+
+def _adds_bos(tokenizer):
+    """A tokenizer that, like Llama's, puts <s> in front when asked for special tokens."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    assert tokenizer("hi")["input_ids"][0] == bos  # the post-processor is live
+    return tokenizer
+
+
+def _conv(image=None):
+    from hsr_plugin.calibration import Conversation
+
+    return Conversation(
+        ({"role": "user", "content": "how are you"}, {"role": "assistant", "content": "fine"}),
+        image,
+        "t",
+    )
+
+
+def test_rendering_adds_no_second_bos_and_masks_one_row():
+    from hsr_plugin.calibration import render_samples
+    from tests.tiny_models import build_tokenizer
+
+    tokenizer = _adds_bos(build_tokenizer())
+    (sample,) = render_samples([_conv()], tokenizer, 64)
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    ids = sample.input_ids[0].tolist()
+    assert ids[0] == bos and ids[1] != bos  # the template's own <s>, once
+    assert sample.attention_mask.shape == sample.input_ids.shape == (1, len(ids))
+    assert sample.attention_mask.dtype == torch.long and bool((sample.attention_mask == 1).all())
+
+
+def test_rendering_a_picture_adds_no_second_bos(model_dirs, tmp_path):
+    from hsr_plugin.calibration import render_samples
+
+    processor = load_processor(str(model_dirs["llava"]))
+    _adds_bos(processor.tokenizer)
+    write_image(tmp_path / "p.png")
+    (sample,) = render_samples([_conv(tmp_path / "p.png")], processor, 256)
+    bos = processor.tokenizer.convert_tokens_to_ids("<s>")
+    ids = sample.input_ids[0].tolist()
+    assert ids[0] == bos and ids[1] != bos and "pixel_values" in sample.extra
+
+
+def test_a_template_that_is_not_prefix_stable_is_named():
+    from hsr_plugin.calibration import _check_prefix
+
+    assert _check_prefix([1, 2, 3], [1, 2], "src") == 2
+    with pytest.raises(ValueError) as err:
+        _check_prefix([1, 2, 3], [1, 9], "src")
+    assert str(err.value) == (
+        "src: the chat template is not prefix-stable: the rendered prompt is not a token prefix "
+        "of the rendered conversation, so the response tokens cannot be located"
+    )
+
+
+def test_load_processor_takes_an_object_as_is_and_loads_a_path(model_dirs):
+    given = object()
+    assert load_processor("ignored", given) is given
+    loaded = load_processor("ignored", str(model_dirs["llama"]))
+    assert not isinstance(loaded, str) and loaded.chat_template
+
+
+def test_full_batches_of_pictures_label_only_the_response(model_dirs, tmp_path):
+    from hsr_plugin.calibration import render_samples
+
+    processor = load_processor(str(model_dirs["llava"]))
+    write_image(tmp_path / "p.png")
+    (sample,) = render_samples([_conv(tmp_path / "p.png")], processor, 256)
+    (batch,) = prompt_batches([sample], 4, pad_id=0, positions=False, full=True)
+    want = torch.where(sample.response_mask, sample.input_ids, -100)
+    assert torch.equal(batch["labels"], want) and int((want == -100).sum()) > 0
