@@ -96,6 +96,9 @@ EQUIVALENT: dict[str, str] = {
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.calibration.x_load_processor__mutmut_15": (
+        "every transformers processor and tokenizer has a chat_template attribute (None if unset)"
+    ),
     "hsr_plugin.attribution.x_score_heads__mutmut_100": _ONE_DEVICE,
     "hsr_plugin.attribution.x_score_heads__mutmut_60": (
         "the ablation tests only `mode == 'reference'`; any other value is the exact mode"
