@@ -109,3 +109,15 @@ def test_encode_conversation_marks_the_prompt_tokens():
     assert ids == tokenizer(full, add_special_tokens=False)["input_ids"]
     assert n_prompt == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert 0 < n_prompt < len(ids)
+
+
+def test_a_vlguard_file_without_a_split_gives_the_unsafe_pairs(tmp_path):
+    write_image(tmp_path / "a.png")
+    item = {
+        "image": "a.png",
+        "safe": False,
+        "instr-resp": [{"instruction": "Hurt?", "response": "No."}],
+    }
+    (tmp_path / "train.json").write_text(json.dumps([item]))
+    (conv,) = load_conversations(str(tmp_path / "train.json"))
+    assert conv.messages[0]["content"] == "Hurt?" and conv.messages[1]["content"] == "No."

@@ -232,3 +232,21 @@ def test_full_batches_of_pictures_label_only_the_response(model_dirs, tmp_path):
     (batch,) = prompt_batches([sample], 4, pad_id=0, positions=False, full=True)
     want = torch.where(sample.response_mask, sample.input_ids, -100)
     assert torch.equal(batch["labels"], want) and int((want == -100).sum()) > 0
+
+
+def test_cross_and_encoder_attention_are_not_self_attention():
+    model = _Decoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
+    for name in ("encoder_attn", "cross_attn", "cross_attention"):
+        setattr(model.layers[0], name, _Attention())
+    assert [b.name for b in find_attention_blocks(model)] == ["layers.0.self_attn"]
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        text_config(nn.Linear(2, 2))
+    assert str(err.value) == "Linear has no `config`"
+
+
+def test_a_processor_whose_tokenizer_holds_the_template_is_kept(monkeypatch):
+    from transformers import AutoProcessor
+
+    processor = SimpleNamespace(chat_template=None, tokenizer=SimpleNamespace(chat_template="t"))
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda source: processor)
+    assert load_processor("some/model") is processor
