@@ -9,37 +9,25 @@ from matplotlib.patches import Rectangle
 
 from hsr_plugin.plots import head_scores_figure, safety_bars_figure, summary_markdown
 from hsr_plugin.tables import comparison_table, fmt, markdown_table, percent, rsr_lines
+from tests.test_plots import _comparison as plots_comparison
 from tests.test_plots import _report
 
 
 def _comparison():
-    return {
-        "models": {
-            "dense": {
-                "asr": 0.02,
-                "refusal_rate": 0.98,
-                "over_refusal_rate": None,
-                "utility": 0.9,
-                "sparsity": 0.0,
-                "n": {"hsr_harmful": 50},
-                "judge": "refusal-prefix",
-                "backend": "vllm",
-            },
-            "wanda+hsr": {
-                "asr": 0.2,
-                "refusal_rate": 0.8,
-                "over_refusal_rate": 0.04,
-                "utility": 0.85,
-                "sparsity": 0.4999,
-                "asr_vision": 0.125,
-            },
-        },
-        "rsr": {
-            "wanda+hsr": {"value": 0.5263, "pruned": "wanda", "dense": "dense", "reason": None},
-            "other": {"value": None, "reason": "pruning lost no refusal"},
-            "plain": 0.25,
-        },
+    """test_plots' comparison with a missing rate, counts, a judge, a vision ASR and RSR dicts."""
+    comparison = plots_comparison()
+    models = comparison["models"]
+    del models["wanda"]
+    models["dense"].update(
+        over_refusal_rate=None, n={"hsr_harmful": 50}, judge="refusal-prefix", backend="vllm"
+    )
+    models["wanda+hsr"]["asr_vision"] = 0.125
+    comparison["rsr"] = {
+        "wanda+hsr": {"value": 0.5263, "pruned": "wanda", "dense": "dense", "reason": None},
+        "other": {"value": None, "reason": "pruning lost no refusal"},
+        "plain": 0.25,
     }
+    return comparison
 
 
 COMPARISON_TEXT = """\
