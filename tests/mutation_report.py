@@ -96,6 +96,17 @@ EQUIVALENT: dict[str, str] = {
     ),
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
+    "hsr_plugin.modifier.xǁHSRModifierǁ_plan_mlp__mutmut_30": _ONE_DEVICE,
+    "hsr_plugin.attribution.x_first_order_unit_scores__mutmut_103": (
+        "with labels and no past, the loss and its gradients are the same; use_cache only builds "
+        "a KV cache that is dropped"
+    ),
+    "hsr_plugin.importance.xǁHessianAccumulatorǁ__init____mutmut_11": (
+        "torch's default dtype is float32, the dtype the line names"
+    ),
+    "hsr_plugin.plots.x_summary_markdown__mutmut_105": (
+        "a missing timing_s gives None instead of {}: both skip the timing table"
+    ),
     "hsr_plugin.calibration.x_load_processor__mutmut_15": (
         "every transformers processor and tokenizer has a chat_template attribute (None if unset)"
     ),

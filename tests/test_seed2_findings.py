@@ -1,0 +1,203 @@
+"""Behaviour the second mutation sample found unpinned: first-order bookkeeping, float edge
+cases of the reference angle, the Hessian's precision, dispatch states, figure details, and what
+the sweep hands its scorer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.hooks import hooks_mixin
+from tests.test_precision_and_devices import _samples
+from tests.test_small_contracts import _tiny_llama
+
+
+def _no_response_sample() -> CalibrationSample:
+    ids = torch.tensor([[1, 2, 3]])
+    response = torch.tensor([[True, False, False]])  # only position 0: never a predicted token
+    return CalibrationSample(ids, torch.ones_like(ids), response, 0)
+
+
+def test_first_order_scores_skip_batches_without_response_tokens_and_need_some():
+    from hsr_plugin.attribution import first_order_unit_scores
+
+    model = _tiny_llama(layers=1).eval()
+    o_proj = model.model.layers[0].self_attn.o_proj
+    args = (torch.device("cpu"), hooks_mixin()())
+    skipped = first_order_unit_scores(
+        model, {"o": (o_proj, 2, 8)}, [_no_response_sample(), *_samples(1)], 1, 0, *args,
+        progress=False,
+    )  # fmt: skip
+    alone = first_order_unit_scores(
+        model, {"o": (o_proj, 2, 8)}, _samples(1), 1, 0, *args, progress=False
+    )
+    assert torch.equal(skipped["o"], alone["o"]) and bool((alone["o"] != 0).any())
+    with pytest.raises(ValueError) as err:
+        first_order_unit_scores(
+            model, {"o": (o_proj, 2, 8)}, [_no_response_sample()], 1, 0, *args, progress=False,
+            what="MLP channel scores",
+        )  # fmt: skip
+    assert str(err.value) == "HSR MLP channel scores: no response token in the calibration data"
+
+
+def test_the_reference_angle_of_opposite_vectors_is_180_degrees_despite_rounding():
+    from hsr_plugin.head_scores import reference_angle_score
+
+    # with these values a @ -a / (|a| |a|) rounds to -1.0000000000000002, outside acos' domain
+    v = torch.tensor([1.4565026067903366, 0.9398099079535257, 0.7748488177844168,
+                      0.19186942747902466, 1.2637947253235853, -1.29043510317847,
+                      -0.7911026902762878], dtype=torch.float64)  # fmt: skip
+    dense = torch.stack([v, v], dim=1)
+    assert reference_angle_score(dense, -dense) == pytest.approx(180.0)
+    assert reference_angle_score(dense, dense) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_hessian_multiplies_in_float32_whatever_the_input_dtype():
+    from hsr_plugin.importance import HessianAccumulator
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6).to(torch.bfloat16)
+    acc = HessianAccumulator(6)
+    acc.update(x)
+    expected = x.float().T @ x.float() * (2.0 / 5)
+    assert acc.hessian().dtype == torch.float32
+    assert torch.equal(acc.hessian(), expected)
+
+
+def test_the_dispatch_state_of_a_plain_cpu_module():
+    from hsr_plugin.placement import dispatch_state
+
+    layer = torch.nn.Linear(2, 3)
+    state = dispatch_state(torch.nn.Sequential(layer))
+    weight, bias = layer.weight, layer.bias
+    assert state["0"] == (
+        False,
+        "cpu",
+        "cpu",
+        False,
+        (
+            ("bias", (id(bias), "cpu", torch.float32)),
+            ("weight", (id(weight), "cpu", torch.float32)),
+        ),
+    )
+
+
+def test_figure_details_a_user_sees(tmp_path):
+    from hsr_plugin.plots import head_scores_figure, safety_bars_figure
+    from tests.test_plots import _comparison, _report
+
+    report = _report()
+    del report["config"]
+    fig = head_scores_figure(report)
+    ax, bar = fig.axes
+    assert ax.get_aspect() == "auto" and bar.get_ylabel() == "head score (score)"
+    for ax in safety_bars_figure(_comparison()).axes:
+        for rect, label in zip(ax.patches, ax.texts, strict=True):
+            assert label.xy == (rect.get_x() + rect.get_width() / 2, rect.get_height())
+
+
+def test_small_cli_and_source_messages(tmp_path, model_dirs):
+    from hsr_plugin import cli
+    from hsr_plugin.dense_source import SafetensorsDenseSource
+    from hsr_plugin.recipe_overrides import parse_override
+
+    for name, local in [("./model", True), ("~/m", True), ("/abs/m", True), ("a/b/c", True),
+                        ("model", True), ("org/name", False)]:  # fmt: skip
+        assert cli._looks_local(name) is local, name
+    report = tmp_path / "r.json"
+    from tests.test_plots import _report
+
+    report.write_text(json.dumps(_report()))
+    (tmp_path / "c.json").write_text(json.dumps({"models": []}))
+    with pytest.raises(SystemExit) as err:
+        cli.main(["report", str(report), "--comparison", str(tmp_path / "c.json")])
+    assert err.value.code == f"error: {tmp_path / 'c.json'}: a comparison has a 'models' mapping"
+    source = SafetensorsDenseSource(model_dirs["llama"])
+    with pytest.raises(KeyError) as err:
+        source.key_for("model.nothing")
+    assert err.value.args[0] == (
+        f"dense_model {model_dirs['llama']} has no weight for model.nothing (tried "
+        "model.nothing.weight, nothing.weight, language_model.model.nothing.weight, "
+        "model.language_model.nothing.weight)"
+    )
+    with pytest.raises(ValueError) as err:
+        parse_override("num_heads=4")
+    assert str(err.value) == (
+        "override 'num_heads=4' must look like Modifier.field=value, for example "
+        "HSRModifier.num_heads=4"
+    )
+
+
+def test_the_judge_line_needs_only_the_judge():
+    from hsr_plugin.tables import comparison_table
+
+    text = comparison_table({"models": {"m": {"asr": 0.5, "judge": "refusal-prefix"}}})
+    assert text.endswith("RSR: n/a\n\nJudge: refusal-prefix; backend: None.")
+
+
+def test_encode_conversation_names_its_source_and_adds_no_second_bos():
+    from hsr_plugin.calibration import encode_conversation
+    from tests.test_discovery_details import _adds_bos
+    from tests.tiny_models import build_tokenizer
+
+    messages = [{"role": "user", "content": "how are you"}, {"role": "assistant", "content": "ok"}]
+    tokenizer = _adds_bos(build_tokenizer())
+    ids, n_prompt = encode_conversation(tokenizer, messages)
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    assert ids[0] == bos and ids[1] != bos and 0 < n_prompt < len(ids)
+    unstable = build_tokenizer(
+        template="{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}?{% endif %}"
+    )
+    with pytest.raises(ValueError, match=r"^conversation: the chat template is not prefix-stable"):
+        encode_conversation(unstable, messages)
+
+
+def test_the_sweep_hands_its_scorer_the_eval_folder_limit_and_label(
+    model_dirs, calib_files, tmp_path, monkeypatch
+):
+    import hsr_plugin.sweep as sweep
+    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, VISION_TASKS
+    from integration.organisms.registry import ORGANISMS
+    from tests.helpers import HSR, WANDA
+
+    class Scored(Exception):
+        pass
+
+    def score_model(model, processor, tasks, metadata, limit, desc):
+        raise Scored(tasks, metadata, limit, desc)
+
+    monkeypatch.setattr(sweep, "_scorer", lambda: (score_model, TEXT_TASKS, VISION_TASKS))
+    import yaml
+
+    recipe = yaml.safe_load(
+        WANDA.format(structure="0:0")
+        + HSR.format(
+            num_heads=1, safety=calib_files["safety"], utility=calib_files["utility"], extra=""
+        )  # fmt: skip
+    )
+    from hsr_plugin.calibration import load_processor
+    from hsr_plugin.oneshot_data import calibration_kwargs
+
+    data = calibration_kwargs(
+        str(calib_files["utility"]), load_processor(str(model_dirs["llama"])), 6, 128
+    )
+    eval_data = ORGANISMS["text"].data_dir
+    with pytest.raises(Scored) as scored:
+        sweep.run_sweep(str(model_dirs["llama"]), recipe, {"num_heads": [1]}, data,
+                        tmp_path / "o", eval_data, eval_limit=4)  # fmt: skip
+    assert scored.value.args == (TEXT_TASKS, {"data_dir": str(eval_data)}, 4, "dense")
+
+
+def test_the_sweep_loads_models_in_float32_without_an_accelerator(model_dirs, tmp_path):
+    import hsr_plugin.sweep as sweep
+    from hsr_plugin.models import load_model
+
+    half = tmp_path / "bf16"
+    load_model(model_dirs["llama"]).to(torch.bfloat16).save_pretrained(half)
+    assert load_model(half).dtype == torch.bfloat16  # "auto": the checkpoint's own dtype
+    if not torch.accelerator.is_available():
+        assert sweep._load_model(str(half)).dtype == torch.float32
