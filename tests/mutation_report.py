@@ -97,6 +97,7 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_plan_mlp__mutmut_30": _ONE_DEVICE,
+    "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_30": _ONE_DEVICE,
     "hsr_plugin.attribution.x_first_order_unit_scores__mutmut_103": (
         "with labels and no past, the loss and its gradients are the same; use_cache only builds "
         "a KV cache that is dropped"

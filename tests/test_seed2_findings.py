@@ -201,3 +201,60 @@ def test_the_sweep_loads_models_in_float32_without_an_accelerator(model_dirs, tm
     assert load_model(half).dtype == torch.bfloat16  # "auto": the checkpoint's own dtype
     if not torch.accelerator.is_available():
         assert sweep._load_model(str(half)).dtype == torch.float32
+
+
+def test_main_reads_sys_argv_and_refuses_unknown_arguments(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from hsr_plugin import cli
+
+    missing = tmp_path / "missing.json"
+    monkeypatch.setattr(sys, "argv", ["hsr", "report", str(missing)])
+    with pytest.raises(SystemExit) as err:
+        cli.main()
+    assert err.value.code == f"error: report {missing} does not exist"
+    with pytest.raises(SystemExit):
+        cli.main(["report", str(missing), "--bogus", "x"])
+    assert capsys.readouterr().err.endswith("hsr: error: unrecognized arguments: --bogus x\n")
+
+
+def test_figures_are_saved_at_120_dpi(tmp_path):
+    from PIL import Image
+
+    from hsr_plugin.plots import plot_head_scores
+    from tests.test_plots import _report
+
+    with Image.open(plot_head_scores(_report(), tmp_path / "h.png")) as image:
+        assert image.size == (480, 360)  # 4 x 3 inches
+
+
+def test_a_yaml_error_without_a_position_still_names_the_recipe(tmp_path):
+    from hsr_plugin.recipe_overrides import load_recipe_dict
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("a: \x01\n")
+    with pytest.raises(ValueError) as err:
+        load_recipe_dict(recipe)
+    assert str(err.value) == (
+        f"recipe {recipe}: not valid YAML: unacceptable character #x0001: special characters "
+        "are not allowed"
+    )
+
+
+def test_an_output_holding_a_vlguard_file_named_with_its_split_is_refused(
+    model_dirs, calib_files, tmp_path
+):
+    from hsr_plugin.cli import main
+    from tests.helpers import compress_args
+
+    data = tmp_path / "vlguard"
+    data.mkdir()
+    (data / "train.json").write_text("[]")
+    args = compress_args(model_dirs["llama"], "recipes/wanda_hsr.yaml", data,
+                         calib_files["utility"], f"{data / 'train.json'}:unsafes",
+                         calib_files["utility"])  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--overwrite"])
+    assert err.value.code.startswith(
+        f"error: --output {data} contains the input HSRModifier.safety_data ({data / 'train.json'})"
+    )

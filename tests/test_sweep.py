@@ -162,7 +162,8 @@ def test_pareto_figure_draws_points_front_and_references():
         ("dense", "-"),
         ("pruned", "--"),
     ]
-    assert bar.get_ylabel() == "utility %"
+    assert bar.get_ylabel() == "utility %" and bar.get_ylim() == (74.0, 76.0)  # the utilities
+    assert points.get_zorder() == 3 and tuple(fig.get_size_inches()) == (6.4, 4.4)
     assert ax.get_xlabel() == "restored weights per 10k parameters"
     assert ax.get_ylabel() == "refusal of harmful requests %"
     assert ax.get_title() == "hsr sweep: safety per restored weight"
@@ -219,6 +220,18 @@ def test_the_recipe_must_prune_before_hsr():
     with pytest.raises(ValueError) as err:
         split_recipe({"s_stage": {"s_modifiers": {"WandaPruningModifier": {}}}})
     assert str(err.value) == "the recipe has no HSRModifier entry: the sweep varies its fields"
+
+
+def test_split_recipe_names_the_stages_after_hsr():
+    recipe = {
+        "a_stage": {"a_modifiers": {"WandaPruningModifier": {"sparsity": 0.5}}},
+        "h_stage": {"h_modifiers": {"HSRModifier": {"num_heads": 2}}},
+        "q_stage": {"q_modifiers": {"QuantizationModifier": {}}},
+        "r_stage": {"r_modifiers": {"QuantizationModifier": {}}},
+    }
+    before, fields, after = split_recipe(recipe)
+    assert before == {"a_stage": recipe["a_stage"]} and before["a_stage"] is not recipe["a_stage"]
+    assert fields == {"num_heads": 2} and after == ["q_stage", "r_stage"]
 
 
 def test_the_sweep_needs_the_checkouts_scorer(monkeypatch):
