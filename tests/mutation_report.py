@@ -98,6 +98,10 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_plan_mlp__mutmut_30": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_30": _ONE_DEVICE,
+    "hsr_plugin.importance.xǁInputNormAccumulatorǁupdate__mutmut_12": _ONE_DEVICE,
+    "hsr_plugin.importance.xǁInputNormAccumulatorǁ__init____mutmut_9": (
+        "torch's default dtype is float32, the dtype the line names"
+    ),
     "hsr_plugin.attribution.x_first_order_unit_scores__mutmut_103": (
         "with labels and no past, the loss and its gradients are the same; use_cache only builds "
         "a KV cache that is dropped"
