@@ -190,5 +190,10 @@ def test_hsr_refuses_to_restore_before_pruning_has_ended():
     hsr = HSRModifier()
     hsr._earlier_pruning = [wanda]
     assert not wanda.ended_
-    with pytest.raises(RuntimeError, match="before WandaPruningModifier has finished pruning"):
+    with pytest.raises(RuntimeError) as err:
         hsr._restore(nn.Linear(2, 2))
+    assert str(err.value) == (
+        "HSRModifier would restore weights before WandaPruningModifier has finished pruning. Put "
+        "HSR after the sparsity stage and before quantization, and run oneshot with the default "
+        "pipeline ('independent')."
+    )

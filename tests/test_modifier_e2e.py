@@ -104,7 +104,7 @@ def _check_restoration(dense, pruned, final, report, config, mode="exact"):
     return total
 
 
-def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_files):
+def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_files, capsys):
     before = folder_digest(model_dirs["llama"])
     dense, pruned, final, report = _run_pair(
         model_dirs["llama"], WANDA.format(structure="0:0"), calib_files
@@ -115,6 +115,10 @@ def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_
     assert len(report["heads"]) == 2 * 4 and len(report["selected_heads"]) == 2
     phases = ["data", "head_scoring", "neuron_scoring", "dense_snapshot", "restore"]
     assert list(report["timing_s"]) == phases
+    bars = capsys.readouterr().err  # each pass of HSR shows what it is doing
+    for label in ("HSR head scores (ships_subspace)", "HSR safety importance (wanda)",
+                  "HSR utility importance (wanda)"):  # fmt: skip
+        assert label in bars, label
     scores = [h["score"] for h in report["heads"]]
     assert scores == sorted(scores, reverse=True)
     assert report["schema_version"] == 1 and report["config"]["num_heads"] == 2
