@@ -115,6 +115,9 @@ def test_llama_wanda_unstructured_restores_exact_dense_values(model_dirs, calib_
     assert len(report["heads"]) == 2 * 4 and len(report["selected_heads"]) == 2
     phases = ["data", "head_scoring", "neuron_scoring", "dense_snapshot", "restore"]
     assert list(report["timing_s"]) == phases
+    # 2 layers x 4 heads: 1 intact pass + 4 heads over 2 layers + 4 over 1, in full passes
+    equivalents = report["scoring"]["head_scoring_forward_equivalents"]
+    assert equivalents == 7.0 and isinstance(equivalents, float)
     bars = capsys.readouterr().err  # each pass of HSR shows what it is doing
     for label in ("HSR head scores (ships_subspace)", "HSR safety importance (wanda)",
                   "HSR utility importance (wanda)"):  # fmt: skip

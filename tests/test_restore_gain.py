@@ -270,3 +270,29 @@ def test_mlp_realignment_reads_a_separate_dense_checkpoint(model_dirs, calib_fil
         "      num_mlp_channels: 4\n",
     )
     assert report["totals"]["restored_in_mlp"] > 0 and report["totals"]["restored_in_heads"] > 0
+
+
+def test_restore_gain_restoring_nothing_says_what_to_change(model_dirs, calib_files, monkeypatch):
+    from loguru import logger
+
+    import hsr_plugin.modifier as modifier_module
+
+    real = modifier_module.restore_gain_mask
+
+    def nothing(*args, **kwargs):
+        mask, gains, stats = real(*args, **kwargs)
+        return torch.zeros_like(mask), gains, stats
+
+    monkeypatch.setattr(modifier_module, "restore_gain_mask", nothing)
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        _, report = _run(model_dirs["llama"], calib_files, "      neuron_score: restore_gain\n")
+    finally:
+        logger.remove(sink)
+    assert report["totals"]["restored"] == 0
+    assert (
+        "HSR restored no weights: no pruned weight of the selected units would lower the refusal "
+        "NLL without raising the utility NLL by more than utility_tolerance (0.0). Raise "
+        "utility_tolerance or select more heads."
+    ) in lines, lines
