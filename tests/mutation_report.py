@@ -64,9 +64,6 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.restore.x_budget_masks__mutmut_7": (
         "at total == cap the selection keeps every position: equal masks, new tensors"
     ),
-    "hsr_plugin.modifier.xǁHSRModifierǁ_model_path__mutmut_7": (
-        "a transformers model's name_or_path is its config's _name_or_path, the fallback"
-    ),
     "hsr_plugin.common.x_replace_generated_block__mutmut_5": _LOCALE,
     "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_31": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
@@ -127,11 +124,9 @@ EQUIVALENT: dict[str, str] = {
         "a replica of a non-empty batch takes at least 4 bytes, so max(per_replica, 1 or 2) is "
         "per_replica"
     ),
-    "hsr_plugin.modifier.xǁHSRModifierǁ_model_path__mutmut_1": (
-        "a transformers model's name_or_path is its config's _name_or_path: `and` returns the same"
-    ),
     "hsr_plugin.modifier.xǁHSRModifierǁon_initialize__mutmut_71": _PAD,
     "hsr_plugin.modifier.xǁHSRModifierǁon_initialize__mutmut_74": _PAD,
+    "hsr_plugin.modifier.xǁHSRModifierǁon_initialize__mutmut_67": _PAD,
     "hsr_plugin.oneshot_data.x_conversation_dataset__mutmut_1": (
         "calibration_kwargs, its one caller in hsr_plugin, always passes the seed"
     ),
@@ -234,9 +229,9 @@ def render(results: dict[str, str], population: int | None = None) -> str:
     ]
     parts += [f"- `{n}`: {_diff(n)}" for n in survivors] or ["none"]
     parts += ["", "### Equivalent mutants", ""]
-    parts += [f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items()) if n in results] or [
-        "none"
-    ]
+    parts += [
+        f"- `{n}`: {why}" for n, why in sorted(EQUIVALENT.items()) if results.get(n) == "survived"
+    ] or ["none"]
     parts += ["", f"_Written by `python -m tests.mutation_report` on {time.strftime('%Y-%m-%d')}._"]
     return "\n".join(parts)
 

@@ -258,3 +258,43 @@ def test_an_output_holding_a_vlguard_file_named_with_its_split_is_refused(
     assert err.value.code.startswith(
         f"error: --output {data} contains the input HSRModifier.safety_data ({data / 'train.json'})"
     )
+
+
+def test_the_recipe_order_check_names_what_it_found(monkeypatch):
+    from types import SimpleNamespace
+
+    import hsr_plugin.modifier as modifier_module
+    from hsr_plugin import HSRModifier
+
+    hsr = HSRModifier()
+
+    class Other:
+        pass
+
+    def session(recipe):
+        return lambda: SimpleNamespace(lifecycle=SimpleNamespace(recipe=recipe))
+
+    monkeypatch.setattr(
+        modifier_module, "active_session", session(SimpleNamespace(modifiers=[Other(), hsr]))
+    )
+    with pytest.raises(ValueError) as err:
+        hsr._check_recipe_order()
+    assert str(err.value) == (
+        "HSRModifier needs a pruning modifier before it in the recipe (found Other). Put HSR "
+        "after the sparsity stage (e.g. WandaPruningModifier or SparseGPTModifier) and before "
+        "quantization."
+    )
+    monkeypatch.setattr(modifier_module, "active_session", session(SimpleNamespace()))
+    with pytest.raises(ValueError, match=r"\(found nothing\)"):
+        hsr._check_recipe_order()
+
+
+def test_the_model_path_prefers_the_models_own_name():
+    from types import SimpleNamespace
+
+    from hsr_plugin import HSRModifier
+
+    config = SimpleNamespace(_name_or_path="from-config")
+    assert HSRModifier._model_path(SimpleNamespace(name_or_path="own", config=config)) == "own"
+    assert HSRModifier._model_path(SimpleNamespace(name_or_path="", config=config)) == "from-config"
+    assert HSRModifier._model_path(SimpleNamespace(config=SimpleNamespace())) == ""
