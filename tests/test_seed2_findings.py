@@ -298,3 +298,18 @@ def test_the_model_path_prefers_the_models_own_name():
     assert HSRModifier._model_path(SimpleNamespace(name_or_path="own", config=config)) == "own"
     assert HSRModifier._model_path(SimpleNamespace(name_or_path="", config=config)) == "from-config"
     assert HSRModifier._model_path(SimpleNamespace(config=SimpleNamespace())) == ""
+
+
+def test_the_subspace_rank_reaches_the_head_scores():
+    from hsr_plugin.architecture import find_attention_blocks
+    from hsr_plugin.attribution import score_heads
+
+    torch.manual_seed(0)
+    model = _tiny_llama(layers=1).eval()
+    blocks = find_attention_blocks(model)
+    scores = {
+        rank: [s.score for s in score_heads(model, blocks, _samples(4), "ships_subspace",
+                                             subspace_rank=rank, progress=False)]
+        for rank in (1, 2)
+    }  # fmt: skip
+    assert scores[1] != scores[2]
