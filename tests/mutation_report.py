@@ -238,6 +238,7 @@ def render(results: dict[str, str], population: int | None = None) -> str:
 
 SECTIONS = {
     "mutmut": "## mutmut over hsr_plugin/",
+    "mutmut-rerun": "### The survivors above, run again against the final tests",
     "mutmut-seed1": "## An intermediate sample (seed 1), before the tests written against it",
     "mutmut-baseline": "## Baseline: the first sample (seed 0), before tests written against it",
     "named-mutants": "## The named mutants of the method-pinning issue",
