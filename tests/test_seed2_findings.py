@@ -313,3 +313,19 @@ def test_the_subspace_rank_reaches_the_head_scores():
         for rank in (1, 2)
     }  # fmt: skip
     assert scores[1] != scores[2]
+
+
+@pytest.mark.parametrize(
+    "method, label",
+    [("ships_kl", "HSR head scores (ships_kl)"), ("attribution", "HSR head scores (first order)")],
+)
+def test_head_scoring_bars_count_every_unit(capsys, method, label):
+    from hsr_plugin.architecture import find_attention_blocks
+    from hsr_plugin.attribution import score_heads
+
+    model = _tiny_llama(layers=1).eval()
+    score_heads(model, find_attention_blocks(model), _samples(3), method, progress=True)
+    bar = capsys.readouterr().err
+    assert label in bar
+    if method == "ships_kl":
+        assert "2/2" in bar  # one batch x 2 heads
