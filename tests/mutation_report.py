@@ -142,6 +142,9 @@ EQUIVALENT: dict[str, str] = {
         "the statistics hooks are added and removed inside collect_statistics by whichever "
         "HooksMixin owns them, and llm-compressor disables hooks class-wide: same passes"
     ),
+    "hsr_plugin.attribution.x_prompt_batches__mutmut_35": (
+        "torch.full with an int fill value infers int64, the dtype the line names"
+    ),
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_6": (
         "the slice ends before the dot that precedes the layer index: there is no trailing dot"
     ),

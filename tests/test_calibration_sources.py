@@ -121,3 +121,29 @@ def test_a_vlguard_file_without_a_split_gives_the_unsafe_pairs(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps([item]))
     (conv,) = load_conversations(str(tmp_path / "train.json"))
     assert conv.messages[0]["content"] == "Hurt?" and conv.messages[1]["content"] == "No."
+
+
+@pytest.mark.parametrize(
+    "messages, image, message",
+    [
+        (
+            [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}],
+            None,
+            "src: unknown role in {'role': 'robot', 'content': 'x'}; roles are system, user, "
+            "assistant",
+        ),
+        (["just text", {"role": "assistant", "content": "y"}], None,
+         "src: unknown role in 'just text'; roles are system, user, assistant"),
+        (
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]},
+             {"role": "assistant", "content": "y"}],
+            None,
+            'src: an image part without a picture: give it in the part ("image": path) or in '
+            "the row's \"image\" field",
+        ),
+    ],
+)  # fmt: skip
+def test_malformed_conversations_are_named(tmp_path, messages, image, message):
+    with pytest.raises(ValueError) as err:
+        calibration._conversation(messages, image, tmp_path, "src")
+    assert str(err.value) == message
