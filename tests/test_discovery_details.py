@@ -108,7 +108,7 @@ def test_empty_specs_and_processors_without_templates_are_named(tmp_path):
         load_processor(str(tmp_path))
     text = str(err.value)
     assert text.startswith(f"could not load a processor with a chat template from '{tmp_path}' (")
-    assert "AutoProcessor: " in text and "; AutoTokenizer: " in text
+    assert "(AutoProcessor: ValueError: " in text and "; AutoTokenizer: ValueError: " in text
     assert text.endswith("); pass `processor=` to HSRModifier")
 
 
@@ -250,3 +250,18 @@ def test_a_processor_whose_tokenizer_holds_the_template_is_kept(monkeypatch):
     processor = SimpleNamespace(chat_template=None, tokenizer=SimpleNamespace(chat_template="t"))
     monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda source: processor)
     assert load_processor("some/model") is processor
+
+
+def test_rendering_names_the_source_of_an_unstable_template_and_needs_conversations():
+    from hsr_plugin.calibration import render_samples
+    from tests.tiny_models import build_tokenizer
+
+    unstable = build_tokenizer(
+        template="{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}?{% endif %}"
+    )
+    with pytest.raises(ValueError, match=r"^t: the chat template is not prefix-stable"):
+        render_samples([_conv()], unstable, 64)
+    with pytest.raises(ValueError) as err:
+        render_samples([], unstable, 64)
+    assert str(err.value) == "no calibration conversations to render"
