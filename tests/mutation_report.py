@@ -270,17 +270,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--block", default="mutmut", choices=sorted(SECTIONS), help="the block of MUTATION.md"
     )
+    parser.add_argument(
+        "--no-estimate",
+        action="store_true",
+        help="the --sample list is not a random sample (e.g. earlier survivors run again)",
+    )
     args = parser.parse_args(argv)
     if not MUTANTS.is_dir():
         raise SystemExit("error: no mutants/ folder: run `make mutation` (mutmut run) first")
-    results, population = collect(), None
+    everything = collect()
+    results, population = everything, None
     if args.sample:
         wanted = args.sample.read_text().split()
         missing = [n for n in wanted if n not in results]
         if missing:
             unknown = f"{len(missing)} sampled mutants unknown to mutmut"
             raise SystemExit(f"error: {unknown}: {missing[0]}")
-        results, population = {n: results[n] for n in wanted}, len(results)
+        results = {n: results[n] for n in wanted}
+        population = None if args.no_estimate else len(everything)
     text = render(results, population)
     if args.scope:
         text = f"Scope of this run: {args.scope}\n\n{text}"
