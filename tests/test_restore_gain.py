@@ -206,7 +206,8 @@ def test_valid_units_and_rounds_are_kept():
 
 
 def test_too_many_mlp_channels_fail_before_pruning(model_dirs, calib_files):
-    with pytest.raises(ValueError, match="num_mlp_channels=100000 exceeds the 256 MLP channels"):
+    message = "num_mlp_channels=100000 exceeds the 256 MLP channels of the targeted layers"
+    with pytest.raises(ValueError, match=f"^{message}$"):
         _run(
             model_dirs["llama"],
             calib_files,

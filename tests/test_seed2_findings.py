@@ -68,7 +68,17 @@ def test_the_hessian_multiplies_in_float32_whatever_the_input_dtype():
 
 
 def test_the_dispatch_state_of_a_plain_cpu_module():
+    from loguru import logger
+
     from hsr_plugin.placement import dispatch_state
+
+    warnings = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:  # modules without tensors (activations, containers) fall back to the CPU quietly
+        relu_state = dispatch_state(torch.nn.Sequential(torch.nn.ReLU()))
+    finally:
+        logger.remove(sink)
+    assert warnings == [] and relu_state["0"] == (False, "cpu", "cpu", False, ())
 
     layer = torch.nn.Linear(2, 3)
     state = dispatch_state(torch.nn.Sequential(layer))
