@@ -36,7 +36,7 @@ class Mutant:
 
 
 M = "hsr_plugin/modifier.py"
-CALL = "                    i_s, i_u, self.safety_top, self.utility_top, self.utility_max"
+CALL = "                i_s, i_u, self.safety_top, self.utility_top, self.utility_max"
 MUTANTS = [
     Mutant(
         "safety and utility importance swapped",
@@ -69,8 +69,8 @@ MUTANTS = [
     Mutant(
         "N:M priority from utility importance",
         M,
-        "_Plan(module, candidates.cpu(), slices, i_s.float().cpu())",
-        "_Plan(module, candidates.cpu(), slices, i_u.float().cpu())",
+        "            priority = i_s.float().cpu() if ranked else None",
+        "            priority = i_u.float().cpu() if ranked else None",
         REFERENCE,
     ),
     Mutant(
@@ -97,14 +97,14 @@ MUTANTS = [
     Mutant(
         "statistics over all tokens",
         "hsr_plugin/neuron_scoring.py",
-        "            current.response_mask = sample.response_mask.to(device)",
-        "            current.response_mask = None",
+        '            current.response_mask = batch.pop("labels") != -100',
+        '            current.response_mask = batch.pop("labels") != 12345',
         REFERENCE,
     ),
     Mutant(
         "report candidates not limited to the head slices",
         "hsr_plugin/restore.py",
-        "            int((candidates.to(current.device) & head_slices.to(current.device)).sum()),",
+        "            int((candidates & slices).sum()),",
         "            int(candidates.sum()),",
         REFERENCE,
     ),
@@ -146,10 +146,12 @@ MUTANTS = [
     Mutant(
         "right padding",
         "hsr_plugin/attribution.py",
-        "            ids[i, width - s.prompt_length :] = s.input_ids[0, : s.prompt_length]\n"
-        "            mask[i, width - s.prompt_length :] = 1",
-        "            ids[i, : s.prompt_length] = s.input_ids[0, : s.prompt_length]\n"
-        "            mask[i, : s.prompt_length] = 1",
+        "            ids[i, width - n :] = s.input_ids[0, :n]\n"
+        "            mask[i, width - n :] = 1\n"
+        "            labels[i, width - n :] =",
+        "            ids[i, :n] = s.input_ids[0, :n]\n"
+        "            mask[i, :n] = 1\n"
+        "            labels[i, :n] =",
         MATH,
     ),
     Mutant(
@@ -164,14 +166,14 @@ MUTANTS = [
     Mutant(
         "o_proj ablation as a forward hook on the output rows",
         "hsr_plugin/ablation.py",
-        '        ("o", "forward_pre", _scale_input(lo, hi, eps)),',
-        '        ("o", "forward", _scale_output(lo, hi, eps)),',
+        '        ("o", "forward_pre", _scale_input(spans, eps)),',
+        '        ("o", "forward", _scale_output(spans, eps)),',
         MATH,
     ),
     Mutant(
         "reference-mode k/v ablation removed",
         "hsr_plugin/ablation.py",
-        '    if mode == "reference":  # head is the KV group g here: its k/v rows go too',
+        '    if mode == "reference":  # the unit is the KV group g here: its k/v rows go too',
         "    if False:",
         MATH,
     ),
