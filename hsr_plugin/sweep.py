@@ -201,17 +201,20 @@ def run_sweep(
         logger.info(f"hsr sweep: point {index}/{len(planned)}: {point}")
         fields = {**base, **point}
         hsr = HSRModifier(**fields)
-        if hsr.scoring_key() in head_scores:
-            hsr.use_head_scores(head_scores[hsr.scoring_key()])
+        key = hsr.scoring_key()
+        if key in head_scores:
+            hsr.use_head_scores(head_scores[key])
         restored_model = _load_model(model)
         oneshot(
             model=restored_model,
             processor=processor,
             recipe=[PrunedWeightsModifier(path=str(weights)), hsr],
         )
-        head_scores[hsr.scoring_key()] = [
-            HeadScore(h["layer"], h["head"], h["kv_group"], h["score"]) for h in hsr.report["heads"]
-        ]
+        if key not in head_scores:
+            head_scores[key] = [
+                HeadScore(h["layer"], h["head"], h["kv_group"], h["score"])
+                for h in hsr.report["heads"]
+            ]
         totals = hsr.report["totals"]
         rows.append(
             {
