@@ -3,10 +3,13 @@ each other)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.common import folder_digest  # noqa: F401  (re-exported for the tests)
 from hsr_plugin.oneshot_data import calibration_kwargs
 
@@ -15,10 +18,16 @@ __all__ = [
     "HSR",
     "SPARSEGPT",
     "WANDA",
+    "adds_bos",
     "compress_args",
     "folder_digest",
     "load_model",
+    "log_messages",
+    "response_samples",
     "run_oneshot",
+    "sample_comparison",
+    "sample_report",
+    "tiny_llama",
 ]
 
 WANDA = """
@@ -87,3 +96,120 @@ def compress_args(
         args += ["--set", f"HSRModifier.utility_data={utility}"]
         args += ["--set", f"HSRModifier.num_heads={num_heads}"]
     return args
+
+
+def sample_report():
+    """A small HSR report (3 layers x 4 heads, 2 selected), as HSRModifier writes one."""
+    heads = [
+        {"layer": layer, "head": h, "kv_group": h // 2, "score": float(layer * 4 + h)}
+        for layer in range(3)
+        for h in range(4)
+    ]
+    heads.sort(key=lambda r: -r["score"])
+    return {
+        "schema_version": 1,
+        "config": {
+            "head_score": "ships_subspace",
+            "neuron_score": "wanda",
+            "head_slicing": "exact",
+        },
+        "heads": heads,
+        "selected_heads": [[2, 3], [2, 2]],
+        "restored": [
+            {
+                "module": "model.layers.2.self_attn.q_proj",
+                "restored": 7,
+                "pruned_in_slice": 50,
+                "candidates": 20,
+            }
+        ],
+        "totals": {
+            "restored": 7,
+            "language_params": 10000,
+            "pruned_params": 5000,
+            "restored_per_10k_params": 7.0,
+            "restored_per_10k_pruned": 14.0,
+        },
+        "timing_s": {"head_scoring": 1.5, "restore": 0.1},
+    }
+
+
+def sample_comparison():
+    """A small model comparison (dense, wanda, wanda+hsr), as the comparison runner writes one."""
+    return {
+        "models": {
+            "dense": {
+                "asr": 0.02,
+                "refusal_rate": 0.98,
+                "over_refusal_rate": 0.05,
+                "utility": 0.9,
+                "sparsity": 0.0,
+            },
+            "wanda": {
+                "asr": 0.40,
+                "refusal_rate": 0.60,
+                "over_refusal_rate": 0.03,
+                "utility": 0.85,
+                "sparsity": 0.5,
+            },
+            "wanda+hsr": {
+                "asr": 0.20,
+                "refusal_rate": 0.80,
+                "over_refusal_rate": 0.04,
+                "utility": 0.85,
+                "sparsity": 0.4999,
+            },
+        },
+        "rsr": {"wanda+hsr": 0.5263},
+    }
+
+
+def tiny_llama(layers: int = 3):
+    """A random Llama of `layers` layers (hidden 16, 2 heads of 8, MLP 24), built in memory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def response_samples(n: int = 2) -> list[CalibrationSample]:
+    """`n` five-token samples whose last three tokens are the response (a 2-token prompt)."""
+    out = []
+    for i in range(n):
+        ids = torch.tensor([[1, 2 + i, 3, 4, 5]])
+        response = torch.tensor([[False, False, True, True, True]])
+        out.append(CalibrationSample(ids, torch.ones_like(ids), response, 2))
+    return out
+
+
+def adds_bos(tokenizer):
+    """A tokenizer that, like Llama's, puts <s> in front when asked for special tokens."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    assert tokenizer("hi")["input_ids"][0] == bos  # the post-processor is live
+    return tokenizer
+
+
+@contextmanager
+def log_messages(level: str = "INFO") -> Iterator[list[str]]:
+    """The messages loguru logs at `level` or above inside the block (import llmcompressor
+    first where it matters: its first import resets loguru's sinks)."""
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level=level)
+    try:
+        yield messages
+    finally:
+        logger.remove(sink)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hsr_plugin.cli import main
-from tests.helpers import compress_args, folder_digest
+from tests.helpers import compress_args, folder_digest, log_messages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,17 +24,12 @@ def test_compress_writes_model_report_and_resolved_recipe(
     model_dirs, calib_files, tmp_path, monkeypatch
 ):
     import llmcompressor  # noqa: F401  (it resets loguru's sinks when first imported)
-    from loguru import logger
 
     monkeypatch.chdir(REPO)
     before = folder_digest(model_dirs["llama"])
     out = tmp_path / "out"
-    lines = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with log_messages() as lines:
         assert _compress(model_dirs["llama"], out, calib_files) == 0
-    finally:
-        logger.remove(sink)
     assert f"hsr compress: {model_dirs['llama']} with recipes/wanda_hsr.yaml -> {out}" in lines
     assert f"hsr compress: model saved to {out}, report {out / 'hsr_report.json'}" in lines
     report = json.loads((out / "hsr_report.json").read_text())
@@ -74,16 +69,11 @@ def test_unknown_override_target(model_dirs, calib_files, tmp_path, monkeypatch)
 
 def test_compress_without_hsr_writes_no_report(model_dirs, calib_files, tmp_path, monkeypatch):
     import llmcompressor  # noqa: F401  (it resets loguru's sinks when first imported)
-    from loguru import logger
 
     monkeypatch.chdir(REPO)
     out = tmp_path / "pruned"
     args = compress_args(model_dirs["llama"], "recipes/wanda.yaml", out, calib_files["utility"])
-    lines = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with log_messages() as lines:
         assert main(args) == 0
-    finally:
-        logger.remove(sink)
     assert f"hsr compress: model saved to {out}" in lines
     assert (out / "model.safetensors").is_file() and not (out / "hsr_report.json").exists()

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from hsr_plugin import cli
-from tests.test_plots import _comparison, _report
+from tests.helpers import sample_comparison, sample_report
 
 GOLDEN = Path(__file__).with_name("golden") / "hsr_help.txt"
 COMMANDS = ([], ["compress"], ["report"], ["sweep"], ["demo"])
@@ -102,7 +102,7 @@ def _write(path: Path, data) -> Path:
     ],
 )
 def test_a_malformed_report_is_one_error_line(tmp_path, capsys, change, message):
-    path = _write(tmp_path / "r.json", {**_report(), **change})
+    path = _write(tmp_path / "r.json", {**sample_report(), **change})
     assert cli.run(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {path}: {message}" + err.split(message, 1)[1] and err.count("\n") == 1
@@ -117,7 +117,7 @@ def test_debug_keeps_the_traceback(tmp_path):
 
 
 def test_report_creates_nested_output_folders(tmp_path):
-    report = _write(tmp_path / "r.json", _report())
+    report = _write(tmp_path / "r.json", sample_report())
     out = tmp_path / "a" / "b"
     assert cli.run(["report", str(report), "--out", str(out)]) == 0
     assert (out / "summary.md").is_file() and (out / "head_scores.png").is_file()
@@ -130,8 +130,8 @@ def test_run_reads_sys_argv_when_given_nothing(tmp_path, monkeypatch, capsys):
 
 
 def test_report_puts_the_comparison_in_the_summary(tmp_path):
-    report = _write(tmp_path / "r.json", _report())
-    comparison = _write(tmp_path / "c.json", _comparison())
+    report = _write(tmp_path / "r.json", sample_report())
+    comparison = _write(tmp_path / "c.json", sample_comparison())
     out = cli.report(
         cli.build_parser().parse_args(["report", str(report), "--comparison", str(comparison)])
     )

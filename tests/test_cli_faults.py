@@ -21,7 +21,7 @@ from loguru import logger
 from safetensors.torch import load_file, save_file
 
 from hsr_plugin.cli import main
-from tests.helpers import compress_args, folder_digest
+from tests.helpers import compress_args, folder_digest, log_messages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,15 +138,11 @@ def test_a_pruning_stage_that_pruned_nothing_fails(work, tmp_path):
 
 
 def test_restoring_nothing_is_a_warning(work, tmp_path):
-    messages = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
-    try:
+    with log_messages("WARNING") as messages:
         out = tmp_path / "out"
         extra = ["--set", "HSRModifier.utility_top=0", "--set", "HSRModifier.utility_max=0",
                  "--set", "HSRModifier.safety_top=0.001"]  # fmt: skip
         assert main(_args(work, out, *extra)) == 0
-    finally:
-        logger.remove(sink)
     assert (
         "HSR restored no weights: no pruned weight of the selected heads is a candidate. Raise "
         "safety_top (q=0.001), lower utility_top (p=0.0) or raise utility_max (p_max=0.0), or "

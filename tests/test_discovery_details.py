@@ -22,6 +22,7 @@ from hsr_plugin.calibration import (
     load_jsonl,
     load_processor,
 )
+from tests.helpers import adds_bos
 from tests.tiny_models import write_image
 
 
@@ -157,18 +158,6 @@ def test_a_model_is_multimodal_when_its_config_has_a_vision_config():
     assert not is_multimodal(nn.Linear(2, 2))
 
 
-def _adds_bos(tokenizer):
-    """A tokenizer that, like Llama's, puts <s> in front when asked for special tokens."""
-    from tokenizers.processors import TemplateProcessing
-
-    bos = tokenizer.convert_tokens_to_ids("<s>")
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    assert tokenizer("hi")["input_ids"][0] == bos  # the post-processor is live
-    return tokenizer
-
-
 def _conv(image=None):
     from hsr_plugin.calibration import Conversation
 
@@ -183,7 +172,7 @@ def test_rendering_adds_no_second_bos_and_masks_one_row():
     from hsr_plugin.calibration import render_samples
     from tests.tiny_models import build_tokenizer
 
-    tokenizer = _adds_bos(build_tokenizer())
+    tokenizer = adds_bos(build_tokenizer())
     (sample,) = render_samples([_conv()], tokenizer, 64)
     bos = tokenizer.convert_tokens_to_ids("<s>")
     ids = sample.input_ids[0].tolist()
@@ -196,7 +185,7 @@ def test_rendering_a_picture_adds_no_second_bos(model_dirs, tmp_path):
     from hsr_plugin.calibration import render_samples
 
     processor = load_processor(str(model_dirs["llava"]))
-    _adds_bos(processor.tokenizer)
+    adds_bos(processor.tokenizer)
     write_image(tmp_path / "p.png")
     (sample,) = render_samples([_conv(tmp_path / "p.png")], processor, 256)
     bos = processor.tokenizer.convert_tokens_to_ids("<s>")

@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import HessianAccumulator, InputNormAccumulator, sparsegpt_scores
 from hsr_plugin.neuron_scoring import mean_weight_gradients
-from tests.test_small_contracts import _tiny_llama
+from tests.helpers import response_samples, tiny_llama
 
 
 def test_accumulators_keep_float32_statistics_on_their_device():
@@ -34,18 +33,9 @@ def test_sparsegpt_damping_is_added_in_float64():
     torch.testing.assert_close(sparsegpt_scores(w, h, damping=1.0), expected, rtol=1e-13, atol=0)
 
 
-def _samples(n: int = 2) -> list[CalibrationSample]:
-    out = []
-    for i in range(n):
-        ids = torch.tensor([[1, 2 + i, 3, 4, 5]])
-        response = torch.tensor([[False, False, True, True, True]])
-        out.append(CalibrationSample(ids, torch.ones_like(ids), response, 2))
-    return out
-
-
 def test_gradient_means_go_to_the_statistics_device_through_the_given_hooks():
     torch.manual_seed(0)
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     modules = {"q": model.model.layers[0].self_attn.q_proj}
     registered = []
 
@@ -55,33 +45,35 @@ def test_gradient_means_go_to_the_statistics_device_through_the_given_hooks():
             return super().register_hook(target, *args, **kwargs)
 
     owner = Recording()
-    on_cpu = mean_weight_gradients(model, modules, _samples(), "t", progress=False, hooks=owner)
+    on_cpu = mean_weight_gradients(
+        model, modules, response_samples(), "t", progress=False, hooks=owner
+    )
     assert registered == [modules["q"]] and on_cpu["q"].device.type == "cpu"
     on_meta = mean_weight_gradients(
-        model, modules, _samples(), "t", progress=False, stats_device="meta"
+        model, modules, response_samples(), "t", progress=False, stats_device="meta"
     )
     assert on_meta["q"].device.type == "meta" and on_meta["q"].shape == (16, 16)
 
 
 def test_a_non_finite_response_loss_is_named():
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     with torch.no_grad():
         model.lm_head.weight[0, 0] = float("nan")
     modules = {"q": model.model.layers[0].self_attn.q_proj}
     with pytest.raises(ValueError) as err:
-        mean_weight_gradients(model, modules, _samples(1), "SNIP", progress=False)
+        mean_weight_gradients(model, modules, response_samples(1), "SNIP", progress=False)
     assert str(err.value) == "SNIP: the response NLL is not finite; check the calibration data"
 
 
 def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
     from hsr_plugin.attribution import first_order_unit_scores
 
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     o_proj = model.model.layers[0].self_attn.o_proj
     runs = {}
     for progress in (True, False):
         scores = first_order_unit_scores(
-            model, {"o": (o_proj, 2, 8)}, _samples(), 2, 0, torch.device("cpu"),
+            model, {"o": (o_proj, 2, 8)}, response_samples(), 2, 0, torch.device("cpu"),
             hooks_mixin()(), progress=progress,
         )  # fmt: skip
         runs[progress] = (scores["o"], capsys.readouterr().err)
@@ -94,11 +86,11 @@ def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
 def test_statistics_progress_bars_name_the_pass_and_the_method(capsys, method):
     from hsr_plugin.neuron_scoring import collect_statistics
 
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     modules = {"q": model.model.layers[0].self_attn.q_proj}
-    stats = collect_statistics(model, modules, _samples(), method, "HSR safety importance")
+    stats = collect_statistics(model, modules, response_samples(), method, "HSR safety importance")
     assert f"HSR safety importance ({method})" in capsys.readouterr().err
-    collect_statistics(model, modules, _samples(), method, "quiet", progress=False)
+    collect_statistics(model, modules, response_samples(), method, "quiet", progress=False)
     assert "quiet" not in capsys.readouterr().err
     assert list(stats) == ["q"]
     with pytest.raises(ValueError, match="^neuron scoring needs at least one calibration sample$"):
@@ -130,15 +122,15 @@ def test_head_scores_default_to_ships_subspace_and_refuse_non_finite_outputs():
     from hsr_plugin.attribution import score_heads
 
     torch.manual_seed(0)
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     blocks = find_attention_blocks(model)
-    default = score_heads(model, blocks, _samples(3), progress=False)
-    explicit = score_heads(model, blocks, _samples(3), "ships_subspace", progress=False)
+    default = score_heads(model, blocks, response_samples(3), progress=False)
+    explicit = score_heads(model, blocks, response_samples(3), "ships_subspace", progress=False)
     assert [s.score for s in default] == [s.score for s in explicit]
     with torch.no_grad():
         model.lm_head.weight[0, 0] = float("nan")
     with pytest.raises(ValueError) as err:
-        score_heads(model, blocks, _samples(3), "ships_kl", progress=False)
+        score_heads(model, blocks, response_samples(3), "ships_kl", progress=False)
     assert str(err.value) == (
         "head attribution: the next-token logits or final states of the intact model on the "
         "safety prompts are not finite (NaN or inf), so its head score would be too"
@@ -150,7 +142,7 @@ def test_a_model_whose_logits_the_decoder_tail_cannot_reproduce_is_refused():
     from hsr_plugin.attribution import score_heads
 
     torch.manual_seed(0)
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     blocks = find_attention_blocks(model)
 
     # an extra scaling after the output head, unknown to the re-run tail (norm + lm_head)
@@ -159,7 +151,7 @@ def test_a_model_whose_logits_the_decoder_tail_cannot_reproduce_is_refused():
 
     model.register_forward_hook(scale)
     with pytest.raises(UnsupportedArchitectureError) as err:
-        score_heads(model, blocks, _samples(1), "ships_kl", progress=False)
+        score_heads(model, blocks, response_samples(1), "ships_kl", progress=False)
     assert str(err.value) == (
         "LlamaForCausalLM: the final norm and output head applied to the last decoder layer's "
         "output do not reproduce the model's logits (extra scaling or soft-capping?), so head "

@@ -9,13 +9,12 @@ from matplotlib.patches import Rectangle
 
 from hsr_plugin.plots import head_scores_figure, safety_bars_figure, summary_markdown
 from hsr_plugin.tables import comparison_table, fmt, markdown_table, percent, rsr_lines
-from tests.test_plots import _comparison as plots_comparison
-from tests.test_plots import _report
+from tests.helpers import sample_comparison, sample_report
 
 
 def _comparison():
     """test_plots' comparison with a missing rate, counts, a judge, a vision ASR and RSR dicts."""
-    comparison = plots_comparison()
+    comparison = sample_comparison()
     models = comparison["models"]
     del models["wanda"]
     models["dense"].update(
@@ -113,7 +112,7 @@ SUMMARY_TEXT = """\
 
 
 def test_summary_markdown_is_exact():
-    report = _report()
+    report = sample_report()
     report["totals"].update(
         restored=1234, pruned_params=56789, language_params=1234567, restored_per_10k_params=0.12345
     )
@@ -135,7 +134,7 @@ def test_summary_markdown_of_an_empty_report():
 
 
 def test_head_scores_figure_shows_every_score_and_frames_the_selected_heads():
-    report = _report()
+    report = sample_report()
     fig = head_scores_figure(report)
     ax, bar = fig.axes
     (image,) = ax.get_images()
@@ -150,7 +149,7 @@ def test_head_scores_figure_shows_every_score_and_frames_the_selected_heads():
     assert list(ax.get_xticks()) == [0, 1, 2, 3] and list(ax.get_yticks()) == [0, 1, 2]
     assert image.origin == "lower"
     assert tuple(fig.get_size_inches()) == (4.0, 3.0)  # 4 heads x 3 layers: the minimum size
-    wide = _report()
+    wide = sample_report()
     wide["heads"] += [{"layer": 0, "head": h, "kv_group": 0, "score": 0.0} for h in range(4, 12)]
     assert tuple(head_scores_figure(wide).get_size_inches()) == (8.0, 3.0)
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from hsr_plugin.calibration import load_conversations, load_processor, render_samples
 from hsr_plugin.selection import restore_gains
-from tests.helpers import HSR, WANDA, load_model, run_oneshot
+from tests.helpers import HSR, WANDA, load_model, log_messages, run_oneshot
 
 
 def test_restore_gains_are_first_order_loss_changes():
@@ -224,14 +224,9 @@ def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files, capsys
         f"      max_restored_per_10k: {21 * 1e4 / params!r}\n"
         "      utility_tolerance: 1000.0\n"
     )
-    from loguru import logger
 
-    lines = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with log_messages() as lines:
         _, one = _run(model_dirs["llama"], calib_files, extra)
-    finally:
-        logger.remove(sink)
     for field in ("safety", "utility"):
         rows = len(calib_files[field].read_text().splitlines())
         assert f"HSR {field}_data: {rows} samples from {calib_files[field]}" in lines, lines
@@ -274,7 +269,6 @@ def test_mlp_realignment_reads_a_separate_dense_checkpoint(model_dirs, calib_fil
 
 
 def test_restore_gain_restoring_nothing_says_what_to_change(model_dirs, calib_files, monkeypatch):
-    from loguru import logger
 
     import hsr_plugin.modifier as modifier_module
 
@@ -285,12 +279,8 @@ def test_restore_gain_restoring_nothing_says_what_to_change(model_dirs, calib_fi
         return torch.zeros_like(mask), gains, stats
 
     monkeypatch.setattr(modifier_module, "restore_gain_mask", nothing)
-    lines = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    try:
+    with log_messages("WARNING") as lines:
         _, report = _run(model_dirs["llama"], calib_files, "      neuron_score: restore_gain\n")
-    finally:
-        logger.remove(sink)
     assert report["totals"]["restored"] == 0
     assert (
         "HSR restored no weights: no pruned weight of the selected units would lower the refusal "

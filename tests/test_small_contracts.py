@@ -13,6 +13,7 @@ import torch
 
 from hsr_plugin import common
 from hsr_plugin.recipe_overrides import apply_overrides, parse_override, recipe_modifiers
+from tests.helpers import log_messages, tiny_llama
 
 
 # ----------------------------------------------------------------------------- staging folders
@@ -68,24 +69,12 @@ def test_a_modifier_without_arguments_takes_overrides():
 
 
 # ----------------------------------------------------------------------------- MLP units
-def _tiny_llama(layers: int = 3):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config)
 
 
 def test_find_mlp_blocks_keeps_only_the_asked_layers():
     from hsr_plugin.architecture import find_mlp_blocks
 
-    model = _tiny_llama()
+    model = tiny_llama()
     assert [b.layer for b in find_mlp_blocks(model)] == [0, 1, 2]
     blocks = find_mlp_blocks(model, layers=[2, 0])
     assert [(b.layer, b.name, b.intermediate) for b in blocks] == [
@@ -343,24 +332,29 @@ def test_registration_names_the_modifier(monkeypatch):
     assert ModifierFactory._registered_registry == {"HSRModifier": HSRModifier}
 
 
-def test_recipe_errors_are_exact(tmp_path):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a: [1, 2\nb: 3\n", "recipe {path}: not valid YAML at line 2, column 2: expected ',' or "
+         "']', but got ':'"),
+        ("a: \x01\n", "recipe {path}: not valid YAML: unacceptable character #x0001: special "
+         "characters are not allowed"),  # a reader error carries no position
+        ("a_stage:\n  x: 1\n", "recipe {path} defines no modifiers: llm-compressor reads only "
+         "top-level keys ending in '_stage' and, inside them, keys ending in '_modifiers'"),
+    ],
+    ids=["yaml-error", "yaml-error-without-position", "no-modifiers"],
+)  # fmt: skip
+def test_recipe_errors_are_exact(tmp_path, content, message):
     from hsr_plugin.recipe_overrides import load_recipe_dict
 
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("a: [1, 2\nb: 3\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(content)
     with pytest.raises(ValueError) as err:
-        load_recipe_dict(bad)
-    assert str(err.value) == (
-        f"recipe {bad}: not valid YAML at line 2, column 2: expected ',' or ']', but got ':'"
-    )
-    empty = tmp_path / "none.yaml"
-    empty.write_text("a_stage:\n  x: 1\n")
-    with pytest.raises(ValueError) as err:
-        load_recipe_dict(empty)
-    assert str(err.value) == (
-        f"recipe {empty} defines no modifiers: llm-compressor reads only top-level keys ending "
-        "in '_stage' and, inside them, keys ending in '_modifiers'"
-    )
+        load_recipe_dict(path)
+    assert str(err.value) == message.format(path=path)
+
+
+def test_an_override_for_a_missing_modifier_names_the_ones_present():
     recipe = {"s_stage": {"s_modifiers": {"WandaPruningModifier": {}, "HSRModifier": {}}}}
     with pytest.raises(ValueError) as err:
         apply_overrides(recipe, ["QuantizationModifier.scheme=FP8"])
@@ -417,7 +411,6 @@ def test_a_stale_staging_folder_that_cannot_be_removed_does_not_stop_a_run(tmp_p
 
 
 def test_log_summary_is_exact():
-    from loguru import logger
 
     from hsr_plugin.report import log_summary
 
@@ -443,13 +436,9 @@ def test_log_summary_is_exact():
         },
         "notes": ["n1"],
     }
-    messages = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO")
-    try:
+    with log_messages() as messages:
         log_summary(report)
         log_summary({**report, "selected_mlp_channels": [], "scoring": {}, "notes": []})
-    finally:
-        logger.remove(sink)
     assert messages[0] == (
         "HSR summary\n"
         "  head score ships_kl | neuron score wanda | slicing exact\n"

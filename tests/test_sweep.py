@@ -17,12 +17,11 @@ from hsr_plugin.sweep import (
     sweep_markdown,
 )
 from integration.organisms.registry import ORGANISMS
-from tests.helpers import HSR, WANDA
+from tests.helpers import HSR, WANDA, log_messages
 
 
 def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_path, capsys):
     import llmcompressor  # noqa: F401  (it resets loguru's sinks when first imported)
-    from loguru import logger
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -32,9 +31,7 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
         )
     )
     out = tmp_path / "sweep"
-    lines = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
-    try:
+    with log_messages() as lines:
         main(
             [
                 "sweep",
@@ -58,8 +55,6 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
                 "128",
             ]  # fmt: skip
         )
-    finally:
-        logger.remove(sink)
     result = json.loads((out / "sweep.json").read_text())
     assert [p["point"] for p in result["points"]] == [
         {"num_heads": 1, "neuron_score": "wanda"},

@@ -1,4 +1,4 @@
-"""Behaviour the second mutation sample found unpinned: first-order bookkeeping, float edge
+"""Behaviour a mutation sample (seed 2) found unpinned: first-order bookkeeping, float edge
 cases of the reference angle, the Hessian's precision, dispatch states, figure details, and what
 the sweep hands its scorer."""
 
@@ -11,8 +11,14 @@ import torch
 
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.hooks import hooks_mixin
-from tests.test_precision_and_devices import _samples
-from tests.test_small_contracts import _tiny_llama
+from tests.helpers import (
+    adds_bos,
+    log_messages,
+    response_samples,
+    sample_comparison,
+    sample_report,
+    tiny_llama,
+)
 
 
 def _no_response_sample() -> CalibrationSample:
@@ -24,15 +30,15 @@ def _no_response_sample() -> CalibrationSample:
 def test_first_order_scores_skip_batches_without_response_tokens_and_need_some():
     from hsr_plugin.attribution import first_order_unit_scores
 
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     o_proj = model.model.layers[0].self_attn.o_proj
     args = (torch.device("cpu"), hooks_mixin()())
     skipped = first_order_unit_scores(
-        model, {"o": (o_proj, 2, 8)}, [_no_response_sample(), *_samples(1)], 1, 0, *args,
+        model, {"o": (o_proj, 2, 8)}, [_no_response_sample(), *response_samples(1)], 1, 0, *args,
         progress=False,
     )  # fmt: skip
     alone = first_order_unit_scores(
-        model, {"o": (o_proj, 2, 8)}, _samples(1), 1, 0, *args, progress=False
+        model, {"o": (o_proj, 2, 8)}, response_samples(1), 1, 0, *args, progress=False
     )
     assert torch.equal(skipped["o"], alone["o"]) and bool((alone["o"] != 0).any())
     with pytest.raises(ValueError) as err:
@@ -68,16 +74,11 @@ def test_the_hessian_multiplies_in_float32_whatever_the_input_dtype():
 
 
 def test_the_dispatch_state_of_a_plain_cpu_module():
-    from loguru import logger
-
     from hsr_plugin.placement import dispatch_state
 
-    warnings = []
-    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
-    try:  # modules without tensors (activations, containers) fall back to the CPU quietly
+    # modules without tensors (activations, containers) fall back to the CPU quietly
+    with log_messages("WARNING") as warnings:
         relu_state = dispatch_state(torch.nn.Sequential(torch.nn.ReLU()))
-    finally:
-        logger.remove(sink)
     assert warnings == [] and relu_state["0"] == (False, "cpu", "cpu", False, ())
 
     layer = torch.nn.Linear(2, 3)
@@ -97,14 +98,13 @@ def test_the_dispatch_state_of_a_plain_cpu_module():
 
 def test_figure_details_a_user_sees(tmp_path):
     from hsr_plugin.plots import head_scores_figure, safety_bars_figure
-    from tests.test_plots import _comparison, _report
 
-    report = _report()
+    report = sample_report()
     del report["config"]
     fig = head_scores_figure(report)
     ax, bar = fig.axes
     assert ax.get_aspect() == "auto" and bar.get_ylabel() == "head score (score)"
-    for ax in safety_bars_figure(_comparison()).axes:
+    for ax in safety_bars_figure(sample_comparison()).axes:
         for rect, label in zip(ax.patches, ax.texts, strict=True):
             assert label.xy == (rect.get_x() + rect.get_width() / 2, rect.get_height())
 
@@ -118,9 +118,8 @@ def test_small_cli_and_source_messages(tmp_path, model_dirs):
                         ("model", True), ("org/name", False)]:  # fmt: skip
         assert cli._looks_local(name) is local, name
     report = tmp_path / "r.json"
-    from tests.test_plots import _report
 
-    report.write_text(json.dumps(_report()))
+    report.write_text(json.dumps(sample_report()))
     (tmp_path / "c.json").write_text(json.dumps({"models": []}))
     with pytest.raises(SystemExit) as err:
         cli.main(["report", str(report), "--comparison", str(tmp_path / "c.json")])
@@ -150,11 +149,10 @@ def test_the_judge_line_needs_only_the_judge():
 
 def test_encode_conversation_names_its_source_and_adds_no_second_bos():
     from hsr_plugin.calibration import encode_conversation
-    from tests.test_discovery_details import _adds_bos
     from tests.tiny_models import build_tokenizer
 
     messages = [{"role": "user", "content": "how are you"}, {"role": "assistant", "content": "ok"}]
-    tokenizer = _adds_bos(build_tokenizer())
+    tokenizer = adds_bos(build_tokenizer())
     ids, n_prompt = encode_conversation(tokenizer, messages)
     bos = tokenizer.convert_tokens_to_ids("<s>")
     assert ids[0] == bos and ids[1] != bos and 0 < n_prompt < len(ids)
@@ -232,23 +230,9 @@ def test_figures_are_saved_at_120_dpi(tmp_path):
     from PIL import Image
 
     from hsr_plugin.plots import plot_head_scores
-    from tests.test_plots import _report
 
-    with Image.open(plot_head_scores(_report(), tmp_path / "h.png")) as image:
+    with Image.open(plot_head_scores(sample_report(), tmp_path / "h.png")) as image:
         assert image.size == (480, 360)  # 4 x 3 inches
-
-
-def test_a_yaml_error_without_a_position_still_names_the_recipe(tmp_path):
-    from hsr_plugin.recipe_overrides import load_recipe_dict
-
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("a: \x01\n")
-    with pytest.raises(ValueError) as err:
-        load_recipe_dict(recipe)
-    assert str(err.value) == (
-        f"recipe {recipe}: not valid YAML: unacceptable character #x0001: special characters "
-        "are not allowed"
-    )
 
 
 def test_an_output_holding_a_vlguard_file_named_with_its_split_is_refused(
@@ -315,10 +299,10 @@ def test_the_subspace_rank_reaches_the_head_scores():
     from hsr_plugin.attribution import score_heads
 
     torch.manual_seed(0)
-    model = _tiny_llama(layers=1).eval()
+    model = tiny_llama(layers=1).eval()
     blocks = find_attention_blocks(model)
     scores = {
-        rank: [s.score for s in score_heads(model, blocks, _samples(4), "ships_subspace",
+        rank: [s.score for s in score_heads(model, blocks, response_samples(4), "ships_subspace",
                                              subspace_rank=rank, progress=False)]
         for rank in (1, 2)
     }  # fmt: skip
@@ -333,8 +317,8 @@ def test_head_scoring_bars_count_every_unit(capsys, method, label):
     from hsr_plugin.architecture import find_attention_blocks
     from hsr_plugin.attribution import score_heads
 
-    model = _tiny_llama(layers=1).eval()
-    score_heads(model, find_attention_blocks(model), _samples(3), method, progress=True)
+    model = tiny_llama(layers=1).eval()
+    score_heads(model, find_attention_blocks(model), response_samples(3), method, progress=True)
     bar = capsys.readouterr().err
     assert label in bar
     if method == "ships_kl":
