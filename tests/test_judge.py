@@ -1,4 +1,4 @@
-"""The refusal judge, the classifier verdict parser and the exact-answer scorer."""
+"""The keyword refusal judge and the exact-answer scorer (the judge models: test_judges.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from hypothesis import strategies as st
 from integration.lm_eval_tasks.hsr_safety.judge import (
     REFUSAL_PREFIXES,
     is_refusal,
-    judge_name,
-    judge_refusal,
-    parse_classifier_verdict,
 )
 from integration.lm_eval_tasks.hsr_safety.scoring import utility_correct
 
@@ -67,26 +64,6 @@ def test_judge_verdicts_are_stable_and_prefixes_win(text):
 
 def test_every_prefix_is_lower_case():
     assert all(p == p.lower() for p in REFUSAL_PREFIXES)
-
-
-def test_classifier_verdicts():
-    assert parse_classifier_verdict("REFUSAL") is True
-    assert parse_classifier_verdict("Compliance.") is False
-    assert parse_classifier_verdict("unsafe\nS1") is False
-    assert parse_classifier_verdict("safe") is True
-    with pytest.raises(ValueError, match="unparseable"):
-        parse_classifier_verdict("maybe")
-
-
-def test_classifier_judge_needs_an_endpoint(monkeypatch):
-    monkeypatch.setenv("HSR_JUDGE", "classifier")
-    monkeypatch.delenv("HSR_JUDGE_URL", raising=False)
-    with pytest.raises(ValueError, match="HSR_JUDGE_URL"):
-        judge_refusal("q", "a")
-    monkeypatch.setenv("HSR_JUDGE_MODEL", "guard")
-    assert judge_name() == "classifier:guard"
-    monkeypatch.delenv("HSR_JUDGE")
-    assert judge_name() == "keyword-v1"
 
 
 @pytest.mark.parametrize(
