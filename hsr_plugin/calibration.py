@@ -3,8 +3,11 @@
 A set is named by one string, resolved in this order:
 1. a bundled set (`hsr-safety-mini`, `hsr-utility-mini`, shipped in hsr_plugin/data);
 2. a local path: a `.jsonl` file in our format, or a VLGuard `train.json` (append `:split`,
-   e.g. `/data/VLGuard/train.json:unsafes`);
-3. a Hugging Face dataset id, optionally `id:split` (e.g. `ys-zong/VLGuard:unsafes`).
+   e.g. `/data/VLGuard/train.json:unsafes`, and `:picture-root` where the pictures are not in
+   `train/` beside it, the folder the published `train.zip` unpacks into);
+3. a Hugging Face dataset id with conversational rows, optionally `id:split`
+   (e.g. `HuggingFaceH4/ultrachat_200k:train_sft`). VLGuard is not read from the hub: it ships
+   its pictures as archives, so download it once and pass the local `train.json`.
 
 Our JSONL row:
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}],
@@ -80,6 +83,7 @@ def load_conversations(
         raise ValueError("calibration data spec is empty")
     spec = str(spec)
     path_part, _, split = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    split, _, image_root = split.partition(":")
     if spec in BUNDLED_SETS:
         conversations = load_jsonl(BUNDLED_SETS[spec])
     elif Path(path_part).exists():
@@ -87,7 +91,7 @@ def load_conversations(
         if path.suffix == ".jsonl":
             conversations = load_jsonl(path)
         elif path.suffix == ".json" or path.is_dir():
-            conversations = load_vlguard(path, split or "unsafes")
+            conversations = load_vlguard(path, split or "unsafes", image_root or None)
         else:
             raise ValueError(
                 f"{path}: expected a .jsonl file in the HSR format or a VLGuard train.json"
@@ -213,10 +217,19 @@ def load_vlguard(
         path = path / "train.json"
     if not path.is_file():
         raise FileNotFoundError(f"VLGuard file {path} does not exist")
-    root = Path(image_root) if image_root else path.parent
     items = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(items, list):
         raise ValueError(f"{path}: VLGuard train.json must be a JSON list")
+    root = Path(image_root) if image_root else _vlguard_picture_root(path, items)
+    named = [item["image"] for item in items if isinstance(item, dict) and item.get("image")]
+    missing = [name for name in named if not (root / name).is_file()]
+    if missing:
+        # One line, before any work: the usual cause is the picture folder, not the rows.
+        raise FileNotFoundError(
+            f"VLGuard: {len(missing)} of {len(named)} pictures are missing under {root} (first: "
+            f"{missing[0]}); the published train.zip unpacks into train/ beside train.json, or "
+            f"name the picture folder: {path}:{split}:/path/to/pictures"
+        )
     out = []
     for index, item in enumerate(items):
         where = f"{path}[{index}]"
@@ -241,6 +254,16 @@ def load_vlguard(
                     _conversation(messages, str(root / image) if image else None, root, where)
                 )
     return out
+
+
+def _vlguard_picture_root(path: Path, items: list) -> Path:
+    """`train/` beside train.json when the pictures are there (the published archive's layout),
+    else the json's own folder."""
+    unpacked = path.parent / "train"
+    first = next((i["image"] for i in items if isinstance(i, dict) and i.get("image")), None)
+    if unpacked.is_dir() and (first is None or (unpacked / first).is_file()):
+        return unpacked
+    return path.parent
 
 
 def _load_hub(dataset_id: str, split: str) -> list[Conversation]:

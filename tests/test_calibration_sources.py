@@ -75,7 +75,7 @@ def test_vlguard_images_resolve_under_the_image_root(tmp_path):
     (conv,) = load_vlguard(tmp_path / "meta" / "train.json", "unsafes", image_root=images)
     assert conv.image == (images / "bad" / "a.png").resolve()
     assert conv.source == f"{tmp_path / 'meta' / 'train.json'}[1]"
-    with pytest.raises(ValueError, match=r"train\.json\[1\]: image .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"^VLGuard: 1 of 1 pictures are missing under "):
         load_vlguard(tmp_path / "meta" / "train.json", "unsafes")  # the json's folder has none
 
 

@@ -57,6 +57,8 @@ class TaskSpec:
     process_results: Callable[[dict, list[str]], dict[str, float]]
     until: tuple[str, ...]
     max_gen_toks: int
+    # the task's custom filter (the judges' concurrent prefetch), applied as lm-eval applies it
+    filter_fn: Callable[[list[list[str]], list[dict]], list[list[str]]] | None = None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -79,6 +81,12 @@ def load_task(name: str) -> TaskSpec:
         raise ValueError(f"unknown hsr_safety task {name!r}; tasks: {', '.join(sorted(paths))}")
     config = _read_yaml(paths[name])
     generation = config.get("generation_kwargs") or {}
+    custom = [
+        step["filter_fn"]
+        for pipeline in config.get("filter_list") or ()
+        for step in pipeline["filter"]
+        if step["function"] == "custom"
+    ]
     if generation.get("do_sample"):
         raise ValueError(f"{name}: the in-process scorer implements greedy decoding only")
     return TaskSpec(
@@ -89,6 +97,7 @@ def load_task(name: str) -> TaskSpec:
         process_results=_function(config["process_results"]),
         until=tuple(generation.get("until") or ()),
         max_gen_toks=int(generation["max_gen_toks"]),
+        filter_fn=_function(custom[0]) if custom else None,
     )
 
 
@@ -239,6 +248,8 @@ def score_model(
         replies = generate_replies(
             model, processor, prompts, images, batch_size, task=name, desc=f"{desc} {name}"
         )
+        if spec.filter_fn is not None:
+            replies = [r[0] for r in spec.filter_fn([[r] for r in replies], docs)]
         per_doc = [
             spec.process_results(doc, [reply]) for doc, reply in zip(docs, replies, strict=True)
         ]
