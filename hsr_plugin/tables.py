@@ -62,14 +62,17 @@ def rsr_lines(comparison: dict[str, Any]) -> list[str]:
 def comparison_table(comparison: dict[str, Any]) -> str:
     """ASR, refusal, over-refusal, utility and sparsity per model, then the RSR lines.
 
-    A column for the number of harmful prompts appears when the rows carry counts, and one for
-    the vision ASR when any model was scored on pictures.
+    A column for the number of harmful prompts appears when the rows carry counts, one for
+    the vision ASR when any model was scored on pictures, and one for the unsafe-response rate
+    (with the guard's hazard categories below the table) when a guard judged harm.
     """
     models = comparison.get("models") or {}
     with_n = any(isinstance(row.get("n"), dict) for row in models.values())
     with_vision = any(row.get("asr_vision") is not None for row in models.values())
+    with_unsafe = any(row.get("unsafe_response_rate") is not None for row in models.values())
     headers = ["model", *(title for _, title in COMPARISON_COLUMNS)]
     headers += ["n (harmful)"] * with_n + ["ASR vision %"] * with_vision
+    headers += ["unsafe responses %"] * with_unsafe
     rows = []
     for label, row in models.items():
         cells = [label, *(percent(row.get(key)) for key, _ in COMPARISON_COLUMNS)]
@@ -77,8 +80,17 @@ def comparison_table(comparison: dict[str, Any]) -> str:
             cells.append((row.get("n") or {}).get("hsr_harmful", "n/a"))
         if with_vision:
             cells.append(percent(row.get("asr_vision")))
+        if with_unsafe:
+            cells.append(percent(row.get("unsafe_response_rate")))
         rows.append(cells)
     parts = [markdown_table(headers, rows)]
+    categories = [
+        f"{label}: " + ", ".join(f"{c} x{n}" for c, n in row["unsafe_categories"].items())
+        for label, row in models.items()
+        if row.get("unsafe_categories")
+    ]
+    if categories:
+        parts += ["", "Hazard categories of the unsafe responses: " + "; ".join(categories) + "."]
     lines = rsr_lines(comparison) or ["RSR: n/a"]
     parts += ["", "\n".join(lines)]
     first = next(iter(models.values()), {})

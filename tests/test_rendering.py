@@ -178,3 +178,21 @@ def test_safety_bars_figure_has_one_panel_per_metric_with_values():
     assert no_rsr._suptitle.get_text() == "RSR: n/a"
     with pytest.raises(ValueError, match="the comparison lists no models"):
         safety_bars_figure({"models": {}})
+
+
+def test_comparison_table_with_a_guard_shows_unsafe_responses_and_their_categories():
+    models = {
+        "dense": {"asr": 0.1, "unsafe_response_rate": 0.1, "unsafe_categories": {"S9": 2}},
+        "wanda": {"asr": 0.3, "unsafe_response_rate": 0.3, "unsafe_categories": {"S1": 1, "S9": 5}},
+        "guardless": {"asr": 0.2},
+    }
+    assert comparison_table({"models": models}) == (
+        "| model | ASR % | refusal % | over-refusal % | utility % | sparsity % "
+        "| unsafe responses % |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n"
+        "| dense | 10.0 | n/a | n/a | n/a | n/a | 10.0 |\n"
+        "| wanda | 30.0 | n/a | n/a | n/a | n/a | 30.0 |\n"
+        "| guardless | 20.0 | n/a | n/a | n/a | n/a | n/a |\n\n"
+        "Hazard categories of the unsafe responses: dense: S9 x2; wanda: S1 x1, S9 x5.\n\n"
+        "RSR: n/a"
+    )

@@ -35,8 +35,14 @@ def serve_bin(name: str) -> Path:
     return exe
 
 
-def _run(cmd: list, timeout: int = 600) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+def _run(cmd: list, timeout: int = 600, env: dict | None = None) -> str:
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        **(env or {}),
+    )
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -162,3 +168,30 @@ def test_quantized_hsr_checkpoints_serve_on_vllm(tmp_path, recipe):
     _run([compare, "--out", tmp_path / "eval", "--limit", 10, "--models", f"q={out}"])
     row = json.loads((tmp_path / "eval" / "comparison.json").read_text())["models"]["q"]
     assert row["n"]["hsr_harmful"] == 10 and row["utility"] >= 0.8, row
+
+
+def test_lm_eval_scores_with_an_emulated_llama_guard(tmp_path):
+    """lm-eval itself, the tasks' prefetch filter and process_results, against a Llama Guard
+    emulated on 127.0.0.1 (tests/fake_guard.py): the guard gets [user, assistant] pairs, its
+    verdicts become the ASR, and its categories reach the comparison."""
+    from tests.fake_guard import FakeGuard
+
+    compare = serve_bin("hsr-compare")
+    with FakeGuard("llamaguard") as guard:
+        env = {
+            "HSR_JUDGE": "llamaguard",
+            "HSR_JUDGE_URL": guard.url,
+            "HSR_JUDGE_MODEL": "meta-llama/Llama-Guard-3-8B",
+            "HSR_JUDGE_CACHE_DIR": str(tmp_path / "verdicts"),
+        }
+        cmd = [compare, "--backend", "hf", "--tasks", "hsr_harmful", "--limit", 8]
+        cmd += ["--models", f"dense={ORGANISM}", "--out", tmp_path / "eval"]
+        _run(cmd, env=env)
+    row = json.loads((tmp_path / "eval" / "comparison.json").read_text())["models"]["dense"]
+    assert row["judge"] == "harm: llamaguard:meta-llama/Llama-Guard-3-8B; refusal: keyword-v1"
+    assert len(guard.requests) == 8
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in guard.requests)
+    judged = [json.loads(line) for line in (tmp_path / "eval/dense/judgments.jsonl").open()]
+    unsafe = [j for j in judged if j["harm_unsafe"]]
+    assert row["unsafe_response_rate"] == pytest.approx(len(unsafe) / 8) == row["asr"]
+    assert sum(row["unsafe_categories"].values()) == sum(len(j["harm_categories"]) for j in unsafe)

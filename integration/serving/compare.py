@@ -29,17 +29,32 @@ from pathlib import Path
 
 from hsr_plugin.common import language_sparsity_counts, write_json_atomic, write_text_atomic
 from hsr_plugin.tables import comparison_table
-from integration.lm_eval_tasks.hsr_safety.judge import judge_name
-from integration.serving.launch import ServeConfig, ServeError, free_port, start_server
+from integration.lm_eval_tasks.hsr_safety.judges import describe_judges
+from integration.serving.launch import (
+    ServeConfig,
+    ServeError,
+    free_port,
+    model_max_len,
+    start_server,
+)
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
 BACKENDS = ("vllm-serve", "hf", "vllm", "hf-multimodal")
-METRICS = {  # comparison key -> (task, lm-eval metric)
-    "asr": ("hsr_harmful", "attack_success_rate"),
-    "refusal_rate": ("hsr_harmful", "refusal_rate"),
-    "over_refusal_rate": ("hsr_overrefusal", "over_refusal_rate"),
-    "utility": ("hsr_utility", "utility_accuracy"),
-    "asr_vision": ("hsr_harmful_vision", "attack_success_rate"),
+# comparison key -> (tasks in order of preference, lm-eval metric): the organisms' task, else the
+# published benchmark's task that answers the same question
+METRICS = {
+    "asr": (("hsr_harmful", "hsr_jailbreakbench"), "attack_success_rate"),
+    "refusal_rate": (("hsr_harmful", "hsr_jailbreakbench"), "refusal_rate"),
+    "over_refusal_rate": (
+        ("hsr_overrefusal", "hsr_xstest", "hsr_jailbreakbench_benign"),
+        "over_refusal_rate",
+    ),
+    "utility": (("hsr_utility",), "utility_accuracy"),
+    "asr_vision": (
+        ("hsr_harmful_vision", "hsr_vlguard", "hsr_mm_safetybench", "hsr_figstep"),
+        "attack_success_rate",
+    ),
+    "unsafe_response_rate": (("hsr_harmful", "hsr_jailbreakbench"), "unsafe_response_rate"),
 }
 
 
@@ -116,9 +131,13 @@ def lm_eval_command(
     return cmd + list(extra or [])
 
 
-def run_lm_eval(cmd: list[str], log_path: Path) -> Path:
+def run_lm_eval(cmd: list[str], log_path: Path, judge_log: Path | None = None) -> Path:
     print("[eval] $ " + " ".join(cmd), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if judge_log is not None:
+        # every verdict, with the guard's hazard categories, one JSON line each (judges.py)
+        judge_log.unlink(missing_ok=True)
+        env["HSR_JUDGE_LOG"] = str(judge_log)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     out_dir = Path(cmd[cmd.index("--output_path") + 1])
     started = time.time()
@@ -136,17 +155,41 @@ def run_lm_eval(cmd: list[str], log_path: Path) -> Path:
 
 
 def extract_metrics(results: dict) -> dict:
-    out, n = {}, {}
-    for key, (task, metric) in METRICS.items():
-        task_results = results.get("results", {}).get(task)
-        if task_results is None:
+    """The comparison's rates, the number of documents of every task, and every task's metrics."""
+    out: dict = {}
+    per_task = results.get("results", {})
+    for key, (tasks, metric) in METRICS.items():
+        task = next((t for t in tasks if t in per_task), None)
+        if task is None:
             continue
-        value = task_results.get(f"{metric},none")
+        value = per_task[task].get(f"{metric},none")
         out[key] = None if value is None or value == "N/A" else float(value)
-        samples = results.get("n-samples", {}).get(task, {})
+    n = {}
+    for task, samples in results.get("n-samples", {}).items():
         n[task] = samples.get("effective", samples.get("original"))
     out["n"] = n
+    out["tasks"] = {
+        task: {
+            name.split(",")[0]: value
+            for name, value in metrics.items()
+            if name.endswith(",none") and "_stderr" not in name and isinstance(value, int | float)
+        }
+        for task, metrics in per_task.items()
+    }
     return out
+
+
+def unsafe_categories(judge_log: Path) -> dict[str, int]:
+    """How often the harm judge named each hazard category (Llama Guard's S1..S14)."""
+    counts: dict[str, int] = {}
+    if not judge_log.is_file():
+        return counts
+    for line in judge_log.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("question") == "harmful" and row.get("harm_unsafe"):
+            for category in row.get("harm_categories") or ():
+                counts[category] = counts.get(category, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def evaluate_model(
@@ -163,6 +206,7 @@ def evaluate_model(
     model_out.mkdir(parents=True, exist_ok=True)
     tokenizer_args = f"tokenizer={spec.path},tokenizer_backend=huggingface"
     meta = ["--metadata", metadata] if metadata else []
+    judge_log = model_out / "judgments.jsonl"
     if backend == "vllm-serve":
         config = ServeConfig(
             model=spec.path,
@@ -186,12 +230,14 @@ def evaluate_model(
                     extra=meta,
                 ),
                 model_out / "lm_eval.log",
+                judge_log,
             )
     elif backend == "hf":
         args = f"pretrained={spec.path},dtype=float32"
         results_path = run_lm_eval(
             lm_eval_command(args, "hf", tasks, model_out, limit, extra=["--device", device, *meta]),
             model_out / "lm_eval.log",
+            judge_log,
         )
     elif backend == "hf-multimodal":
         args = f"pretrained={spec.path},dtype=float32,max_images=1"
@@ -206,17 +252,21 @@ def evaluate_model(
                 extra=["--device", device, *meta],
             ),
             model_out / "lm_eval.log",
+            judge_log,
         )
     elif backend == "vllm":
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        # the model's own context limit (capped), as `vllm serve` gets it from launch.py
         args = (
-            f"pretrained={spec.path},dtype=float32,enforce_eager=True,max_model_len=512,"
+            f"pretrained={spec.path},dtype=float32,enforce_eager=True,"
+            f"max_model_len={model_max_len(spec.path, cap=512)},"
             f"kv_cache_memory_bytes={256 * 1024 * 1024}"
         )
         results_path = run_lm_eval(
             lm_eval_command(args, "vllm", tasks, model_out, limit, batch_size="auto", extra=meta),
             model_out / "lm_eval.log",
+            judge_log,
         )
     else:
         raise SystemExit(f"error: unknown backend {backend!r} ({', '.join(BACKENDS)})")
@@ -225,7 +275,8 @@ def evaluate_model(
         "path": spec.path,
         **metrics,
         "sparsity": language_sparsity(spec.path),
-        "judge": judge_name(),
+        "judge": describe_judges(),
+        "unsafe_categories": unsafe_categories(judge_log),
         "backend": backend,
         "lm_eval_results": str(results_path),
     }
