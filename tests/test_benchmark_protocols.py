@@ -228,3 +228,21 @@ def test_the_comparison_reads_the_benchmarks_tasks():
             "hsr_xstest": {"over_refusal_rate": 0.125},
         },
     }
+
+
+def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, monkeypatch):
+    from integration.serving import compare
+
+    commands = []
+
+    def capture(cmd, log_path, judge_log=None):
+        commands.append(cmd)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(compare, "run_lm_eval", capture)
+    organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
+    spec = compare.ModelSpec("dense", str(organism))
+    with pytest.raises(RuntimeError, match="stop here"):
+        compare.evaluate_model(spec, "vllm", "hsr_safety", tmp_path, None, None, "cpu")
+    model_args = commands[0][commands[0].index("--model_args") + 1]
+    assert "max_model_len=128," in model_args  # the organism's max_position_embeddings
