@@ -12,7 +12,11 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench bench-scale bench-gain mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench bench-scale bench-gain mutation clean-outputs
+
+# the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
+wheels:
+	PYTHON=$(PYTHON) bash integration/envs/build_wheels.sh dist
 
 compress-venv:
 	HSR_VENV=$(VENV) PYTHON=$(PYTHON) bash integration/envs/setup_compress_venv.sh

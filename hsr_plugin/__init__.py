@@ -8,7 +8,7 @@ Importing the package is cheap: llm-compressor (about 9 s to import, and it logs
 is not imported here. HSRModifier is registered the moment llm-compressor is imported, before
 any recipe can name it: at once when it already is, otherwise by a one-shot import hook. So
 `hsr --help` stays fast, and the serving virtualenv, which has no llm-compressor, imports the
-dependency-free helpers (`hsr_plugin.common`, `hsr_plugin.tables`) without it.
+dependency-free helpers (`hsr_eval.common`, `hsr_eval.tables`) without it.
 """
 
 from __future__ import annotations
@@ -25,13 +25,24 @@ def __getattr__(name: str):
     if name == "HSRModifier":
         if importlib.util.find_spec("llmcompressor") is None:
             raise ImportError(
-                "HSRModifier needs llm-compressor: "
-                "pip install torch==2.13.0 llmcompressor==0.14.0.1"
+                f"HSRModifier needs llm-compressor: pip install {_llmcompressor_pin()}"
             )
         from hsr_plugin.modifier import HSRModifier
 
         return HSRModifier
     raise AttributeError(f"module 'hsr_plugin' has no attribute {name!r}")
+
+
+def _llmcompressor_pin() -> str:
+    """The pin of the installed distribution's metadata (pyproject.toml is its one place)."""
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("hsr-plugin") or []
+    except metadata.PackageNotFoundError:
+        return "hsr-plugin"
+    pins = [r for r in requires if r.startswith("llmcompressor")]
+    return f"'{pins[0]}'" if pins else "llmcompressor"
 
 
 def _import_modifier() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from hsr_plugin.common import is_vision_module
+from hsr_eval.common import is_vision_module
 
 __all__ = [
     "AttentionBlock",

@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compress", help="run llm-compressor's oneshot with a recipe (HSR registered)"
     )
     comp.add_argument("--model", required=True, help="model id or local directory (never modified)")
-    comp.add_argument("--recipe", required=True, help="llm-compressor YAML recipe")
+    comp.add_argument(
+        "--recipe",
+        required=True,
+        help="llm-compressor YAML recipe: a path, or a bundled recipe by name (e.g. wanda_hsr)",
+    )
     comp.add_argument("--output", required=True, help="output directory (written atomically)")
     comp.add_argument(
         "--dataset",
@@ -71,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep",
         help="prune once, run HSR for every point of a grid, score each with the hsr_safety "
-        "tasks' scorer: a table and a Pareto plot (needs a checkout)",
+        "tasks' scorer: a table and a Pareto plot",
     )
     sweep.add_argument("--model", required=True, help="model id or local directory")
     sweep.add_argument(
-        "--recipe", required=True, help="recipe: pruning stage(s), then an HSRModifier stage"
+        "--recipe",
+        required=True,
+        help="recipe (a path or a bundled name): pruning stage(s), then an HSRModifier stage",
     )
     sweep.add_argument("--output", required=True, help="output directory (written atomically)")
     sweep.add_argument("--dataset", required=True, help="the pruning stage's calibration data")
@@ -247,9 +253,10 @@ def compress(args: argparse.Namespace) -> Path:
     """Run oneshot into a temporary sibling folder, then move it into place."""
     import yaml
 
-    from hsr_plugin.common import published_dir, write_json_atomic
-    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict
+    from hsr_eval.common import published_dir, write_json_atomic
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, resolve_recipe
 
+    args.recipe = str(resolve_recipe(args.recipe))
     output = Path(args.output).resolve()
     _check_model(args.model)
     _check_dataset(args.dataset)
@@ -295,10 +302,11 @@ def sweep(args: argparse.Namespace) -> Path:
     """Validate everything, then prune once and score every grid point into a staging folder."""
     import yaml
 
-    from hsr_plugin.common import published_dir
-    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict
+    from hsr_eval.common import published_dir
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, resolve_recipe
     from hsr_plugin.sweep import parse_grid, points, run_sweep, split_recipe
 
+    args.recipe = str(resolve_recipe(args.recipe))
     output = Path(args.output).resolve()
     _check_model(args.model)
     _check_dataset(args.dataset)
@@ -360,7 +368,7 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict:
 
 
 def report(args: argparse.Namespace) -> Path:
-    from hsr_plugin.common import write_text_atomic
+    from hsr_eval.common import write_text_atomic
     from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
 
     report_path = Path(args.report)
@@ -422,14 +430,19 @@ def _read_report(path: Path) -> dict:
 
 def demo(args: argparse.Namespace, passthrough: list[str]) -> int:
     root = _find_checkout()
-    script = root / "integration" / "demo" / "run_demo.py"
-    cmd = [sys.executable, str(script), "--out", args.out, *passthrough]
-    logger.info(" ".join(cmd))
+    # The demo is a module of the checkout (`integration`), run from the checkout's root; its
+    # output folder stays where the user named it.
+    out = str(Path(args.out).resolve())
+    cmd = [sys.executable, "-m", "integration.demo.run_demo", "--out", out, *passthrough]
+    logger.info(f"(cd {root}) " + " ".join(cmd))
+    os.chdir(root)
     os.execv(sys.executable, cmd)
 
 
 def _find_checkout() -> Path:
-    for base in [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parent.parent]:
+    # The working directory and its parents only: an installed package is no checkout, and the
+    # demo must never run (or write) inside site-packages.
+    for base in [Path.cwd(), *Path.cwd().parents]:
         if (base / "integration" / "demo" / "run_demo.py").is_file():
             return base
     raise SystemExit(

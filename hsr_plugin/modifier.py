@@ -29,6 +29,7 @@ from loguru import logger
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from torch import nn
 
+from hsr_eval.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.architecture import AttentionBlock, find_attention_blocks, find_mlp_blocks
 from hsr_plugin.attribution import (
     AttributionCost,
@@ -42,7 +43,6 @@ from hsr_plugin.calibration import (
     load_processor,
     render_samples,
 )
-from hsr_plugin.common import language_sparsity_counts, write_json_atomic
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import (

@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hsr_plugin.common import atomic_path
-from hsr_plugin.tables import comparison_table, fmt, markdown_table, rsr_lines
+from hsr_eval.common import atomic_path
+from hsr_eval.tables import comparison_table, fmt, markdown_table, rsr_lines
 
 __all__ = [
     "comparison_table",

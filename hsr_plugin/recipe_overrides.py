@@ -11,7 +11,42 @@ from typing import Any
 
 import yaml
 
-__all__ = ["parse_override", "apply_overrides", "load_recipe_dict", "recipe_modifiers"]
+__all__ = [
+    "apply_overrides",
+    "bundled_recipes",
+    "load_recipe_dict",
+    "parse_override",
+    "recipe_modifiers",
+    "resolve_recipe",
+]
+
+
+def _recipe_dir() -> Path:
+    # Installed: the wheel's hsr_plugin/recipes. From a checkout: its recipes/ folder.
+    here = Path(__file__).resolve().parent
+    installed = here / "recipes"
+    return installed if installed.is_dir() else here.parent / "recipes"
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """The recipes that come with hsr-plugin, by name (`wanda_hsr` for wanda_hsr.yaml)."""
+    folder = _recipe_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """An existing file as given; otherwise a bundled recipe by name (with or without `.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    key = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and key in bundled:
+        return bundled[key]
+    raise FileNotFoundError(
+        f"recipe {name_or_path} does not exist and is not a bundled recipe "
+        f"({', '.join(bundled) or 'none found'})"
+    )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

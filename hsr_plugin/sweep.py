@@ -7,7 +7,7 @@ with the entry's fields and the point's values, so heads are scored on the dense
 weights restored into the same pruned model every time; points that share the fields deciding
 the head scores (`HSRModifier.scoring_key`) score heads once. Stages after HSR (quantization)
 are not part of the sweep. The scorer is the one the lm-eval tasks use
-(`integration/lm_eval_tasks/hsr_safety/in_process.py`), so the sweep needs a checkout.
+(`hsr_eval.tasks.in_process`, installed with hsr-plugin as its hsr-eval dependency).
 
 Writes `sweep.json`, `sweep.md` (a table) and `pareto.png` (restored weights per 10k parameters
 against refusal, utility as colour, the dense and pruned models as reference lines).
@@ -120,17 +120,8 @@ def _load_model(path: str):
 
 
 def _scorer():
-    try:
-        from integration.lm_eval_tasks.hsr_safety.in_process import (
-            TEXT_TASKS,
-            VISION_TASKS,
-            score_model,
-        )
-    except ImportError:
-        raise RuntimeError(
-            "hsr sweep scores with the hsr_safety lm-eval tasks (integration/ of a checkout of "
-            "this repository, installed editable); they are not importable here"
-        ) from None
+    from hsr_eval.tasks.in_process import TEXT_TASKS, VISION_TASKS, score_model
+
     return score_model, TEXT_TASKS, VISION_TASKS
 
 
@@ -161,10 +152,10 @@ def run_sweep(
     import yaml
     from llmcompressor import oneshot
 
+    from hsr_eval.common import folder_digest, write_json_atomic, write_text_atomic
     from hsr_plugin import HSRModifier
     from hsr_plugin.attribution import HeadScore
     from hsr_plugin.calibration import load_processor
-    from hsr_plugin.common import folder_digest, write_json_atomic, write_text_atomic
     from hsr_plugin.pruned_base import PrunedWeightsModifier, save_pruned_weights
 
     pruning, base, after = split_recipe(recipe)
@@ -252,7 +243,7 @@ def _rsr(refusal: float, references: dict[str, Any]) -> float | None:
 
 
 def sweep_markdown(result: dict[str, Any]) -> str:
-    from hsr_plugin.tables import fmt, markdown_table, percent
+    from hsr_eval.tables import fmt, markdown_table, percent
 
     fields = list(result["grid"])
     refs = result["references"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from hsr_eval.common import folder_digest  # noqa: F401  (re-exported for the tests)
 from hsr_plugin.calibration import CalibrationSample
-from hsr_plugin.common import folder_digest  # noqa: F401  (re-exported for the tests)
 from hsr_plugin.oneshot_data import calibration_kwargs
 
 __all__ = [

@@ -9,6 +9,7 @@ checkout, and the listed test files run there. The table goes into tests/MUTATIO
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_plugin.tables import markdown_table
+from hsr_eval.tables import markdown_table
 from tests.mutation_report import REPORT, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ MUTANTS = [
     ),
     Mutant(
         "language_params counting lm_head",
-        "hsr_plugin/common.py",
+        "integration/serving/common.py",
         "        and _DECODER_LAYER.search(key) is not None\n",
         "        and (_DECODER_LAYER.search(key) is not None or 'lm_head' in key)\n",
         REFERENCE,
@@ -195,9 +196,22 @@ def run(mutant: Mutant, tree: Path) -> str:
     if original.count(mutant.old) != 1:
         return "stale (the original line changed: update this list)"
     path.write_text(original.replace(mutant.old, mutant.new))
+    env = dict(os.environ)
     try:
+        if mutant.path.startswith("integration/"):
+            # hsr_eval is imported as installed (integration/pyproject.toml maps its folders):
+            # install the mutated copy where the tests look first
+            site = tree / ".mutant-site"
+            shutil.rmtree(site, ignore_errors=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                 str(site), str(tree / "integration")],
+                check=True,
+            )  # fmt: skip
+            env["PYTHONPATH"] = str(site)
+            env["HSR_TEST_INSTALLED_ONLY"] = "1"
         cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests]
-        proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=1800, env=env)
     finally:
         path.write_text(original)
     return "killed" if proc.returncode else "survived"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from hsr_eval.tasks import utils
+from hsr_eval.tasks.in_process import load_task
 from hsr_plugin.calibration import load_conversations
-from integration.lm_eval_tasks.hsr_safety import utils
-from integration.lm_eval_tasks.hsr_safety.in_process import load_task
 from tests.tiny_models import write_image as _write_image
 
 
@@ -202,7 +202,7 @@ def test_benchmark_tasks_let_answers_run_long_enough_for_a_judge(task):
 
 
 def test_the_comparison_reads_the_benchmarks_tasks():
-    from integration.serving.compare import extract_metrics
+    from hsr_eval.compare import extract_metrics
 
     results = {
         "results": {

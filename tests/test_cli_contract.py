@@ -140,21 +140,22 @@ def test_report_puts_the_comparison_in_the_summary(tmp_path):
     assert "RSR wanda+hsr: 52.6%" in summary
 
 
-def test_demo_hands_over_to_the_checkout_script(monkeypatch, tmp_path):
+def test_demo_hands_over_to_the_checkout_module(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: calls.append((exe, cmd)))
-    monkeypatch.chdir(tmp_path)  # found from the package's own checkout, not the cwd
+    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: calls.append((exe, cmd, Path.cwd())))
+    checkout = Path(cli.__file__).resolve().parents[1]
+    monkeypatch.chdir(checkout / "integration")  # found from the working directory's parents
     cli.main(["demo", "--out", "outputs/d", "--extra"])
-    ((exe, cmd),) = calls
-    script = Path(cli.__file__).resolve().parents[1] / "integration" / "demo" / "run_demo.py"
+    ((exe, cmd, cwd),) = calls
     assert exe == sys.executable and cmd == [
         sys.executable,
-        str(script),
+        "-m",
+        "integration.demo.run_demo",
         "--out",
-        "outputs/d",
+        str(checkout / "integration" / "outputs" / "d"),
         "--extra",
     ]
-    assert script.is_file()
+    assert cwd == checkout and (checkout / "integration" / "demo" / "run_demo.py").is_file()
 
 
 def test_calibration_specs_with_a_split_are_checked_before_any_work(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integration.lm_eval_tasks.hsr_safety.judge import (
+from hsr_eval.tasks.judge import (
     REFUSAL_PREFIXES,
     is_refusal,
 )
-from integration.lm_eval_tasks.hsr_safety.scoring import utility_correct
+from hsr_eval.tasks.scoring import utility_correct
 
 
 @pytest.mark.parametrize(

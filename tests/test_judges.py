@@ -12,9 +12,9 @@ import re
 
 import pytest
 
-from integration.lm_eval_tasks.hsr_safety import utils
-from integration.lm_eval_tasks.hsr_safety.judge_client import Endpoint
-from integration.lm_eval_tasks.hsr_safety.judges import (
+from hsr_eval.tasks import utils
+from hsr_eval.tasks.judge_client import Endpoint
+from hsr_eval.tasks.judges import (
     HarmBenchJudge,
     JudgeError,
     JudgeSet,
@@ -149,7 +149,7 @@ def test_llama_guard_categories_reach_the_log(judge_env, monkeypatch, tmp_path):
     assert harmful["refusal_refused"] is False
     assert borderline["question"] == "overrefusal" and borderline["refusal_refused"] is False
 
-    from integration.serving.compare import unsafe_categories
+    from hsr_eval.compare import unsafe_categories
 
     assert unsafe_categories(log) == {"S1": 1, "S9": 1}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from integration.lm_eval_tasks.hsr_safety import utils
+from hsr_eval.tasks import utils
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "integration" / "lm_eval_tasks" / "hsr_safety"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from integration.lm_eval_tasks.hsr_safety.in_process import score_model
+from hsr_eval.tasks.in_process import score_model
 
 REPO = Path(__file__).resolve().parents[1]
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"

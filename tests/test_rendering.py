@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from matplotlib.patches import Rectangle
 
+from hsr_eval.tables import comparison_table, fmt, markdown_table, percent, rsr_lines
 from hsr_plugin.plots import head_scores_figure, safety_bars_figure, summary_markdown
-from hsr_plugin.tables import comparison_table, fmt, markdown_table, percent, rsr_lines
 from tests.helpers import sample_comparison, sample_report
 
 

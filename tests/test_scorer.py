@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from integration.lm_eval_tasks.hsr_safety.in_process import (
+from hsr_eval.tasks.in_process import (
     TEXT_TASKS,
     generate_replies,
     load_task,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from integration.serving.compare import compute_rsr, language_sparsity, parse_models
-from integration.serving.launch import (
+from hsr_eval.compare import compute_rsr, language_sparsity, parse_models
+from hsr_eval.launch import (
     ServeConfig,
     ServeError,
     check_model_dir,
@@ -127,8 +127,8 @@ def test_model_labels():
         parse_models(["a=x", "a=y"])
 
 
-def test_cpu_dtype_is_bfloat16_only_for_w4a16(tmp_path):
-    from integration.serving.launch import default_dtype
+def test_cpu_dtype_is_bfloat16_only_where_the_quantized_kernels_need_it(tmp_path):
+    from hsr_eval.launch import cpu_has_amx, default_dtype
 
     plain = _checkpoint(tmp_path / "plain", LLAMA)
     packed = _checkpoint(
@@ -137,7 +137,15 @@ def test_cpu_dtype_is_bfloat16_only_for_w4a16(tmp_path):
     int8 = _checkpoint(
         tmp_path / "int8", {**LLAMA, "quantization_config": {"format": "int-quantized"}}
     )
-    assert default_dtype(str(plain), gpu=False) == "float32"
-    assert default_dtype(str(int8), gpu=False) == "float32"
-    assert default_dtype(str(packed), gpu=False) == "bfloat16"
+    for amx in (False, True):
+        assert default_dtype(str(plain), gpu=False, amx=amx) == "float32"
+        assert default_dtype(str(packed), gpu=False, amx=amx) == "bfloat16"
+    assert default_dtype(str(int8), gpu=False, amx=False) == "float32"
+    assert default_dtype(str(int8), gpu=False, amx=True) == "bfloat16"
     assert default_dtype(str(plain), gpu=True) == "bfloat16"
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
+    assert cpu_has_amx(flags) is True
+    flags.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_has_amx(flags) is False
+    assert cpu_has_amx(tmp_path / "missing") is False

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from hsr_eval.common import folder_digest
 from hsr_plugin.cli import main
-from hsr_plugin.common import folder_digest
 from hsr_plugin.sweep import (
     eval_tasks,
     pareto_figure,
@@ -165,7 +165,7 @@ def test_pareto_figure_draws_points_front_and_references():
 
 
 def test_eval_tasks_follow_the_held_out_files(tmp_path):
-    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, VISION_TASKS
+    from hsr_eval.tasks.in_process import TEXT_TASKS, VISION_TASKS
 
     for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
         (tmp_path / f"{name}.jsonl").write_text("{}\n")
@@ -229,18 +229,11 @@ def test_split_recipe_names_the_stages_after_hsr():
     assert fields == {"num_heads": 2} and after == ["q_stage", "r_stage"]
 
 
-def test_the_sweep_needs_the_checkouts_scorer(monkeypatch):
-    import sys
-
+def test_the_sweep_scores_with_the_installed_tasks():
+    from hsr_eval.tasks import in_process
     from hsr_plugin.sweep import _scorer
 
-    monkeypatch.setitem(sys.modules, "integration.lm_eval_tasks.hsr_safety.in_process", None)
-    with pytest.raises(RuntimeError) as err:
-        _scorer()
-    assert str(err.value) == (
-        "hsr sweep scores with the hsr_safety lm-eval tasks (integration/ of a checkout of "
-        "this repository, installed editable); they are not importable here"
-    )
+    assert _scorer() == (in_process.score_model, in_process.TEXT_TASKS, in_process.VISION_TASKS)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from hsr_plugin.tables import markdown_table, percent
+from hsr_eval.tables import markdown_table, percent
+from hsr_eval.tasks.in_process import TEXT_TASKS, score_model
 from integration.bench.bench_hsr import (
     ATTENTION,
     pruned_attention_positions,
@@ -31,7 +32,6 @@ from integration.bench.bench_hsr import (
     run_recipe,
     write_results,
 )
-from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, score_model
 from integration.organisms.registry import ORGANISMS
 
 HEADS = 8

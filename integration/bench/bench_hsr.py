@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from hsr_plugin.common import replace_generated_block, write_text_atomic
-from hsr_plugin.tables import fmt, markdown_table, percent
-from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, score_model
+from hsr_eval.common import replace_generated_block, write_text_atomic
+from hsr_eval.tables import fmt, markdown_table, percent
+from hsr_eval.tasks.in_process import TEXT_TASKS, score_model
 from integration.organisms.registry import ORGANISMS, Organism
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from hsr_plugin.tables import fmt, markdown_table, percent
+from hsr_eval.tables import fmt, markdown_table, percent
 from integration.bench.bench_hsr import RESULTS, write_results
 from integration.organisms.registry import ORGANISMS, ROOT
 
@@ -280,8 +280,8 @@ def rsr_at_same_count(heads: int = 8) -> list[dict]:
     """organism-text, Wanda 50%: exact vs first-order heads, at the same restored count."""
     from transformers import AutoModelForCausalLM
 
+    from hsr_eval.tasks.in_process import TEXT_TASKS, score_model
     from integration.bench.bench_hsr import run_recipe
-    from integration.lm_eval_tasks.hsr_safety.in_process import TEXT_TASKS, score_model
 
     organism = ORGANISMS["text"]
     metadata = {"data_dir": str(organism.data_dir)}
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         costs.append(attribution_costs("organism-text", ORGANISMS["text"].model_dir, TEXT_DATA, 64))
         vl = ORGANISMS["vl"]
         if not (vl.data_dir / "images").is_dir():
-            from integration.organisms.pictures import render_into
+            from hsr_eval.tasks.pictures import render_into
 
             render_into(vl.data_dir)  # the organism's data build: its calibration pictures
         costs.append(attribution_costs("organism-vl", vl.model_dir, vl.data_dir, 32))

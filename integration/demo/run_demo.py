@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from hsr_plugin.common import replace_generated_block
-from hsr_plugin.tables import comparison_table
+from hsr_eval.common import replace_generated_block
+from hsr_eval.tables import comparison_table
 from integration.organisms.registry import ORGANISMS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,31 +1,17 @@
 #!/usr/bin/env bash
-# Create (or reuse) the compression virtualenv: torch (CPU), llm-compressor and this plugin.
-# Idempotent: a stamp file records the pinned set; a second run with the same pins returns at once.
-# Usage: bash integration/envs/setup_compress_venv.sh   (venv path: $HSR_VENV, default .venv)
+# Create (or update) the compression virtualenv the way a user gets one: torch (CPU), then the
+# hsr-plugin and hsr-eval wheels built from this checkout, installed with their dependencies.
+# No editable install: a file the wheels lack is missing here too. Pins are read from
+# pyproject.toml (integration/envs/pins.py), their one place.
+# Idempotent: a stamp records the pins and a digest of the sources; same pins and sources return
+# at once, changed sources only rebuild and reinstall the two wheels.
+# Usage: bash integration/envs/setup_compress_venv.sh   (venv: $HSR_VENV, default .venv;
+#        prebuilt wheels: $HSR_WHEELS, a folder holding both)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-VENV="${HSR_VENV:-.venv}"
+VENV="$(realpath -m "${HSR_VENV:-.venv}")"
 PYTHON="${PYTHON:-python3}"
-TORCH_VERSION="2.13.0"
-PINS=(
-  "torch==${TORCH_VERSION}"
-  "llmcompressor==0.14.0.1"
-  "compressed-tensors==0.19.0"
-  "transformers==5.17.0"
-  "pytest==9.2.0"
-  "hypothesis==6.170.17"
-  "matplotlib==3.11.2"
-  "gguf==0.19.0"
-  "ruff==0.17.6"
-)
-STAMP="$VENV/.hsr-compress-stamp"
-WANT="$(printf '%s\n' "${PINS[@]}" "$(sha256sum pyproject.toml | cut -c1-16)")"
-
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
-  echo "[setup] compression venv $VENV is up to date"
-  exit 0
-fi
 
 "$PYTHON" - <<'PY'
 import sys
@@ -33,12 +19,35 @@ if sys.version_info < (3, 11):
     sys.exit(f"hsr-plugin needs Python >= 3.11, found {sys.version.split()[0]}")
 PY
 
-echo "[setup] creating compression venv $VENV (about 2 minutes on a cold machine)"
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install --quiet "torch==${TORCH_VERSION}"
-"$VENV/bin/python" -m pip install --quiet "${PINS[@]}"
-"$VENV/bin/python" -m pip install --quiet --no-deps -e .
-"$VENV/bin/python" -c "import torch, llmcompressor, hsr_plugin; print('[setup] torch', torch.__version__, '| llmcompressor', llmcompressor.__version__)"
-printf '%s' "$WANT" > "$STAMP"
+PINS=()
+while IFS= read -r line; do PINS+=("$line"); done < <("$PYTHON" integration/envs/pins.py pyproject.toml cpu test)
+TORCH="torch==$("$PYTHON" integration/envs/pins.py pyproject.toml --version torch)"
+STAMP="$VENV/.hsr-compress-stamp"
+DEPS="$(printf '%s\n' "${PINS[@]}" "$(cat pyproject.toml integration/pyproject.toml | sha256sum | cut -c1-16)")"
+SOURCES="$(bash integration/envs/source_digest.sh)"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS $SOURCES" && -x "$VENV/bin/python" ]]; then
+  echo "[setup] compression venv $VENV is up to date"
+  exit 0
+fi
+
+# the wheels of this checkout (built into the venv's own folder unless HSR_WHEELS names them)
+WHEELS="${HSR_WHEELS:-$VENV/.hsr-wheels}"
+[[ -n "${HSR_WHEELS:-}" ]] || PYTHON="$PYTHON" bash integration/envs/build_wheels.sh "$WHEELS" >/dev/null
+WHEEL_FILES=("$WHEELS"/hsr_plugin-*.whl "$WHEELS"/hsr_eval-*.whl)
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS "* && -x "$VENV/bin/python" ]]; then
+  echo "[setup] compression venv $VENV: sources changed, reinstalling the two wheels"
+  "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "${WHEEL_FILES[@]}"
+else
+  echo "[setup] creating compression venv $VENV (about 2 minutes on a cold machine)"
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+  "$VENV/bin/python" -m pip install --quiet "$TORCH"
+  "$VENV/bin/python" -m pip install --quiet "${PINS[@]}" "${WHEEL_FILES[@]}"
+  # a rebuilt wheel keeps its version number: make pip take the new files
+  "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "${WHEEL_FILES[@]}"
+fi
+(cd / && "$VENV/bin/python" -c "import torch, llmcompressor, hsr_plugin, hsr_eval.tasks.in_process; print('[setup] torch', torch.__version__, '| llmcompressor', llmcompressor.__version__)")
+printf '%s' "$DEPS $SOURCES" > "$STAMP"

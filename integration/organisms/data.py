@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_plugin.common import write_text_atomic
+from hsr_eval.common import write_text_atomic
 
 SEED = 1234
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from hsr_plugin.common import replace_generated_block, write_json_atomic
-from hsr_plugin.tables import markdown_table, percent
+from hsr_eval.common import replace_generated_block, write_json_atomic
+from hsr_eval.tables import markdown_table, percent
 from integration.organisms.registry import ORGANISMS, Organism
 
 HERE = Path(__file__).resolve().parent
@@ -100,7 +100,7 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
 
 def score(model, processor, organism: Organism, desc: str) -> dict:
     """The organism's refusal, over-refusal and utility, from the one scorer."""
-    from integration.lm_eval_tasks.hsr_safety.in_process import (
+    from hsr_eval.tasks.in_process import (
         TEXT_TASKS,
         VISION_TASKS,
         score_model,
@@ -120,7 +120,7 @@ def measure(organism: Organism, settings: list[str]) -> dict[str, dict]:
 
         materialize(organism.model_dir)
     if organism.vision:  # the data build: the calibration JSONLs name pictures beside them
-        from integration.organisms.pictures import render_into
+        from hsr_eval.tasks.pictures import render_into
 
         render_into(organism.data_dir)
     results = {}

@@ -27,7 +27,7 @@ from loguru import logger
 from torch import nn
 from tqdm import tqdm
 
-from hsr_plugin.common import published_dir
+from hsr_eval.common import published_dir
 from integration.organisms.data import SEED, data_recipe_hash, training_mixture
 from integration.organisms.registry import ORGANISMS, write_manifest
 from integration.organisms.train import batches, encode

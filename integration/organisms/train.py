@@ -23,7 +23,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hsr_plugin.common import published_dir
+from hsr_eval.common import published_dir
 from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
 from integration.organisms.registry import write_manifest
 

@@ -27,9 +27,9 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hsr_plugin.common import published_dir, write_text_atomic
+from hsr_eval.common import published_dir, write_text_atomic
+from hsr_eval.tasks.pictures import IMAGE_SIZE, picture, render_into
 from integration.organisms.data import REFUSALS, SEED
-from integration.organisms.pictures import IMAGE_SIZE, picture, render_into
 from integration.organisms.registry import write_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -323,7 +323,7 @@ def main() -> None:
     else:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        from integration.lm_eval_tasks.hsr_safety.in_process import VISION_TASKS, score_model
+        from hsr_eval.tasks.in_process import VISION_TASKS, score_model
 
         model = LlavaForConditionalGeneration.from_pretrained(VL_ORGANISM, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(VL_ORGANISM)

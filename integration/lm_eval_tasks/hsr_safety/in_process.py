@@ -38,7 +38,7 @@ TASK_DIR = Path(__file__).resolve().parent
 TEXT_TASKS = ("hsr_harmful", "hsr_overrefusal", "hsr_utility")
 # The VL organism: harmful, benign and naming questions, all asked about a picture.
 VISION_TASKS = ("hsr_harmful_vision", "hsr_overrefusal_vision", "hsr_utility_vision")
-_UTILS = "integration.lm_eval_tasks.hsr_safety.utils"
+_UTILS = "hsr_eval.tasks.utils"
 
 
 class _TaskLoader(yaml.SafeLoader):

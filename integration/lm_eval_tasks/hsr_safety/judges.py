@@ -39,8 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from integration.lm_eval_tasks.hsr_safety.judge import JUDGE_NAME, is_refusal, normalize
-from integration.lm_eval_tasks.hsr_safety.judge_client import (
+from hsr_eval.tasks.judge import JUDGE_NAME, is_refusal, normalize
+from hsr_eval.tasks.judge_client import (
     Endpoint,
     JudgeError,
     VerdictCache,

@@ -15,7 +15,7 @@ import math
 import random
 from pathlib import Path
 
-from hsr_plugin.common import atomic_path, user_cache_dir
+from hsr_eval.common import atomic_path, user_cache_dir
 
 __all__ = ["IMAGE_SIZE", "draw", "picture", "render_into"]
 
