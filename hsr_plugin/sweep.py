@@ -119,6 +119,12 @@ def _load_model(path: str):
     return load_model(path, "auto" if torch.accelerator.is_available() else torch.float32)
 
 
+def _judge() -> str:
+    from hsr_eval.tasks.judges import describe_judges
+
+    return describe_judges()
+
+
 def _scorer():
     from hsr_eval.tasks.in_process import TEXT_TASKS, VISION_TASKS, score_model
 
@@ -229,6 +235,7 @@ def run_sweep(
         "pruned_base": {"file": str(weights.relative_to(output)), "digest": base_digest},
         "eval_data": str(eval_data),
         "eval_limit": eval_limit,
+        "judge": _judge(),
         "seconds": round(time.monotonic() - started, 1),
     }
     write_json_atomic(output / "sweep.json", result)
@@ -295,6 +302,7 @@ def sweep_markdown(result: dict[str, Any]) -> str:
         f"# hsr sweep: {result['model']}\n\n{table}\n\n"
         f"_Scored by the hsr_safety tasks' scorer on {result['eval_data']}"
         + (f" (first {result['eval_limit']} per task)" if result["eval_limit"] else "")
+        + (f", judge {result['judge']}" if result.get("judge") else "")
         + f"; {len(result['points'])} points over one pruning, in {result['seconds']} s._\n"
     )
 

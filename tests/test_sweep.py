@@ -56,6 +56,7 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
             ]  # fmt: skip
         )
     result = json.loads((out / "sweep.json").read_text())
+    assert result["judge"] == "keyword-v1"
     assert [p["point"] for p in result["points"]] == [
         {"num_heads": 1, "neuron_score": "wanda"},
         {"num_heads": 1, "neuron_score": "restore_gain"},
@@ -120,6 +121,7 @@ def _result(pareto=(1,), limit=3, pruned_refusal=0.5):
         "pareto": list(pareto),
         "eval_data": "d",
         "eval_limit": limit,
+        "judge": "keyword-v1",
         "seconds": 12.3,
     }
 
@@ -134,13 +136,13 @@ def test_sweep_table_is_exact():
         "| pruned |  |  |  | 50.0 |  | 2.0 | 75.0 |  |\n"
         "| HSR | 1 | 10 | 0.500 | 60.0 | 25% | 3.0 | 74.0 |  |\n"
         "| HSR | 3 | 30 | 1.500 | 70.0 | 50% | n/a | 76.0 | yes |\n\n"
-        "_Scored by the hsr_safety tasks' scorer on d (first 3 per task); 2 points over one "
-        "pruning, in 12.3 s._\n"
+        "_Scored by the hsr_safety tasks' scorer on d (first 3 per task), judge keyword-v1; 2 "
+        "points over one pruning, in 12.3 s._\n"
     )
     # no RSR when pruning lost no refusal; no limit, no "first N"
     text = sweep_markdown(_result(limit=None, pruned_refusal=0.9))
     assert "| HSR | 1 | 10 | 0.500 | 60.0 |  | 3.0 | 74.0 |  |" in text
-    assert text.endswith("scorer on d; 2 points over one pruning, in 12.3 s._\n")
+    assert text.endswith("scorer on d, judge keyword-v1; 2 points over one pruning, in 12.3 s._\n")
 
 
 def test_pareto_figure_draws_points_front_and_references():
