@@ -149,3 +149,16 @@ def test_cpu_dtype_is_bfloat16_only_where_the_quantized_kernels_need_it(tmp_path
     flags.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
     assert cpu_has_amx(flags) is False
     assert cpu_has_amx(tmp_path / "missing") is False
+
+
+def test_compare_without_vllm_says_where_to_run_it(monkeypatch, capsys):
+    from hsr_eval import compare
+
+    monkeypatch.setattr(compare.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compare.sys, "executable", "/nowhere/bin/python")
+    assert compare.main(["--models", "a=b", "--out", "o"]) == 2
+    assert capsys.readouterr().err == (
+        "error: vllm is not installed here: run hsr-compare where it is (pip install "
+        "'hsr-eval[vllm]' in a virtualenv of its own; in a checkout, make serve-venv), "
+        "or pick --backend hf\n"
+    )

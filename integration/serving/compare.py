@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         and not Path(sys.executable).with_name("vllm").exists()
     ):
         print(
-            "error: vllm is not installed here: run .venv-serve/bin/hsr-compare (make serve-venv)",
+            "error: vllm is not installed here: run hsr-compare where it is (pip install "
+            "'hsr-eval[vllm]' in a virtualenv of its own; in a checkout, make serve-venv), "
+            "or pick --backend hf",
             file=sys.stderr,
         )
         return 2
