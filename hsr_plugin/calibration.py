@@ -31,6 +31,7 @@ __all__ = [
     "BUNDLED_SETS",
     "Conversation",
     "CalibrationSample",
+    "cut_per_token_fields",
     "load_conversations",
     "load_jsonl",
     "load_vlguard",
@@ -63,11 +64,12 @@ class CalibrationSample:
     )  # pixel_values, image_grid_thw, ...
 
     def prompt_inputs(self) -> dict[str, torch.Tensor]:
-        """Model inputs for the prompt part only (head attribution scores these)."""
+        """Model inputs for the prompt part only (head attribution scores these). Every
+        per-token field the processor returned is cut with the prompt, whatever its name."""
         return {
             "input_ids": self.input_ids[:, : self.prompt_length],
             "attention_mask": self.attention_mask[:, : self.prompt_length],
-            **self.extra,
+            **cut_per_token_fields(self.extra, self.input_ids.shape[1], self.prompt_length),
         }
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
@@ -75,6 +77,33 @@ class CalibrationSample:
 
 
 # ----------------------------------------------------------------------------- loading
+# Processor outputs that are never per-token, whatever their shape happens to be.
+_PICTURE_FIELDS = ("pixel_values", "image_", "video_", "aspect_ratio")
+
+
+def cut_per_token_fields(
+    extra: dict[str, torch.Tensor], seq_len: int, length: int
+) -> dict[str, torch.Tensor]:
+    """`extra` with every per-token field cut to its first `length` positions.
+
+    A per-token field is one laid out like `input_ids`, (1, seq_len, ...): `mm_token_type_ids`
+    (Qwen-VL), `token_type_ids` (Gemma3), `cross_attention_mask` (Mllama) and whatever a
+    family adds next. Picture tensors keep their shape.
+    """
+    return {
+        key: value[:, :length]
+        if (
+            isinstance(value, torch.Tensor)
+            and value.dim() >= 2
+            and value.shape[0] == 1
+            and value.shape[1] == seq_len
+            and not key.startswith(_PICTURE_FIELDS)
+        )
+        else value
+        for key, value in extra.items()
+    }
+
+
 def load_conversations(
     spec: str, num_samples: int | None = None, seed: int = 0
 ) -> list[Conversation]:
@@ -441,6 +470,7 @@ def _render_one(
         )
     cut = len(full_ids) > max_seq_length
     if cut:
+        extra = cut_per_token_fields(extra, len(full_ids), max_seq_length)
         full_ids = full_ids[:max_seq_length]
     length = len(full_ids)
     response = torch.zeros(length, dtype=torch.bool)

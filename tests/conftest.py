@@ -74,6 +74,9 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
         "qwen2": tiny_models.build_qwen2(root / "qwen2"),
         "llava": tiny_models.build_llava(root / "llava"),
         "qwen2_vl": tiny_models.build_qwen2_vl(root / "qwen2_vl"),
+        "qwen2_vl_processor": tiny_models.add_qwen2_vl_processor(
+            tiny_models.build_qwen2_vl(root / "qwen2_vl_processor")
+        ),
     }
 
 

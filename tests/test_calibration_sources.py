@@ -147,3 +147,36 @@ def test_malformed_conversations_are_named(tmp_path, messages, image, message):
     with pytest.raises(ValueError) as err:
         calibration._conversation(messages, image, tmp_path, "src")
     assert str(err.value) == message
+
+
+def test_every_per_token_field_is_cut_with_the_prompt():
+    """Qwen-VL's mm_token_type_ids, Gemma3's token_type_ids and Mllama's cross_attention_mask
+    are laid out like input_ids; picture tensors are not, even when a size happens to match."""
+    import torch
+
+    from hsr_plugin.calibration import CalibrationSample
+
+    length, prompt = 48, 27
+    extra = {
+        "mm_token_type_ids": torch.arange(length).unsqueeze(0),
+        "token_type_ids": torch.ones(1, length, dtype=torch.long),
+        "cross_attention_mask": torch.ones(1, length, 1, 4),
+        "pixel_values": torch.zeros(1, length, 8),  # a picture tensor of the same width
+        "image_grid_thw": torch.tensor([[1, 4, 4]]),
+        "pixel_values_videos": torch.zeros(16, 1176),
+    }
+    sample = CalibrationSample(
+        input_ids=torch.arange(length).unsqueeze(0),
+        attention_mask=torch.ones(1, length, dtype=torch.long),
+        response_mask=torch.arange(length).unsqueeze(0) >= prompt,
+        prompt_length=prompt,
+        extra=extra,
+    )
+    inputs = sample.prompt_inputs()
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+        assert inputs[key].shape == (1, prompt), key
+    assert torch.equal(inputs["mm_token_type_ids"], torch.arange(prompt).unsqueeze(0))
+    assert inputs["cross_attention_mask"].shape == (1, prompt, 1, 4)
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos"):
+        assert inputs[key] is extra[key], key
+    assert sample.model_inputs()["mm_token_type_ids"] is extra["mm_token_type_ids"]

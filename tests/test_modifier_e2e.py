@@ -199,6 +199,23 @@ def test_qwen2_vl_language_model(model_dirs, calib_files):
         assert torch.equal(final[key], dense[key]), key
 
 
+def test_qwen2_vl_with_pictures_through_its_own_processor(model_dirs, calib_files):
+    """Qwen2-VL's processor returns mm_token_type_ids sized to the whole conversation; head
+    scoring runs on the prompt, so every per-token field must be cut with it."""
+    from transformers import Qwen2VLProcessor
+
+    from hsr_plugin.calibration import load_processor
+
+    model_dir = model_dirs["qwen2_vl_processor"]
+    assert type(load_processor(str(model_dir))) is Qwen2VLProcessor  # reloaded by path
+    dense, pruned, final, report = _run_pair(
+        model_dir, WANDA.format(structure="0:0"), calib_files, vl=True
+    )
+    assert _check_restoration(dense, pruned, final, report, load_model(model_dir).config) > 0
+    for key in (k for k in final if "visual" in k):
+        assert torch.equal(final[key], dense[key]), key
+
+
 def test_same_seed_gives_bit_identical_weights(model_dirs, calib_files):
     """4 of 6 rows are drawn, so the seed matters: same seed, same bits; another seed, other
     restored weights."""

@@ -238,6 +238,33 @@ def build_qwen2_vl(out: Path, seed: int = 0) -> Path:
     return _save(Qwen2VLForConditionalGeneration(config), processor, out)
 
 
+def real_video_processor_class():
+    """transformers hands out a placeholder `BaseVideoProcessor` when torchvision is missing (no
+    CPU build of it exists for this torch), and Qwen-VL processors then refuse to build; the real
+    class imports fine. Test-only: users on GPU machines have torchvision."""
+    import transformers.processing_utils as processing
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    processing.transformers_module.BaseVideoProcessor = BaseVideoProcessor
+    return BaseVideoProcessor
+
+
+def add_qwen2_vl_processor(model_dir: Path) -> Path:
+    """Save Qwen2-VL's own processor (image processor, tokenizer, template) beside the model."""
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.image_token = "<|image_pad|>"
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56),
+        tokenizer=tok,
+        video_processor=real_video_processor_class()(),
+        chat_template=QWEN_VL_TEMPLATE,
+    )
+    processor.save_pretrained(model_dir)
+    return model_dir
+
+
 def write_image(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: int = 32) -> Path:
     from PIL import Image, ImageDraw
 
