@@ -19,12 +19,17 @@ from tests import tiny_models  # noqa: E402  (after the offline switches above)
 REPO = Path(__file__).resolve().parents[1]
 
 
-# where each installed part of hsr_eval comes from in the checkout (integration/pyproject.toml)
-HSR_EVAL_SOURCES = {
-    "": REPO / "integration" / "serving",
-    "tasks": REPO / "integration" / "lm_eval_tasks" / "hsr_safety",
-    "data": REPO / "integration" / "organisms" / "data",
-}
+def hsr_eval_sources() -> dict[str, Path]:
+    """Where each installed part of hsr_eval comes from: integration/pyproject.toml's
+    package-dir, as `{"": serving/, "tasks": lm_eval_tasks/hsr_safety/, ...}`."""
+    import tomllib
+
+    project = REPO / "integration" / "pyproject.toml"
+    mapping = tomllib.loads(project.read_text())["tool"]["setuptools"]["package-dir"]
+    return {
+        package.removeprefix("hsr_eval").lstrip("."): project.parent / folder
+        for package, folder in mapping.items()
+    }
 
 
 def stale_hsr_eval_files() -> list[str]:
@@ -36,7 +41,7 @@ def stale_hsr_eval_files() -> list[str]:
         return ["hsr_eval is not installed"]
     installed = Path(spec.origin).parent
     stale = []
-    for part, source in HSR_EVAL_SOURCES.items():
+    for part, source in hsr_eval_sources().items():
         target = installed / part
         for path in sorted(target.rglob("*") if part else target.glob("*")):
             if path.is_file() and "__pycache__" not in path.parts:

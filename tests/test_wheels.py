@@ -91,7 +91,7 @@ def test_the_wheels_hold_their_packages_and_data_and_nothing_generic(wheels):
     assert 'Requires-Dist: lm-eval[api,hf]==0.4.13; extra == "vllm-cpu"' in metadata
 
 
-def SWEEP_ROWS(path: Path) -> int:  # noqa: N802
+def _sweep_rows(path: Path) -> int:
     """Rows of the sweep table, one per grid point."""
     return sum(1 for line in path.read_text().splitlines() if line.startswith("| HSR |"))
 
@@ -144,7 +144,7 @@ def test_a_user_runs_the_whole_workflow_from_the_installed_wheels(wheels, tmp_pa
 
     assert _digest(user / "organism") == before, "the input model is unchanged"
     assert (user / "hsr" / "summary.md").is_file()
-    assert SWEEP_ROWS(user / "sweep" / "sweep.md") == 2
+    assert _sweep_rows(user / "sweep" / "sweep.md") == 2
     table = (user / "eval-out" / "comparison.md").read_text()
     assert "| wanda |" in table and "| wanda+hsr |" in table
     assert (

@@ -14,6 +14,7 @@ same responses again costs no request. Pure standard library: both virtualenvs i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -107,7 +108,9 @@ def cache_key(*parts: str | None) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def file_digest(path: str | None) -> str | None:
+    """sha256 of a picture; memoised, since the prefetch and the scoring both key on it."""
     if not path:
         return None
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
