@@ -298,19 +298,22 @@ def _ablated_tail(stack: DecoderStack, block, captured, heads, rows, eps, mode, 
 
 
 def _check_tail(stack: DecoderStack, last_hidden, logits, states, model_name: str) -> None:
-    """The re-run tail (final norm + output head) must reproduce the model's own outputs."""
-    tail_logits, tail_states = stack.final_states(last_hidden)
-    if not (
-        torch.allclose(tail_logits, logits, rtol=1e-3, atol=1e-4)
-        and torch.allclose(tail_states, states, rtol=1e-3, atol=1e-4)
-    ):
-        from hsr_plugin.architecture import UnsupportedArchitectureError
+    """The re-run tail (final norm + output head + final factors) must reproduce the model's own
+    outputs; where the config's factor has two readings, keep the one that does."""
+    for factor in (stack.logit_factor, *stack.factor_candidates):
+        stack.logit_factor = factor
+        tail_logits, tail_states = stack.final_states(last_hidden)
+        if torch.allclose(tail_logits, logits, rtol=1e-3, atol=1e-4) and torch.allclose(
+            tail_states, states, rtol=1e-3, atol=1e-4
+        ):
+            return
+    from hsr_plugin.architecture import UnsupportedArchitectureError
 
-        raise UnsupportedArchitectureError(
-            f"{model_name}: the final norm and output head applied to the last decoder layer's "
-            "output do not reproduce the model's logits (extra scaling or soft-capping?), so "
-            "head attribution cannot re-run the decoder from a layer"
-        )
+    raise UnsupportedArchitectureError(
+        f"{model_name}: the final norm and output head applied to the last decoder layer's "
+        "output do not reproduce the model's logits (a final factor HSR does not know?), so "
+        "head attribution cannot re-run the decoder from a layer"
+    )
 
 
 def _first_order_scores(

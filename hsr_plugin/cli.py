@@ -268,13 +268,18 @@ def compress(args: argparse.Namespace) -> Path:
     import torch
     from llmcompressor import oneshot
 
+    from hsr_plugin.models import load_model
+
     torch.manual_seed(args.seed)  # oneshot's calibration sampler shuffles with torch's generator
     logger.info(f"hsr compress: {args.model} with {args.recipe} -> {output}")
+    # loaded here with its family's auto class: oneshot would load any path as a causal LM
+    model = load_model(args.model)
     with _stop_cleanly_on_sigterm(), published_dir(output) as staging:
         # checked again under the output's lock: a run that finished meanwhile is not replaced
         _check_output(output, args.overwrite, [])
         oneshot_kwargs = dict(
-            model=args.model,
+            model=model,
+            processor=args.model,
             recipe=yaml.safe_dump(recipe, sort_keys=False),
             output_dir=str(staging),
             num_calibration_samples=args.num_samples,

@@ -1,9 +1,17 @@
 """The language decoder as a stack that can be re-run from any layer.
 
 Ablating a head in layer l cannot change anything before layer l. So exact head attribution
-captures what every decoder layer receives in one intact pass (hidden states and every keyword
-argument: position embeddings, mask, ...), by forward pre-hooks with kwargs, and then runs only
-layers l..L-1, the final norm and the output head for each ablated head.
+captures what every decoder layer from the first scored one on receives in one intact pass
+(hidden states and every keyword argument: position embeddings, mask, ...), by forward pre-hooks
+with kwargs, and then runs only layers l..L-1, the final norm and the output head for each
+ablated head. A layer the model skipped in the intact pass (Mllama skips its cross-attention
+layers when a batch has no picture) is skipped in the re-run too.
+
+The output head is the model's final norm, its output embeddings, and the final factors its
+family applies to the logits: a scalar (Cohere's `logit_scale`, Granite's `logits_scaling`,
+MuseGlimmer's `output_multiplier`) and Gemma's tanh soft-capping. Attribution checks on the
+first batch that this tail reproduces the model's own logits, which guards against the next
+family that adds a factor.
 """
 
 from __future__ import annotations
@@ -71,6 +79,10 @@ class DecoderStack:
     norm: nn.Module
     head: nn.Module
     softcap: float | None = None  # Gemma's final_logit_softcapping
+    logit_factor: float = 1.0  # scalar applied to the output head's logits before soft-capping
+    # other readings of the config's factors, tried in this order by
+    # `attribution`'s tail check when `logit_factor` does not reproduce the logits
+    factor_candidates: tuple[float, ...] = ()
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -79,8 +91,9 @@ class DecoderStack:
     def capture(
         self, owner: HooksMixin, wanted: set[int]
     ) -> Iterator[tuple[dict[int, LayerInputs], list[torch.Tensor]]]:
-        """Inside the context, a forward pass of the whole model records the inputs of the
-        `wanted` layers and the last layer's output hidden states."""
+        """Inside the context, a forward pass of the whole model records the inputs of every
+        layer from the first `wanted` one to the last (the re-run of any wanted layer passes
+        through all of them), and the last layer's output hidden states."""
         inputs: dict[int, LayerInputs] = {}
         last: list[torch.Tensor] = []
 
@@ -100,7 +113,7 @@ class DecoderStack:
 
         handles = {
             owner.register_hook(self.layers[i], make_pre(i), "forward_pre", with_kwargs=True)
-            for i in sorted(wanted)
+            for i in range(min(wanted), len(self.layers))
         }
         handles.add(owner.register_hook(self.layers[-1], post, "forward"))
         try:
@@ -113,6 +126,8 @@ class DecoderStack:
         """(next-token logits, final-norm state) at the last position of every sequence."""
         state = self.norm(hidden[:, -1:, :])
         logits = self.head(state)
+        if self.logit_factor != 1.0:
+            logits = logits * self.logit_factor
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits[:, 0].float(), state[:, 0].float()
@@ -120,10 +135,13 @@ class DecoderStack:
     def run_from(
         self, start: int, captured: dict[int, LayerInputs], hidden: torch.Tensor, copies: int
     ) -> torch.Tensor:
-        """Run layers start..L-1 on `hidden` (the replicated input of layer `start`)."""
+        """Run layers start..L-1 on `hidden` (the replicated input of layer `start`), skipping
+        those the intact pass skipped."""
         rows = captured[start].hidden.shape[0]
         for index in range(start, len(self.layers)):
-            given = captured[index]
+            given = captured.get(index)
+            if given is None:  # the model did not run this layer for this batch
+                continue
             args = replicate(given.args, rows, copies)
             kwargs = replicate(given.kwargs, rows, copies)
             hidden = _hidden_of(self.layers[index](hidden, *args, **kwargs))
@@ -158,5 +176,25 @@ def find_decoder_stack(model: nn.Module, blocks: list[AttentionBlock]) -> Decode
             f"{type(model).__name__}: cannot find the final norm next to {list_name} or the output "
             "head, which head attribution runs after the last decoder layer"
         )
-    softcap = getattr(text_config(model), "final_logit_softcapping", None)
-    return DecoderStack(layers, norm, head, softcap)
+    config = text_config(model)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    factors = _logit_factors(config)
+    return DecoderStack(layers, norm, head, softcap, factors[0], factors[1:])
+
+
+def _logit_factors(config) -> tuple[float, ...]:
+    """The scalar the family multiplies its logits by, first, then other readings of it.
+
+    Cohere multiplies by `logit_scale`; `logits_scaling` divides in Granite but multiplies in
+    HyperCLOVA X (MuP), so both readings are offered and the tail check keeps the one that
+    reproduces the model's logits.
+    """
+    factor = 1.0
+    for name in ("logit_scale", "output_multiplier"):
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and value:
+            factor *= float(value)
+    scaling = getattr(config, "logits_scaling", None)
+    if isinstance(scaling, int | float) and scaling and scaling != 1:
+        return (factor / float(scaling), factor * float(scaling))
+    return (factor,)

@@ -1,18 +1,36 @@
-"""Load a model from a Hugging Face id or a local folder: a causal LM, or an image-text-to-text
-model when its config has a vision part."""
+"""Load a model from a Hugging Face id or a local folder the way its family's users do: with
+the image-text-to-text auto class when its config has a vision part (LLaVA, Qwen-VL, Mllama,
+...; llm-compressor's own VLM examples load them so), as a causal LM otherwise.
+
+`oneshot` given a path always loads a causal LM, which no VLM is, so `hsr compress` and
+`hsr sweep` load the model here, on the CPU as `oneshot` would, and hand `oneshot` the object.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_model"]
+__all__ = ["auto_model_class", "load_model"]
+
+
+def auto_model_class(config: Any):
+    """The transformers auto class that loads a model of `config`."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
 
 
 def load_model(path: str | Path, dtype: Any = "auto"):
-    """The model at `path` (hub id or folder) in `dtype`, in eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    """The model at `path` (hub id or folder) in `dtype`, in eval mode. A compressed-tensors
+    quantized checkpoint is decompressed, as `oneshot` does with one it loads itself."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
-    cls = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    return cls.from_pretrained(path, dtype=dtype).eval()
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    quantization = getattr(config, "quantization_config", None) or {}
+    if isinstance(quantization, dict) and quantization.get("quant_method") == "compressed-tensors":
+        from transformers.utils.quantization_config import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    return auto_model_class(config).from_pretrained(path, **kwargs).eval()

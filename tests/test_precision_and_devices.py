@@ -154,6 +154,6 @@ def test_a_model_whose_logits_the_decoder_tail_cannot_reproduce_is_refused():
         score_heads(model, blocks, response_samples(1), "ships_kl", progress=False)
     assert str(err.value) == (
         "LlamaForCausalLM: the final norm and output head applied to the last decoder layer's "
-        "output do not reproduce the model's logits (extra scaling or soft-capping?), so head "
+        "output do not reproduce the model's logits (a final factor HSR does not know?), so head "
         "attribution cannot re-run the decoder from a layer"
     )
