@@ -103,26 +103,30 @@ def ablate_heads_per_replica(
         _check_unit(block, head, mode)
     mixin = hooks_mixin()
     owner = hooks if hooks is not None else mixin()
-    d = block.head_dim
-    spans = [
-        (
-            slice(None)
-            if replica_rows is None
-            else slice(r * replica_rows, (r + 1) * replica_rows),
-            slice(head * d, (head + 1) * d),
-        )
-        for r, head in enumerate(heads)
-    ]
+
+    def spans(band):
+        return [
+            (
+                slice(None)
+                if replica_rows is None
+                else slice(r * replica_rows, (r + 1) * replica_rows),
+                band.span(head, head),  # in reference mode the unit is the KV group itself
+            )
+            for r, head in enumerate(heads)
+        ]
+
+    query, query_band = block.site("query")
+    output, output_band = block.site("output")
     plan = [
-        ("q", "forward", _scale_output(spans, eps)),
-        ("o", "forward_pre", _scale_input(spans, eps)),
+        (query, "forward", _scale_output(spans(query_band), eps)),
+        (output, "forward_pre", _scale_input(spans(output_band), eps)),
     ]
     if mode == "reference":  # the unit is the KV group g here: its k/v rows go too
         plan += [
-            ("k", "forward", _scale_output(spans, eps)),
-            ("v", "forward", _scale_output(spans, eps)),
+            (module, "forward", _scale_output(spans(band), eps))
+            for module, band in block.key_value_sites()
         ]
-    handles = [owner.register_hook(block.projection(short), fn, kind) for short, kind, fn in plan]
+    handles = [owner.register_hook(module, fn, kind) for module, kind, fn in plan]
     try:
         with mixin.disable_hooks(keep=set(handles)):
             yield handles

@@ -319,7 +319,10 @@ def _check_tail(stack: DecoderStack, last_hidden, logits, states, model_name: st
 def _first_order_scores(
     model, blocks, samples, batch_size, pad_id, device, owner, progress, cost
 ) -> list[HeadScore]:
-    sites = {b.layer: (b.projection("o"), b.num_heads, b.head_dim) for b in blocks}
+    sites = {}
+    for b in blocks:
+        module, band = b.site("output")
+        sites[b.layer] = (module, band.units, band.width)
     totals = first_order_unit_scores(
         model, sites, samples, batch_size, pad_id, device, owner, progress, cost, "head scores"
     )

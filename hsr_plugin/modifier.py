@@ -61,8 +61,8 @@ from hsr_plugin.restore import (
     restoration_mask,
     restore_gain_mask,
 )
-from hsr_plugin.selection import candidate_mask
-from hsr_plugin.slicing import mlp_channel_slices, union_head_slices
+from hsr_plugin.selection import stacked_candidate_mask
+from hsr_plugin.slicing import band_mask, mlp_channel_slices
 
 __all__ = ["HSRModifier"]
 
@@ -182,6 +182,8 @@ class HSRModifier(Modifier):
     rounds: int = Field(default=1, ge=1)
 
     _plans: dict[str, _Plan] = PrivateAttr(default_factory=dict)
+    # fused projections: the row blocks ([q; k; v]) that are ranked as separate matrices
+    _row_blocks: dict[str, tuple[tuple[int, int], ...]] = PrivateAttr(default_factory=dict)
     _dense: DenseSource | None = PrivateAttr(default=None)
     _earlier_pruning: list[Modifier] = PrivateAttr(default_factory=list)
     _head_scores: list[HeadScore] = PrivateAttr(default_factory=list)
@@ -279,6 +281,8 @@ class HSRModifier(Modifier):
                 f"num_heads={self.num_heads} exceeds the "
                 f"{sum(len(self._units(b)) for b in blocks)} heads scored"
             )
+        if "mlp" in self.units:  # refused before any scoring if the layers have no such MLP
+            find_mlp_blocks(model, layers=[b.layer for b in blocks])
         for block in blocks:
             for _, name, module in block.projections():
                 with align_module_device(module):
@@ -299,7 +303,16 @@ class HSRModifier(Modifier):
             "num_heads": blocks[0].num_heads,
             "num_kv_heads": blocks[0].num_kv_heads,
             "head_dim": blocks[0].head_dim,
+            "attention_layout": blocks[0].layout,
         }
+        unsliced = [name for b in blocks for name in b.unsliced]
+        if unsliced:
+            # MLA's shared low-rank down-projections serve every head: HSR leaves them as pruned
+            self._model_info["unsliced_projections"] = unsliced
+            logger.info(
+                f"HSR: {len(unsliced)} shared projections belong to no head and stay as pruned "
+                f"({unsliced[0]}, ...)"
+            )
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
         # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
         # context manager does not nest: leaving an inner one would re-enable everyone's).
@@ -426,17 +439,19 @@ class HSRModifier(Modifier):
             by_layer.setdefault(layer, []).append((head, kv_of[(layer, head)]))
         slices: dict[str, tuple[nn.Linear, torch.Tensor, str]] = {}
         for block in (b for b in blocks if b.layer in by_layer):
-            for short, name, module in block.projections():
-                shape = (module.out_features, module.in_features)
-                mask = union_head_slices(
-                    shape,
-                    short,
+            for sliced in block.sliced_projections():
+                module = sliced.module
+                mask = band_mask(
+                    (module.out_features, module.in_features),
+                    sliced.axis,
+                    sliced.bands,
                     by_layer[block.layer],
-                    block.head_dim,
                     block.num_heads,
                     self.head_slicing,
                 )
-                slices[name] = (module, mask, "heads")
+                slices[sliced.name] = (module, mask, "heads")
+                if sliced.row_blocks:
+                    self._row_blocks[sliced.name] = sliced.row_blocks
         if "mlp" in self.units:
             start = time.perf_counter()
             slices.update(self._plan_mlp(model, blocks, safety, pad_id, device))
@@ -522,9 +537,10 @@ class HSRModifier(Modifier):
                 # each matrix's statistics are freed as soon as its mask is built
                 i_s = importance_scores(self.neuron_score, stats_s.pop(name), weight)
                 i_u = importance_scores(self.neuron_score, stats_u.pop(name), weight)
-            candidates = candidate_mask(
-                i_s, i_u, self.safety_top, self.utility_top, self.utility_max
-            )
+            candidates = stacked_candidate_mask(
+                i_s, i_u, self.safety_top, self.utility_top, self.utility_max,
+                self._row_blocks.get(name, ()),
+            )  # fmt: skip
             priority = i_s.float().cpu() if ranked else None
             self._plans[name] = _Plan(module, candidates.cpu(), mask, priority, unit)
 

@@ -2,6 +2,8 @@
 
 Candidates per matrix, ranked over the whole matrix:
     S = (top_q(I_s) ∩ top_pmax(I_u)) \\ top_p(I_u)
+A fused projection (Phi-3's [q; k; v] qkv_proj) is ranked as the matrices it stacks, each row
+block on its own, so that it selects what separate q, k and v projections would.
 Restore set: R = S ∩ head slices ∩ pruned positions, where pruned = (w == 0) & (dense != 0) is
 read off the pruned model, never recomputed.
 """
@@ -16,6 +18,7 @@ __all__ = [
     "top_fraction_count",
     "top_fraction_mask",
     "candidate_mask",
+    "stacked_candidate_mask",
     "pruned_mask",
     "restore_mask",
     "apply_restore",
@@ -70,6 +73,36 @@ def candidate_mask(
     within_max = top_fraction_mask(utility_scores, utility_max)
     utility_critical = top_fraction_mask(utility_scores, utility_top)
     return safety & within_max & ~utility_critical
+
+
+def stacked_candidate_mask(
+    safety_scores: torch.Tensor,
+    utility_scores: torch.Tensor,
+    safety_top: float,
+    utility_top: float,
+    utility_max: float,
+    row_blocks: tuple[tuple[int, int], ...] = (),
+) -> torch.Tensor:
+    """`candidate_mask` on each [start, end) row block of a stacked matrix (the whole matrix
+    when `row_blocks` is empty); the blocks must tile the rows."""
+    if not row_blocks:
+        return candidate_mask(safety_scores, utility_scores, safety_top, utility_top, utility_max)
+    starts = [start for start, _ in row_blocks]
+    ends = [end for _, end in row_blocks]
+    if starts[0] != 0 or ends[-1] != safety_scores.shape[0] or starts[1:] != ends[:-1]:
+        raise ValueError(f"row blocks {row_blocks} do not tile {safety_scores.shape[0]} rows")
+    return torch.cat(
+        [
+            candidate_mask(
+                safety_scores[start:end],
+                utility_scores[start:end],
+                safety_top,
+                utility_top,
+                utility_max,
+            )  # fmt: skip
+            for start, end in row_blocks
+        ]
+    )
 
 
 def pruned_mask(pruned_weight: torch.Tensor, dense_weight: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,18 @@ whole matrix whenever its layer holds a selected head.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 __all__ = [
+    "HeadBand",
     "HeadSlicing",
     "Projection",
+    "SlicedProjection",
+    "band_mask",
     "head_slice_mask",
     "mlp_channel_slices",
     "union_head_slices",
@@ -25,6 +30,84 @@ __all__ = [
 
 HeadSlicing = Literal["exact", "reference"]
 Projection = Literal["q", "k", "v", "o"]
+
+
+@dataclass(frozen=True)
+class HeadBand:
+    """`units` consecutive slices of `width` features from `offset` on, along a Linear's rows
+    (output features) or columns (input features): unit u owns [offset + u*width,
+    offset + (u+1)*width). A unit is a query head (`per="head"`) or a KV group."""
+
+    offset: int
+    width: int
+    units: int
+    per: Literal["head", "kv_group"]
+
+    def span(self, head: int, kv_group: int) -> slice:
+        unit = head if self.per == "head" else kv_group
+        return slice(self.offset + unit * self.width, self.offset + (unit + 1) * self.width)
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.units * self.width
+
+
+@dataclass(frozen=True)
+class SlicedProjection:
+    """One Linear of an attention block and its head bands along `axis` (0 rows, 1 columns).
+
+    `role` marks where head ablation acts: `query` (the head's query features at this Linear's
+    output) or `output` (the head's attention output at o_proj's input)."""
+
+    short: str
+    name: str
+    module: nn.Linear
+    axis: int
+    bands: tuple[HeadBand, ...]
+    role: str | None = None
+
+    @property
+    def row_blocks(self) -> tuple[tuple[int, int], ...]:
+        """The row blocks of a Linear that stacks several projections (fused q/k/v): each one
+        is ranked as its own matrix. Empty for a Linear that is one projection."""
+        if self.axis != 0 or len(self.bands) < 2:
+            return ()
+        return tuple((band.offset, band.end) for band in self.bands)
+
+
+def band_mask(
+    shape: tuple[int, int],
+    axis: int,
+    bands: Iterable[HeadBand],
+    heads: Iterable[tuple[int, int]],
+    num_heads: int,
+    mode: HeadSlicing = "exact",
+) -> torch.Tensor:
+    """Union of the (head, kv_group) units' slices of one Linear of `shape`.
+
+    Exact: each band's rows (axis 0) or columns (axis 1) of the unit. Reference (the authors'
+    code, one unit per KV group g): a Linear sliced by rows keeps the input-column band
+    [g*in//H, (g+1)*in//H) over all its rows, and one sliced by columns (o_proj) is kept whole.
+    """
+    if mode not in ("exact", "reference"):
+        raise ValueError(f"head slicing mode must be 'exact' or 'reference', got {mode!r}")
+    rows, cols = (int(x) for x in shape)
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    bands = tuple(bands)
+    for head, kv_group in heads:
+        if mode == "reference":
+            if axis == 1:
+                mask[:] = True
+            else:
+                mask[:, head * cols // num_heads : (head + 1) * cols // num_heads] = True
+            continue
+        for band in bands:
+            span = band.span(head, kv_group)
+            if axis == 0:
+                mask[span, :] = True
+            else:
+                mask[:, span] = True
+    return mask
 
 
 def head_slice_mask(

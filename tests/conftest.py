@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
-from tests import tiny_models  # noqa: E402  (after the offline switches above)
+from integration.bench import tiny_models  # noqa: E402  (after the offline switches above)
 
 REPO = Path(__file__).resolve().parents[1]
 

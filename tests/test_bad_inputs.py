@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,26 +156,40 @@ def test_too_many_heads(model_dirs, calib_files):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
 
-class _FusedAttention(nn.Module):
+class _InterleavedAttention(nn.Module):  # GPT-NeoX: query_key_value interleaved per head
     def __init__(self):
         super().__init__()
-        self.qkv_proj = nn.Linear(8, 24)
-        self.o_proj = nn.Linear(8, 8)
+        self.query_key_value = nn.Linear(8, 24)
+        self.dense = nn.Linear(8, 8)
 
 
 class _FusedModel(nn.Module):
-    def __init__(self):
+    def __init__(self, attention: nn.Module):
         super().__init__()
+        self.config = SimpleNamespace(num_attention_heads=2, num_key_value_heads=2)
         self.layers = nn.ModuleList([nn.Module()])
-        self.layers[0].self_attn = _FusedAttention()
+        self.layers[0].self_attn = attention
 
 
-def test_fused_qkv_is_an_unsupported_architecture():
-    with pytest.raises(
-        UnsupportedArchitectureError,
-        match=r"layers.0.self_attn.qkv_proj: fused attention projection",
-    ):
-        find_attention_blocks(_FusedModel())
+def test_a_fused_layout_hsr_cannot_slice_is_refused_naming_the_module():
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        find_attention_blocks(_FusedModel(_InterleavedAttention()))
+    assert str(err.value) == (
+        "layers.0.self_attn.query_key_value: fused attention projection (Linear) in a layout HSR "
+        "cannot slice by heads; it supports separate q_proj/k_proj/v_proj/o_proj, a [q; k; v] "
+        "qkv_proj (Phi-3) and multi-head latent attention (DeepSeek)"
+    )
+
+
+def test_a_qkv_proj_that_is_not_a_q_k_v_stack_is_refused():
+    attention = nn.Module()
+    attention.qkv_proj, attention.o_proj = nn.Linear(8, 20), nn.Linear(8, 8)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        find_attention_blocks(_FusedModel(attention))
+    assert str(err.value) == (
+        "layers.0.self_attn: qkv_proj out_features 20 != (heads 2 + 2 x kv heads 2) x head_dim 4: "
+        "not a [q; k; v] stack"
+    )
 
 
 def test_model_without_attention():

@@ -17,7 +17,7 @@ import pytest
 from hsr_eval.tasks import utils
 from hsr_eval.tasks.in_process import load_task
 from hsr_plugin.calibration import load_conversations
-from tests.tiny_models import write_image as _write_image
+from integration.bench.tiny_models import write_image as _write_image
 
 
 def write_image(path: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from hsr_plugin import calibration
 from hsr_plugin.calibration import encode_conversation, load_conversations, load_vlguard
-from tests.tiny_models import build_tokenizer, write_image
+from integration.bench.tiny_models import build_tokenizer, write_image
 
 
 @pytest.fixture

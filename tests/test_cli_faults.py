@@ -345,7 +345,7 @@ def test_content_parts_with_images_are_accepted(model_dirs, tmp_path, where):
     """Hugging Face's VLM chat format, with the tiny LLaVA: the picture in the image part, or in
     the row's `image` field; both render exactly like the plugin's plain format."""
     from hsr_plugin.calibration import load_conversations, load_processor, render_samples
-    from tests.tiny_models import write_image
+    from integration.bench.tiny_models import write_image
 
     write_image(tmp_path / "pic.png")
     part = {"type": "image", "image": "pic.png"} if where == "in-the-part" else {"type": "image"}

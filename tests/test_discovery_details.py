@@ -22,8 +22,8 @@ from hsr_plugin.calibration import (
     load_jsonl,
     load_processor,
 )
+from integration.bench.tiny_models import write_image
 from tests.helpers import adds_bos
-from tests.tiny_models import write_image
 
 
 class _Attention(nn.Module):
@@ -55,8 +55,8 @@ def test_no_attention_within_the_targets_says_so():
     with pytest.raises(UnsupportedArchitectureError) as err:
         find_attention_blocks(model, within=["lm_head"])
     assert str(err.value) == (
-        "no language self-attention blocks with q_proj/k_proj/v_proj/o_proj found in _Decoder "
-        "within the targeted modules"
+        "no language self-attention blocks (q_proj/k_proj/v_proj/o_proj, a fused qkv_proj, or "
+        "multi-head latent attention) found in _Decoder within the targeted modules"
     )
     with pytest.raises(UnsupportedArchitectureError) as err:
         find_attention_blocks(nn.Sequential(nn.Linear(2, 2)))
@@ -170,7 +170,7 @@ def _conv(image=None):
 
 def test_rendering_adds_no_second_bos_and_masks_one_row():
     from hsr_plugin.calibration import render_samples
-    from tests.tiny_models import build_tokenizer
+    from integration.bench.tiny_models import build_tokenizer
 
     tokenizer = adds_bos(build_tokenizer())
     (sample,) = render_samples([_conv()], tokenizer, 64)
@@ -243,7 +243,7 @@ def test_a_processor_whose_tokenizer_holds_the_template_is_kept(monkeypatch):
 
 def test_rendering_names_the_source_of_an_unstable_template_and_needs_conversations():
     from hsr_plugin.calibration import render_samples
-    from tests.tiny_models import build_tokenizer
+    from integration.bench.tiny_models import build_tokenizer
 
     unstable = build_tokenizer(
         template="{% for m in messages %}{{ m['content'] }}{% endfor %}"

@@ -18,8 +18,8 @@ import random
 import pytest
 import torch
 
+from integration.bench.tiny_models import SAFETY_ROWS, UTILITY_ROWS
 from tests.helpers import HSR, WANDA, load_model, run_oneshot
-from tests.tiny_models import SAFETY_ROWS, UTILITY_ROWS
 
 EPS = 1e-5
 

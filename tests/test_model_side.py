@@ -19,8 +19,8 @@ from hsr_plugin.calibration import (
     render_samples,
 )
 from hsr_plugin.dense_source import DenseSnapshot, SafetensorsDenseSource, checkpoint_key_candidates
+from integration.bench.tiny_models import TINY_CLIP, build_tokenizer, write_image
 from tests.helpers import load_model
-from tests.tiny_models import TINY_CLIP, build_tokenizer, write_image
 
 
 def _text_config(cls_name: str, **extra):

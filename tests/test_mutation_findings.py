@@ -149,7 +149,7 @@ def test_the_judge_line_needs_only_the_judge():
 
 def test_encode_conversation_names_its_source_and_adds_no_second_bos():
     from hsr_plugin.calibration import encode_conversation
-    from tests.tiny_models import build_tokenizer
+    from integration.bench.tiny_models import build_tokenizer
 
     messages = [{"role": "user", "content": "how are you"}, {"role": "assistant", "content": "ok"}]
     tokenizer = adds_bos(build_tokenizer())

@@ -254,6 +254,7 @@ def test_rounds_spend_the_whole_budget_in_shares(model_dirs, calib_files, capsys
         "num_heads": 4,
         "num_kv_heads": 2,
         "head_dim": 16,
+        "attention_layout": "separate",
     }
 
 
