@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from hsr_eval.common import is_vision_module
+from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.slicing import HeadBand, SlicedProjection
 
 __all__ = [
@@ -44,7 +45,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLA_SHARED = ("q_a_proj", "kv_a_proj_with_mqa")
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(InvalidInputError):
     """The model's attention cannot be mapped to per-head q/k/v/o slices."""
 
 

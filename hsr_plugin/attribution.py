@@ -35,6 +35,7 @@ from hsr_plugin.ablation import ablate_heads_per_replica, ablation_units
 from hsr_plugin.architecture import AttentionBlock, is_multimodal, text_config
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicate
+from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.placement import execution_device
@@ -221,7 +222,7 @@ def score_heads(
     `hooks`, the HSRModifier; a bare `HooksMixin` when called on its own).
     """
     if not samples:
-        raise ValueError("head attribution needs at least one safety prompt")
+        raise InvalidInputError("head attribution needs at least one safety prompt")
     device = device if device is not None else execution_device(model)
     owner = hooks if hooks is not None else hooks_mixin()()
     cost = cost if cost is not None else AttributionCost()
@@ -283,7 +284,7 @@ def score_heads(
 def _check_finite(logits: torch.Tensor, states: torch.Tensor, what: str) -> None:
     """NaN or inf would reach the SVD of the subspace score; say where they came from."""
     if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
-        raise ValueError(
+        raise InvalidInputError(
             f"head attribution: the next-token logits or final states of {what} on the safety "
             "prompts are not finite (NaN or inf), so its head score would be too"
         )
@@ -391,7 +392,7 @@ def first_order_unit_scores(
                 out = model(**batch, labels=labels, use_cache=False)
                 loss = out.loss * counted  # the summed NLL of the batch's response tokens
                 if not torch.isfinite(loss):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"HSR {what}: the response NLL is not finite; check the calibration data"
                     )
                 grads = torch.autograd.grad(loss, [probes[k] for k in keys])
@@ -407,5 +408,5 @@ def first_order_unit_scores(
     finally:
         owner.remove_hooks(handles)
     if seen == 0:
-        raise ValueError(f"HSR {what}: no response token in the calibration data")
+        raise InvalidInputError(f"HSR {what}: no response token in the calibration data")
     return totals

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from loguru import logger
 
+from hsr_plugin.errors import InvalidInputError, MissingInputError
+
 __all__ = [
     "BUNDLED_SETS",
     "Conversation",
@@ -109,7 +111,7 @@ def load_conversations(
 ) -> list[Conversation]:
     """Resolve `spec` (bundled name, local path, or hub id) and subsample deterministically."""
     if not spec or not str(spec).strip():
-        raise ValueError("calibration data spec is empty")
+        raise InvalidInputError("calibration data spec is empty")
     spec = str(spec)
     path_part, _, split = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
     split, _, image_root = split.partition(":")
@@ -122,16 +124,16 @@ def load_conversations(
         elif path.suffix == ".json" or path.is_dir():
             conversations = load_vlguard(path, split or "unsafes", image_root or None)
         else:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}: expected a .jsonl file in the HSR format or a VLGuard train.json"
             )
     else:
         conversations = _load_hub(path_part, split)
     if not conversations:
-        raise ValueError(f"calibration set {spec!r} is empty")
+        raise InvalidInputError(f"calibration set {spec!r} is empty")
     if num_samples is not None:
         if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+            raise InvalidInputError(f"num_samples must be >= 1, got {num_samples}")
         if num_samples < len(conversations):
             picked = sorted(random.Random(seed).sample(range(len(conversations)), num_samples))
             conversations = [conversations[i] for i in picked]
@@ -141,14 +143,14 @@ def load_conversations(
 def load_jsonl(path: str | Path) -> list[Conversation]:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path} is not a file: calibration data is one JSONL file")
+        raise InvalidInputError(f"{path} is not a file: calibration data is one JSONL file")
     out = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         where = f"{path}:{number}"
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where}: not UTF-8 text ({err.reason} at byte {err.start})"
             ) from None
         if not line.strip():
@@ -156,9 +158,9 @@ def load_jsonl(path: str | Path) -> list[Conversation]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            raise InvalidInputError(f"{where}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: a row must be a JSON object with 'messages'")
+            raise InvalidInputError(f"{where}: a row must be a JSON object with 'messages'")
         out.append(_conversation(row.get("messages"), row.get("image"), path.parent, where))
     return out
 
@@ -182,7 +184,7 @@ def _flatten_parts(content: Any, where: str) -> tuple[Any, list[Any]]:
                 picture = picture.get("url")
             pictures.append(picture or part.get("image_url", {}).get("url"))
         else:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where}: a content part is {{'type': 'text', 'text': ...}} or "
                 f"{{'type': 'image'[, 'image': path]}}, got {part!r}"
             )
@@ -191,40 +193,50 @@ def _flatten_parts(content: Any, where: str) -> tuple[Any, list[Any]]:
 
 def _conversation(messages: Any, image: Any, root: Path, where: str) -> Conversation:
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+        raise InvalidInputError(
+            f"{where}: 'messages' must be a non-empty list of {{role, content}}"
+        )
     flat, pictures = [], []
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ValueError(f"{where}: unknown role in {message!r}; roles are {', '.join(ROLES)}")
+            raise InvalidInputError(
+                f"{where}: unknown role in {message!r}; roles are {', '.join(ROLES)}"
+            )
         content, found = _flatten_parts(message.get("content"), where)
         pictures += found
         if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"{where}: empty content in the {message['role']} turn")
+            raise InvalidInputError(f"{where}: empty content in the {message['role']} turn")
         flat.append({"role": message["role"], "content": content})
     messages = flat
     if len(pictures) > 1:
-        raise ValueError(f"{where}: {len(pictures)} image parts; one picture per conversation")
+        raise InvalidInputError(
+            f"{where}: {len(pictures)} image parts; one picture per conversation"
+        )
     if pictures:
         named = pictures[0]
         if named and image and named != image:
-            raise ValueError(f"{where}: the image part names {named!r}, the row names {image!r}")
+            raise InvalidInputError(
+                f"{where}: the image part names {named!r}, the row names {image!r}"
+            )
         image = named or image
         if not image:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where}: an image part without a picture: give it in the part "
                 '("image": path) or in the row\'s "image" field'
             )
     if messages[-1]["role"] != "assistant":
-        raise ValueError(f"{where}: the last turn must be the assistant's response (it is scored)")
+        raise InvalidInputError(
+            f"{where}: the last turn must be the assistant's response (it is scored)"
+        )
     if not any(m["role"] == "user" for m in messages):
-        raise ValueError(f"{where}: no user turn")
+        raise InvalidInputError(f"{where}: no user turn")
     image_path = None
     if image is not None and not isinstance(image, str):
-        raise ValueError(f"{where}: 'image' must be a path (a string), got {image!r}")
+        raise InvalidInputError(f"{where}: 'image' must be a path (a string), got {image!r}")
     if image:
         image_path = (root / image).resolve()
         if not image_path.is_file():
-            raise ValueError(f"{where}: image {image_path} does not exist")
+            raise InvalidInputError(f"{where}: image {image_path} does not exist")
     return Conversation(
         tuple({"role": m["role"], "content": m["content"]} for m in messages), image_path, where
     )
@@ -240,21 +252,23 @@ def load_vlguard(
     unsafe instruction and refusal.
     """
     if split not in VLGUARD_SPLITS:
-        raise ValueError(f"VLGuard split must be one of {', '.join(VLGUARD_SPLITS)}, got {split!r}")
+        raise InvalidInputError(
+            f"VLGuard split must be one of {', '.join(VLGUARD_SPLITS)}, got {split!r}"
+        )
     path = Path(path)
     if path.is_dir():
         path = path / "train.json"
     if not path.is_file():
-        raise FileNotFoundError(f"VLGuard file {path} does not exist")
+        raise MissingInputError(f"VLGuard file {path} does not exist")
     items = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(items, list):
-        raise ValueError(f"{path}: VLGuard train.json must be a JSON list")
+        raise InvalidInputError(f"{path}: VLGuard train.json must be a JSON list")
     root = Path(image_root) if image_root else _vlguard_picture_root(path, items)
     named = [item["image"] for item in items if isinstance(item, dict) and item.get("image")]
     missing = [name for name in named if not (root / name).is_file()]
     if missing:
         # One line, before any work: the usual cause is the picture folder, not the rows.
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"VLGuard: {len(missing)} of {len(named)} pictures are missing under {root} (first: "
             f"{missing[0]}); the published train.zip unpacks into train/ beside train.json, or "
             f"name the picture folder: {path}:{split}:/path/to/pictures"
@@ -301,7 +315,7 @@ def _load_hub(dataset_id: str, split: str) -> list[Conversation]:
         import datasets
 
         if "vlguard" in dataset_id.lower():
-            raise ValueError(
+            raise InvalidInputError(
                 f"VLGuard ships its images as a zip: download {dataset_id} once and pass the local "
                 "train.json path with a split, e.g. /data/VLGuard/train.json:unsafes"
             )
@@ -309,7 +323,7 @@ def _load_hub(dataset_id: str, split: str) -> list[Conversation]:
     except ValueError:
         raise
     except Exception as err:  # hub unreachable, unknown id, ...
-        raise ValueError(
+        raise InvalidInputError(
             f"calibration data {dataset_id!r} is not a bundled set ({names}), not an existing "
             "local path, "
             f"and could not be loaded from the Hugging Face hub: {type(err).__name__}: {err}"
@@ -345,7 +359,7 @@ def load_processor(model_or_path: str, processor: Any = None) -> Any:
             errors.append(f"{loader.__name__}: no chat template")
         except Exception as err:  # noqa: BLE001 - report every attempt
             errors.append(f"{loader.__name__}: {type(err).__name__}: {err}")
-    raise ValueError(
+    raise InvalidInputError(
         f"could not load a processor with a chat template from {source!r} ({'; '.join(errors)}); "
         "pass `processor=` to HSRModifier"
     )
@@ -387,7 +401,7 @@ def render_samples(
     the response; a sample whose prompt alone exceeds max_seq_length is an error.
     """
     if max_seq_length < 2:
-        raise ValueError(f"max_seq_length must be >= 2, got {max_seq_length}")
+        raise InvalidInputError(f"max_seq_length must be >= 2, got {max_seq_length}")
     samples, truncated = [], []
     for conv in conversations:
         sample, cut = _render_one(conv, processor, max_seq_length)
@@ -395,7 +409,7 @@ def render_samples(
         if cut:
             truncated.append(conv.source)
     if not samples:
-        raise ValueError("no calibration conversations to render")
+        raise InvalidInputError("no calibration conversations to render")
     if truncated:
         logger.warning(
             f"{len(truncated)} of {len(samples)} calibration conversations are longer than "
@@ -408,7 +422,7 @@ def _check_prefix(full_ids: list[int], prompt_ids: list[int], source: str) -> in
     """The prompt's token count, once the prompt is checked to be a prefix of the whole."""
     n_prompt = len(prompt_ids)
     if len(full_ids) <= n_prompt or full_ids[:n_prompt] != prompt_ids:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source}: the chat template is not prefix-stable: the rendered prompt is not a "
             "token prefix of the rendered conversation, so the response tokens cannot be located"
         )
@@ -435,7 +449,7 @@ def _render_one(
 ) -> tuple[CalibrationSample, bool]:
     tokenizer = _tokenizer_of(processor)
     if conv.image is not None and not _has_images(processor):
-        raise ValueError(
+        raise InvalidInputError(
             f"{conv.source}: this conversation has an image but the processor "
             f"({type(processor).__name__}) has no image processor: this model cannot take images"
         )
@@ -465,7 +479,7 @@ def _render_one(
         prompt_ids = torch.tensor(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     n_prompt = _check_prefix(full_ids.tolist(), prompt_ids.tolist(), conv.source)
     if n_prompt >= max_seq_length:
-        raise ValueError(
+        raise InvalidInputError(
             f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}"
         )
     cut = len(full_ids) > max_seq_length

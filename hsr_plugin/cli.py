@@ -489,9 +489,33 @@ def _one_line(err: BaseException) -> str:
     )
 
 
+OOM_ADVICE = (
+    "out of memory: lower HSRModifier.batch_size or attribution_memory_gb, or set "
+    "offload_statistics: true (--set HSRModifier.batch_size=1); hsr --debug shows where"
+)
+BUG_LINE = (
+    "hsr: this is a bug in hsr-plugin or a library below it, not a problem with your input; "
+    "please report it with the traceback above"
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from hsr_plugin.errors import HSRUserError
+
+    return (HSRUserError, ValidationError)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """The `hsr` console script: a user error prints one line `error: ...` and exits with 2;
-    a bug (any other exception) keeps its traceback; `--debug` shows every traceback."""
+    """The `hsr` console script: a user error (`HSRUserError`, an invalid field) prints one line
+    `error: ...` and exits with 2; out of memory prints one line of advice and exits with 3;
+    anything else is a bug: its traceback, a line saying so, and exit code 1. `--debug` shows
+    every traceback."""
+    import traceback
+
+    import torch
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -501,11 +525,20 @@ def run(argv: list[str] | None = None) -> int:
             raise
         print(err.code if err.code.startswith("error:") else f"error: {err.code}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError, NotADirectoryError) as err:
+    except _user_errors() as err:
         if debug:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError:
+        if debug:
+            raise
+        print(f"error: {OOM_ADVICE}", file=sys.stderr)
+        return 3
+    except Exception:
+        traceback.print_exc()
+        print(BUG_LINE, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import torch
 from compressed_tensors.utils import align_module_device
 from torch import nn
 
+from hsr_plugin.errors import InvalidInputError, MissingInputError
+
 __all__ = ["DenseSource", "DenseSnapshot", "SafetensorsDenseSource", "checkpoint_key_candidates"]
 
 
@@ -66,7 +68,7 @@ def safetensors_keys(file: str | Path) -> list[str]:
         with safe_open(str(file), framework="pt") as handle:
             return list(handle.keys())
     except Exception as err:  # SafetensorError, OSError: say which file
-        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+        raise InvalidInputError(f"{file}: not a readable safetensors file ({err})") from None
 
 
 class SafetensorsDenseSource:
@@ -75,7 +77,7 @@ class SafetensorsDenseSource:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"dense_model {self.path} does not exist")
+            raise MissingInputError(f"dense_model {self.path} does not exist")
         self._key_to_file = self._index()
 
     def _index(self) -> dict[str, Path]:
@@ -88,7 +90,7 @@ class SafetensorsDenseSource:
                 return {key: self.path / name for key, name in weight_map.items()}
             files = sorted(self.path.glob("*.safetensors"))
         if not files:
-            raise FileNotFoundError(f"dense_model {self.path} holds no .safetensors files")
+            raise MissingInputError(f"dense_model {self.path} holds no .safetensors files")
         mapping = {}
         for file in files:
             mapping.update({key: file for key in safetensors_keys(file)})
@@ -120,7 +122,7 @@ class SafetensorsDenseSource:
             with safe_open(str(self._key_to_file[key]), framework="pt") as handle:
                 shape = tuple(handle.get_slice(key).get_shape())
             if shape != tuple(module.weight.shape):
-                raise ValueError(
+                raise InvalidInputError(
                     f"dense_model {self.path}: {key} has shape {shape}, but {name}.weight has "
                     f"shape {tuple(module.weight.shape)}: is it the same model?"
                 )

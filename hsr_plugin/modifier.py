@@ -44,6 +44,7 @@ from hsr_plugin.calibration import (
     render_samples,
 )
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
+from hsr_plugin.errors import InvalidInputError, StageOrderError
 from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.neuron_scoring import (
     collect_statistics,
@@ -240,14 +241,16 @@ class HSRModifier(Modifier):
     @classmethod
     def _non_empty(cls, value: str):
         if not value or not value.strip():
-            raise ValueError("calibration data must name a bundled set, a path or a dataset id")
+            raise InvalidInputError(
+                "calibration data must name a bundled set, a path or a dataset id"
+            )
         return value
 
     @field_validator("units")
     @classmethod
     def _check_units(cls, value):
         if "heads" not in value:
-            raise ValueError("units must include 'heads': ['heads'] or ['heads', 'mlp']")
+            raise InvalidInputError("units must include 'heads': ['heads'] or ['heads', 'mlp']")
         return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
@@ -255,7 +258,7 @@ class HSRModifier(Modifier):
         if self.rounds > 1 and (
             self.neuron_score != "restore_gain" or self.max_restored_per_10k is None
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"rounds={self.rounds} re-scores between chunks of the budget: it needs "
                 "neuron_score: restore_gain and max_restored_per_10k"
             )
@@ -264,7 +267,7 @@ class HSRModifier(Modifier):
     @model_validator(mode="after")
     def _check_fractions(self):
         if self.utility_top > self.utility_max:
-            raise ValueError(
+            raise InvalidInputError(
                 f"utility_top (p={self.utility_top}) must not exceed utility_max "
                 f"(p_max={self.utility_max}): "
                 "candidates are (top_q safety ∩ top_pmax utility) minus top_p utility"
@@ -277,7 +280,7 @@ class HSRModifier(Modifier):
         self._earlier_pruning = self._check_recipe_order()
         blocks = self._find_blocks(model)
         if self.num_heads > sum(len(self._units(b)) for b in blocks):
-            raise ValueError(
+            raise InvalidInputError(
                 f"num_heads={self.num_heads} exceeds the "
                 f"{sum(len(self._units(b)) for b in blocks)} heads scored"
             )
@@ -332,7 +335,7 @@ class HSRModifier(Modifier):
 
     def on_finalize(self, state: State, **kwargs) -> bool:
         if not self._restored:
-            raise RuntimeError(
+            raise StageOrderError(
                 "HSRModifier was finalized before it restored any weights: its calibration never "
                 "ended. Run it with oneshot after the sparsity stage."
             )
@@ -350,14 +353,14 @@ class HSRModifier(Modifier):
         earlier = modifiers[:index] if index is not None else []
         quant = [type(m).__name__ for m in earlier if isinstance(m, QuantizationMixin)]
         if quant:
-            raise ValueError(
+            raise InvalidInputError(
                 f"HSRModifier comes after {quant[0]}: put HSR after the sparsity stage and BEFORE "
                 "quantization, so that it restores dense weights before they are quantized"
             )
         pruning = [m for m in earlier if _is_pruning(m)]
         if not pruning:
             found = ", ".join(type(m).__name__ for m in earlier) or "nothing"
-            raise ValueError(
+            raise InvalidInputError(
                 f"HSRModifier needs a pruning modifier before it in the recipe (found {found}). "
                 "Put HSR after the sparsity stage (e.g. WandaPruningModifier or SparseGPTModifier) "
                 "and before quantization."
@@ -367,7 +370,7 @@ class HSRModifier(Modifier):
     def _find_blocks(self, model) -> list[AttentionBlock]:
         targeted = [name for name, _ in match_named_modules(model, self.targets, self.ignore)]
         if not targeted:
-            raise ValueError(
+            raise InvalidInputError(
                 f"HSRModifier targets {self.targets} match no module of {type(model).__name__} "
                 f"(ignore={self.ignore})"
             )
@@ -381,7 +384,9 @@ class HSRModifier(Modifier):
             if b.name not in ignored and not any(name in ignored for _, name, _ in b.projections())
         ]
         if not kept:
-            raise ValueError(f"HSRModifier: every self-attention block is ignored by {self.ignore}")
+            raise InvalidInputError(
+                f"HSRModifier: every self-attention block is ignored by {self.ignore}"
+            )
         return kept
 
     def _units(self, block: AttentionBlock) -> range:
@@ -395,7 +400,7 @@ class HSRModifier(Modifier):
         conversations = load_conversations(spec, self.num_samples, self.seed)
         samples = render_samples(conversations, processor, self.max_seq_length)
         if not any(bool(s.response_mask.any()) for s in samples):
-            raise ValueError(f"{field}={spec!r}: no response tokens to score")
+            raise InvalidInputError(f"{field}={spec!r}: no response tokens to score")
         logger.info(f"HSR {field}: {len(samples)} samples from {spec}")
         return samples
 
@@ -477,7 +482,7 @@ class HSRModifier(Modifier):
         mlps = find_mlp_blocks(model, layers=[b.layer for b in blocks])
         total = sum(m.intermediate for m in mlps)
         if self.num_mlp_channels > total:
-            raise ValueError(
+            raise InvalidInputError(
                 f"num_mlp_channels={self.num_mlp_channels} exceeds the {total} MLP channels of "
                 "the targeted layers"
             )
@@ -547,7 +552,7 @@ class HSRModifier(Modifier):
     def _restore(self, model) -> None:
         unfinished = [type(m).__name__ for m in self._earlier_pruning if not m.ended_]
         if unfinished:
-            raise RuntimeError(
+            raise StageOrderError(
                 f"HSRModifier would restore weights before {unfinished[0]} has finished pruning. "
                 "Put HSR after the sparsity stage and before quantization, and run oneshot with "
                 "the default pipeline ('independent')."
@@ -562,7 +567,7 @@ class HSRModifier(Modifier):
         )
         if pruned_in_targets == 0:
             earlier = ", ".join(type(m).__name__ for m in self._earlier_pruning)
-            raise RuntimeError(
+            raise StageOrderError(
                 f"HSRModifier found no pruned weights in the attention of the selected heads' "
                 f"layers: {earlier} pruned nothing there. Check its targets and sparsity, and "
                 "give it calibration data (the 'datafree' pipeline runs none)."
@@ -712,7 +717,7 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
     """One clear error naming the tensor, before NaN or inf reach scores or the output."""
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"HSRModifier: the {what} has {bad} non-finite values (NaN or inf)")
+        raise InvalidInputError(f"HSRModifier: the {what} has {bad} non-finite values (NaN or inf)")
 
 
 def _register() -> None:
@@ -722,7 +727,7 @@ def _register() -> None:
     ModifierFactory.refresh()
     for registry in ("_main_registry", "_experimental_registry"):
         if "HSRModifier" in getattr(ModifierFactory, registry, {}):
-            raise RuntimeError(
+            raise StageOrderError(
                 "llm-compressor already ships a modifier named HSRModifier; refusing to override it"
             )
     ModifierFactory.register("HSRModifier", HSRModifier)

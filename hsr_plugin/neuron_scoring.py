@@ -28,6 +28,7 @@ from tqdm import tqdm
 from hsr_plugin.architecture import is_multimodal
 from hsr_plugin.attribution import prompt_batches
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import (
     GradientSaliencyAccumulator,
@@ -118,7 +119,7 @@ def collect_statistics(
     pass, left-padded (pads are never response tokens, so they never count); SNIP runs one.
     """
     if not samples:
-        raise ValueError("neuron scoring needs at least one calibration sample")
+        raise InvalidInputError("neuron scoring needs at least one calibration sample")
     device = device if device is not None else execution_device(model)
     stats_device = stats_device if stats_device is not None else device
     owner = hooks if hooks is not None else hooks_mixin()()
@@ -196,7 +197,7 @@ def for_each_weight_gradient(
             with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
                 loss = model(**inputs, labels=labels, use_cache=False).loss
                 if not torch.isfinite(loss):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{desc}: the response NLL is not finite; check the calibration data"
                     )
                 names = list(probes)
@@ -238,7 +239,7 @@ def mean_weight_gradients(
 def _check_seen(stats: MatrixStatistics) -> None:
     empty = [name for name, acc in stats.items() if acc.count == 0]
     if empty:
-        raise ValueError(
+        raise InvalidInputError(
             f"no response tokens reached {empty[0]} (and {len(empty) - 1} more): check the "
             "calibration data"
         )
@@ -254,4 +255,4 @@ def importance_scores(
         return sparsegpt_scores(weight, accumulator.hessian())
     if method == "snip":
         return accumulator.scores().double()
-    raise ValueError(f"unknown neuron_score {method!r}: use wanda, sparsegpt or snip")
+    raise InvalidInputError(f"unknown neuron_score {method!r}: use wanda, sparsegpt or snip")

@@ -13,6 +13,7 @@ import torch
 from datasets import Dataset
 
 from hsr_plugin.calibration import load_conversations, render_samples
+from hsr_plugin.errors import InvalidInputError
 
 __all__ = ["calibration_kwargs", "conversation_dataset", "single_sample_collator"]
 
@@ -61,5 +62,5 @@ def conversation_dataset(
 def single_sample_collator(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Rows are stored exactly as the processor returned one sample (batch dim included)."""
     if len(batch) != 1:
-        raise ValueError(f"this collator takes batch_size=1, got a batch of {len(batch)}")
+        raise InvalidInputError(f"this collator takes batch_size=1, got a batch of {len(batch)}")
     return {key: torch.as_tensor(value) for key, value in batch[0].items()}

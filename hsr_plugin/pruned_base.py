@@ -17,6 +17,8 @@ from llmcompressor.modifiers import Modifier
 from loguru import logger
 from torch import nn
 
+from hsr_plugin.errors import InvalidInputError
+
 __all__ = ["PRUNED_WEIGHTS_FILE", "PrunedWeightsModifier", "save_pruned_weights"]
 
 PRUNED_WEIGHTS_FILE = "pruned_weights.safetensors"
@@ -40,7 +42,7 @@ def save_pruned_weights(model: nn.Module, folder: Path, reference: nn.Module) ->
             if not torch.equal(module.weight, dense[name].weight):
                 tensors[name] = module.weight.detach().cpu().contiguous().clone()
     if not tensors:
-        raise ValueError("the pruning stage changed no Linear weight: nothing to sweep over")
+        raise InvalidInputError("the pruning stage changed no Linear weight: nothing to sweep over")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / PRUNED_WEIGHTS_FILE
     with atomic_path(path) as tmp:
@@ -64,7 +66,9 @@ class PrunedWeightsModifier(Modifier):
         names = set(_linear_weights(state.model))
         missing = [key for key in safetensors_keys(self.path) if key not in names]
         if missing:
-            raise ValueError(f"{self.path}: {missing[0]} is not a Linear layer of this model")
+            raise InvalidInputError(
+                f"{self.path}: {missing[0]} is not a Linear layer of this model"
+            )
         return True
 
     def on_calibration_end(self, state: State, event: Event, **kwargs):
@@ -77,7 +81,7 @@ class PrunedWeightsModifier(Modifier):
                 module = modules[key]
                 weight = handle.get_tensor(key)
                 if weight.shape != module.weight.shape:
-                    raise ValueError(f"{self.path}: {key} has shape {tuple(weight.shape)}")
+                    raise InvalidInputError(f"{self.path}: {key} has shape {tuple(weight.shape)}")
                 update_offload_parameter(module, "weight", weight.to(module.weight.dtype))
         logger.info(f"applied the pruned weights of {len(keys)} layers from {self.path}")
 

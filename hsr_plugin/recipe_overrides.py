@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from hsr_plugin.errors import InvalidInputError, MissingInputError
+
 __all__ = [
     "apply_overrides",
     "bundled_recipes",
@@ -43,7 +45,7 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     key = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     if path.parent == Path(".") and key in bundled:
         return bundled[key]
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"recipe {name_or_path} does not exist and is not a bundled recipe "
         f"({', '.join(bundled) or 'none found'})"
     )
@@ -54,7 +56,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     key, sep, raw = text.partition("=")
     modifier, dot, field = key.strip().partition(".")
     if not sep or not dot or not modifier or not field:
-        raise ValueError(
+        raise InvalidInputError(
             f"override {text!r} must look like Modifier.field=value, "
             "for example HSRModifier.num_heads=4"
         )
@@ -64,18 +66,18 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def load_recipe_dict(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
+        raise MissingInputError(f"recipe {path} does not exist")
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"recipe {path}: not valid YAML{where}: {problem}") from None
+        raise InvalidInputError(f"recipe {path}: not valid YAML{where}: {problem}") from None
     if not isinstance(recipe, dict):
-        raise ValueError(f"recipe {path} is not a YAML mapping of stages")
+        raise InvalidInputError(f"recipe {path} is not a YAML mapping of stages")
     if not recipe_modifiers(recipe):
-        raise ValueError(
+        raise InvalidInputError(
             f"recipe {path} defines no modifiers: llm-compressor reads only top-level keys "
             "ending in '_stage' and, inside them, keys ending in '_modifiers'"
         )
@@ -105,7 +107,9 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         hits = [args for mod_name, args in modifiers if mod_name == name]
         if not hits:
             present = ", ".join(sorted({n for n, _ in modifiers}))
-            raise ValueError(f"override {text!r}: the recipe has no {name} (it has: {present})")
+            raise InvalidInputError(
+                f"override {text!r}: the recipe has no {name} (it has: {present})"
+            )
         for args in hits:
             args[field] = value
     return recipe

@@ -23,6 +23,8 @@ from typing import Any
 
 from loguru import logger
 
+from hsr_plugin.errors import InvalidInputError, StageOrderError
+
 __all__ = [
     "eval_tasks",
     "parse_grid",
@@ -46,14 +48,14 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         field, sep, values = item.partition("=")
         field = field.strip().removeprefix("HSRModifier.")
         if not sep or not field or not values.strip():
-            raise ValueError(f"--grid {item!r}: write FIELD=VALUE1,VALUE2,...")
+            raise InvalidInputError(f"--grid {item!r}: write FIELD=VALUE1,VALUE2,...")
         if field not in HSRModifier.model_fields:
-            raise ValueError(f"--grid {item!r}: HSRModifier has no field {field!r}")
+            raise InvalidInputError(f"--grid {item!r}: HSRModifier has no field {field!r}")
         if field in grid:
-            raise ValueError(f"--grid names {field} twice")
+            raise InvalidInputError(f"--grid names {field} twice")
         grid[field] = [yaml.safe_load(v.strip()) for v in values.split(",")]
     if not grid:
-        raise ValueError("hsr sweep needs at least one --grid FIELD=VALUES")
+        raise InvalidInputError("hsr sweep needs at least one --grid FIELD=VALUES")
     return grid
 
 
@@ -65,16 +67,16 @@ def split_recipe(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
             if group_key.endswith("_modifiers") and "HSRModifier" in (group or {}):
                 others = [name for name in group if name != "HSRModifier"]
                 if others:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"the HSR stage also holds {others[0]}: give HSRModifier a stage of "
                         "its own for the sweep"
                     )
                 before = dict(copy.deepcopy(stages[:index]))
                 if not before:
-                    raise ValueError("the recipe has no pruning stage before HSRModifier")
+                    raise InvalidInputError("the recipe has no pruning stage before HSRModifier")
                 fields = dict(group["HSRModifier"] or {})
                 return before, fields, [key for key, _ in stages[index + 1 :]]
-    raise ValueError("the recipe has no HSRModifier entry: the sweep varies its fields")
+    raise InvalidInputError("the recipe has no HSRModifier entry: the sweep varies its fields")
 
 
 def points(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -140,7 +142,7 @@ def eval_tasks(eval_data: Path) -> tuple[str, ...]:
     _, text_tasks, vision_tasks = _scorer()
     for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
         if not any((eval_data / f"{name}{s}.jsonl").is_file() for s in ("", "_vision")):
-            raise ValueError(f"--eval-data {eval_data} has no {name}.jsonl")
+            raise InvalidInputError(f"--eval-data {eval_data} has no {name}.jsonl")
     vision = (eval_data / "heldout_harmful_vision.jsonl").is_file()
     return tuple(vision_tasks if vision else text_tasks)
 
@@ -223,7 +225,7 @@ def run_sweep(
         )
         del restored_model
     if folder_digest(base_dir) != base_digest:
-        raise RuntimeError(f"{base_dir} changed during the sweep")
+        raise StageOrderError(f"{base_dir} changed during the sweep")
     result = {
         "model": model,
         "grid": grid,

@@ -548,3 +548,45 @@ def test_non_finite_ablated_outputs_name_the_head(model_dirs, calib_files):
     with torch.no_grad():  # an ablation scales by eps = inf: only the ablated passes break
         with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn with head 0 ablated"):
             score_heads(model, blocks, samples, eps=float("inf"), progress=False)
+
+
+# ----------------------------------------------------------------------------- bugs vs user errors
+def _failing_linear_forward(error: BaseException):
+    """Patch every Linear's forward to raise `error` once HSR's own scoring starts."""
+    original = torch.nn.Linear.forward
+
+    def forward(self, x):
+        import traceback
+
+        if any("hsr_plugin" in frame.filename for frame in traceback.extract_stack()):
+            raise error
+        return original(self, x)
+
+    return forward
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "expect"),
+    [
+        (RuntimeError("shape mismatch deep inside torch"), 1, "this is a bug"),
+        (ValueError("an internal ValueError of a library"), 1, "this is a bug"),
+        (torch.OutOfMemoryError("CUDA out of memory"), 3, "out of memory: lower"),
+    ],
+    ids=["runtime-error", "value-error", "out-of-memory"],
+)
+def test_an_internal_error_keeps_its_traceback_and_is_called_a_bug(
+    work, tmp_path, capsys, monkeypatch, error, code, expect
+):
+    from hsr_plugin.cli import run
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", _failing_linear_forward(error))
+    assert run(_args(work, tmp_path / "out")) == code
+    err = capsys.readouterr().err
+    assert expect in err.strip().splitlines()[-1]
+    if code == 1:
+        assert "Traceback (most recent call last)" in err and str(error) in err
+        assert "test_cli_faults.py" in err  # the traceback runs down to the failing forward
+    else:  # out of memory: one line of advice, no traceback through the failing forward
+        assert "_failing_linear_forward" not in err and "test_cli_faults.py" not in err
+    assert not (tmp_path / "out").exists()
+    _untouched(work)

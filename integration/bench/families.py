@@ -184,7 +184,10 @@ FAMILIES: dict[str, Family] = {
         Family(
             "Mllama",
             _build_mllama,
-            notes={"pictures": "not probed here: a tiny Mllama processor is not built yet"},
+            notes={
+                "pictures": "not probed here: a tiny Mllama processor is not built yet",
+                "pictures as content parts": "not probed here: as for pictures",
+            },
         ),
     ]
 }
@@ -200,15 +203,17 @@ NOT_PROBED: dict[str, str] = {
     "Llama4, Pixtral": "untested here: their processors need torchvision, which this CPU lacks",
 }
 
-# mode -> (HSR fields, whether the rows carry pictures, pruning mask structure)
+# mode -> (HSR fields, which calibration rows: "" text, "vl" a row's image, "parts" content
+# parts; pruning mask structure)
 MODES: dict[str, tuple[dict[str, Any], bool, str]] = {
-    "text": ({}, False, "0:0"),
-    "pictures": ({}, True, "0:0"),
-    "exact heads (ships_kl)": ({"head_score": "ships_kl"}, False, "0:0"),
-    "first-order heads": ({"head_score": "attribution"}, False, "0:0"),
-    "restore_gain": ({"neuron_score": "restore_gain"}, False, "0:0"),
-    "mlp": ({"units": ["heads", "mlp"], "num_mlp_channels": 8}, False, "0:0"),
-    "N:M 2:4": ({"preserve_nm": "2:4"}, False, "2:4"),
+    "text": ({}, "", "0:0"),
+    "pictures": ({}, "vl", "0:0"),
+    "pictures as content parts": ({}, "parts", "0:0"),
+    "exact heads (ships_kl)": ({"head_score": "ships_kl"}, "", "0:0"),
+    "first-order heads": ({"head_score": "attribution"}, "", "0:0"),
+    "restore_gain": ({"neuron_score": "restore_gain"}, "", "0:0"),
+    "mlp": ({"units": ["heads", "mlp"], "num_mlp_channels": 8}, "", "0:0"),
+    "N:M 2:4": ({"preserve_nm": "2:4"}, "", "2:4"),
 }
 
 
@@ -222,7 +227,34 @@ def calibration_files(root: Path) -> dict[str, Path]:
         "utility": write_jsonl(root / "utility.jsonl", UTILITY_ROWS),
         "safety_vl": write_jsonl(root / "safety_vl.jsonl", SAFETY_ROWS, image.name),
         "utility_vl": write_jsonl(root / "utility_vl.jsonl", UTILITY_ROWS, "safe.png"),
+        "safety_parts": _content_parts(root / "safety_parts.jsonl", SAFETY_ROWS, image.name),
+        "utility_parts": _content_parts(root / "utility_parts.jsonl", UTILITY_ROWS, "safe.png"),
     }
+
+
+def _content_parts(path: Path, rows: list[tuple[str, str]], image: str) -> Path:
+    """Rows in Hugging Face's VLM chat format: the picture as an image part of the user turn."""
+    import json
+
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "image": image},
+                            {"type": "text", "text": prompt},
+                        ],
+                    },
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+        for prompt, answer in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _recipe(structure: str, hsr: dict[str, Any] | None, ignore: tuple[str, ...] = ()) -> str:
@@ -349,8 +381,8 @@ def probe(
     from hsr_plugin.models import load_model
 
     fields, pictures, structure = MODES[mode]
-    safety = data["safety_vl" if pictures else "safety"]
-    utility = data["utility_vl" if pictures else "utility"]
+    safety = data[f"safety_{pictures}" if pictures else "safety"]
+    utility = data[f"utility_{pictures}" if pictures else "utility"]
     hsr = {"num_heads": 2, "safety_data": str(safety), "utility_data": str(utility), "seed": 0}
     hsr.update(fields)
     dense_model = load_model(model_dir, torch.float32)

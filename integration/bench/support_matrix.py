@@ -42,7 +42,7 @@ def _cell(family, mode: str, model_dir: Path | None, data, build_error: str | No
         return {"ok": False, "reason": build_error}
     if mode in family.notes:
         return {"ok": None, "reason": family.notes[mode]}
-    if mode == "pictures" and not family.pictures:
+    if MODES[mode][1] and not family.pictures:
         return {"ok": None, "reason": "text-only family"}
     try:
         result = probe(model_dir, data, mode, family.prune_ignore)
