@@ -32,9 +32,14 @@ import torch
 from tqdm import tqdm
 
 from hsr_plugin.ablation import ablate_heads_per_replica, ablation_units
-from hsr_plugin.architecture import AttentionBlock, is_multimodal, text_config
+from hsr_plugin.architecture import (
+    AttentionBlock,
+    UnsupportedArchitectureError,
+    is_multimodal,
+    text_config,
+)
 from hsr_plugin.calibration import CalibrationSample
-from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicate
+from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
 from hsr_plugin.hooks import hooks_mixin
@@ -244,19 +249,23 @@ def score_heads(
             batch = _to(batch, device)
             rows, width = batch["input_ids"].shape
             cost.unit += rows * width * len(stack)
-            with stack.capture(owner, set(units)) as (captured, last):
+            with stack.capture(owner, set(units)) as captured:
                 out = model(**batch, use_cache=False, output_hidden_states=True)
             cost.work += rows * width * len(stack)
             logits, states = out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()
             _check_finite(logits, states, "the intact model")
             if index == 0:
-                _check_tail(stack, last[0], logits, states, type(model).__name__)
+                _check_tail(stack, captured.last[0], logits, states, type(model).__name__)
+            if index == 0 or captured.between:  # and wherever the model added between layers
+                _check_rerun(stack, captured, min(units), type(model).__name__)
             dense_cpu = logits.cpu()
             dense_states.append(states.cpu())
-            hidden = captured[min(units)].hidden.shape[-1]
+            hidden = captured.inputs[min(units)].hidden.shape[-1]
             per_pass = heads_per_pass(
                 budget, rows, width, hidden, _intermediate(model, hidden), blocks[0].num_heads
             )
+            if not replicable(captured, rows):
+                per_pass = 1
             for block in blocks:
                 layer_units = [h for h, _ in units[block.layer]]
                 for start in range(0, len(layer_units), per_pass):
@@ -271,7 +280,7 @@ def score_heads(
                             f"{block.name} with head {head} ablated",
                         )
                     bar.update(len(chunk))
-            del captured, last, out
+            del captured, out
     bar.close()
     dense = torch.cat(dense_states)
     return [
@@ -292,7 +301,7 @@ def _check_finite(logits: torch.Tensor, states: torch.Tensor, what: str) -> None
 
 def _ablated_tail(stack: DecoderStack, block, captured, heads, rows, eps, mode, owner):
     """(logits, states) at the last position, one replica of the batch per head in `heads`."""
-    hidden = replicate(captured[block.layer].hidden, rows, len(heads))
+    hidden = replicate(captured.inputs[block.layer].hidden, rows, len(heads))
     with ablate_heads_per_replica(block, heads, rows, eps, mode, owner):
         final = stack.run_from(block.layer, captured, hidden, len(heads))
     return stack.final_states(final)
@@ -300,21 +309,35 @@ def _ablated_tail(stack: DecoderStack, block, captured, heads, rows, eps, mode, 
 
 def _check_tail(stack: DecoderStack, last_hidden, logits, states, model_name: str) -> None:
     """The re-run tail (final norm + output head + final factors) must reproduce the model's own
-    outputs; where the config's factor has two readings, keep the one that does."""
-    for factor in (stack.logit_factor, *stack.factor_candidates):
-        stack.logit_factor = factor
+    outputs; where the config's factors have several readings, keep the one that does."""
+    for factor, softcap in ((stack.logit_factor, stack.softcap), *stack.readings):
+        stack.logit_factor, stack.softcap = factor, softcap
         tail_logits, tail_states = stack.final_states(last_hidden)
         if torch.allclose(tail_logits, logits, rtol=1e-3, atol=1e-4) and torch.allclose(
             tail_states, states, rtol=1e-3, atol=1e-4
         ):
             return
-    from hsr_plugin.architecture import UnsupportedArchitectureError
-
     raise UnsupportedArchitectureError(
         f"{model_name}: the final norm and output head applied to the last decoder layer's "
         "output do not reproduce the model's logits (a final factor HSR does not know?), so "
         "head attribution cannot re-run the decoder from a layer"
     )
+
+
+def _check_rerun(stack: DecoderStack, captured, start: int, model_name: str) -> None:
+    """Re-running the intact decoder from the first scored layer must give the intact pass's
+    last hidden states: the guard for a family that changes the hidden states between layers
+    in a way the re-run does not reproduce. (Not counted in the cost: a check, not scoring.)"""
+    again = stack.run_from(start, captured, captured.inputs[start].hidden, 1)
+    want = captured.last[0]
+    if not torch.allclose(again.float(), want.float(), rtol=1e-3, atol=1e-4):
+        gap = float((again.float() - want.float()).abs().max())
+        raise UnsupportedArchitectureError(
+            f"{model_name}: re-running the decoder from layer {start} does not reproduce the "
+            f"intact pass (max difference {gap:.3g}): the model changes its hidden states "
+            "between layers in a way HSR cannot replay, so exact head attribution would be "
+            "wrong; head_score: attribution (first order) does not re-run layers"
+        )
 
 
 def _first_order_scores(

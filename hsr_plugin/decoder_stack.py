@@ -35,7 +35,14 @@ from hsr_plugin.hooks import hooks_mixin
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-__all__ = ["DecoderStack", "LayerInputs", "find_decoder_stack", "replicate"]
+__all__ = [
+    "Captured",
+    "DecoderStack",
+    "LayerInputs",
+    "find_decoder_stack",
+    "replicable",
+    "replicate",
+]
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_norm", "ln_f")
 
@@ -74,28 +81,40 @@ def replicate(value: Any, rows: int, copies: int) -> Any:
 
 
 @dataclass
+class Captured:
+    """What one intact pass recorded: the inputs of every layer from the first scored one on,
+    what the model added to the hidden states between two layers (Qwen3-VL's DeepStack adds
+    visual features after its first layers), and the last layer's output."""
+
+    inputs: dict[int, LayerInputs] = field(default_factory=dict)
+    between: dict[int, torch.Tensor] = field(default_factory=dict)  # after layer i: the addition
+    last: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
 class DecoderStack:
     layers: nn.ModuleList
     norm: nn.Module
     head: nn.Module
     softcap: float | None = None  # Gemma's final_logit_softcapping
     logit_factor: float = 1.0  # scalar applied to the output head's logits before soft-capping
-    # other readings of the config's factors, tried in this order by
-    # `attribution`'s tail check when `logit_factor` does not reproduce the logits
-    factor_candidates: tuple[float, ...] = ()
+    # other readings of the config's final factors, as (factor, softcap), tried in this order by
+    # `attribution`'s tail check when the first does not reproduce the logits (a VLM wrapper may
+    # skip a factor its text config names: Aya Vision's logit_scale, Gemma3's soft-capping)
+    readings: tuple[tuple[float, float | None], ...] = ()
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @contextmanager
-    def capture(
-        self, owner: HooksMixin, wanted: set[int]
-    ) -> Iterator[tuple[dict[int, LayerInputs], list[torch.Tensor]]]:
+    def capture(self, owner: HooksMixin, wanted: set[int]) -> Iterator[Captured]:
         """Inside the context, a forward pass of the whole model records the inputs of every
         layer from the first `wanted` one to the last (the re-run of any wanted layer passes
-        through all of them), and the last layer's output hidden states."""
-        inputs: dict[int, LayerInputs] = {}
-        last: list[torch.Tensor] = []
+        through all of them), what was added between consecutive layers, and the last layer's
+        output hidden states."""
+        captured = Captured()
+        outputs: dict[int, torch.Tensor] = {}
+        first = min(wanted)
 
         def make_pre(index: int):
             def hook(_module, args, kwargs):
@@ -104,21 +123,32 @@ class DecoderStack:
                     hidden, rest = args[0], tuple(args[1:])
                 else:
                     hidden, rest = kwargs.pop("hidden_states"), ()
-                inputs[index] = LayerInputs(hidden.detach(), rest, kwargs)
+                hidden = hidden.detach()
+                previous = max((i for i in outputs if i < index), default=None)
+                if previous is not None and not torch.equal(hidden, outputs[previous]):
+                    captured.between[previous] = hidden - outputs[previous]
+                outputs.clear()
+                captured.inputs[index] = LayerInputs(hidden, rest, kwargs)
 
             return hook
 
-        def post(_module, _args, output):
-            last.append(_hidden_of(output).detach())
+        def make_post(index: int):
+            def hook(_module, _args, output):
+                outputs[index] = _hidden_of(output).detach()
+                if index == len(self.layers) - 1:
+                    captured.last.append(outputs[index])
 
-        handles = {
-            owner.register_hook(self.layers[i], make_pre(i), "forward_pre", with_kwargs=True)
-            for i in range(min(wanted), len(self.layers))
-        }
-        handles.add(owner.register_hook(self.layers[-1], post, "forward"))
+            return hook
+
+        handles = set()
+        for i in range(first, len(self.layers)):
+            handles.add(
+                owner.register_hook(self.layers[i], make_pre(i), "forward_pre", with_kwargs=True)
+            )
+            handles.add(owner.register_hook(self.layers[i], make_post(i), "forward"))
         try:
             with hooks_mixin().disable_hooks(keep=handles):
-                yield inputs, last
+                yield captured
         finally:
             owner.remove_hooks(handles)
 
@@ -133,19 +163,39 @@ class DecoderStack:
         return logits[:, 0].float(), state[:, 0].float()
 
     def run_from(
-        self, start: int, captured: dict[int, LayerInputs], hidden: torch.Tensor, copies: int
+        self, start: int, captured: Captured, hidden: torch.Tensor, copies: int
     ) -> torch.Tensor:
         """Run layers start..L-1 on `hidden` (the replicated input of layer `start`), skipping
-        those the intact pass skipped."""
-        rows = captured[start].hidden.shape[0]
+        those the intact pass skipped and adding what the model added between layers."""
+        rows = captured.inputs[start].hidden.shape[0]
         for index in range(start, len(self.layers)):
-            given = captured.get(index)
+            given = captured.inputs.get(index)
             if given is None:  # the model did not run this layer for this batch
                 continue
             args = replicate(given.args, rows, copies)
             kwargs = replicate(given.kwargs, rows, copies)
             hidden = _hidden_of(self.layers[index](hidden, *args, **kwargs))
+            if index in captured.between:
+                hidden = hidden + replicate(captured.between[index], rows, copies)
         return hidden
+
+
+def replicable(captured: Captured, rows: int) -> bool:
+    """Whether every tensor the layers received is per sequence (first dimension `rows`) or
+    shared (first dimension 1, or 1-D), so that one pass can hold several replicas of the batch.
+    Mllama's cross-attention states, for one, are per picture tile: such a batch runs one
+    ablated head per pass."""
+
+    def ok(value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.dim() < 2 or value.shape[0] in (rows, 1)
+        if isinstance(value, tuple | list):
+            return all(ok(v) for v in value)
+        if isinstance(value, dict):
+            return all(ok(v) for v in value.values())
+        return True
+
+    return all(ok(given.args) and ok(given.kwargs) for given in captured.inputs.values())
 
 
 def find_decoder_stack(model: nn.Module, blocks: list[AttentionBlock]) -> DecoderStack:
@@ -177,9 +227,12 @@ def find_decoder_stack(model: nn.Module, blocks: list[AttentionBlock]) -> Decode
             "head, which head attribution runs after the last decoder layer"
         )
     config = text_config(model)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    factors = _logit_factors(config)
-    return DecoderStack(layers, norm, head, softcap, factors[0], factors[1:])
+    softcap = getattr(config, "final_logit_softcapping", None) or None
+    readings = [(f, softcap) for f in _logit_factors(config)]
+    readings += [(f, None) for f in (*_logit_factors(config), 1.0) if softcap]
+    readings += [(1.0, softcap), (1.0, None)]
+    unique = list(dict.fromkeys(readings))
+    return DecoderStack(layers, norm, head, unique[0][1], unique[0][0], tuple(unique[1:]))
 
 
 def _logit_factors(config) -> tuple[float, ...]:

@@ -15,10 +15,15 @@ __all__ = ["auto_model_class", "load_model"]
 
 
 def auto_model_class(config: Any):
-    """The transformers auto class that loads a model of `config`."""
+    """The transformers auto class that loads a model of `config`: image-text-to-text for the
+    families transformers registers there, causal LM for the rest (Phi-4-multimodal has a
+    vision config but is registered as a causal LM only)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    return AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    if getattr(config, "model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
 
 
 def load_model(path: str | Path, dtype: Any = "auto"):

@@ -253,6 +253,35 @@ class HSRModifier(Modifier):
             raise InvalidInputError("units must include 'heads': ['heads'] or ['heads', 'mlp']")
         return list(dict.fromkeys(value))
 
+    # field -> (the mode that uses it, a test of whether the chosen settings are that mode)
+    MODE_FIELDS: ClassVar[dict[str, tuple[str, Any]]] = {
+        "subspace_rank": ("head_score: ships_subspace", lambda m: m.head_score == "ships_subspace"),
+        "ablation_eps": (
+            "an ablating head score (ships_subspace, ships_kl, reference)",
+            lambda m: m.head_score != "attribution",
+        ),
+        "safety_top": ("the paper's neuron level", lambda m: m.neuron_score != "restore_gain"),
+        "utility_top": ("the paper's neuron level", lambda m: m.neuron_score != "restore_gain"),
+        "utility_max": ("the paper's neuron level", lambda m: m.neuron_score != "restore_gain"),
+        "utility_tolerance": (
+            "neuron_score: restore_gain",
+            lambda m: m.neuron_score == "restore_gain",
+        ),
+        "num_mlp_channels": ("units: [heads, mlp]", lambda m: "mlp" in m.units),
+    }
+
+    @model_validator(mode="after")
+    def _check_fields_mean_something(self):
+        for name, (mode, applies) in self.MODE_FIELDS.items():
+            default = type(self).model_fields[name].default
+            if getattr(self, name) != default and not applies(self):
+                raise InvalidInputError(
+                    f"{name}={getattr(self, name)!r} has no effect here: only {mode} uses it "
+                    f"(head_score={self.head_score}, neuron_score={self.neuron_score}, "
+                    f"units={self.units}); remove it or choose that mode"
+                )
+        return self
+
     @model_validator(mode="after")
     def _check_rounds(self):
         if self.rounds > 1 and (

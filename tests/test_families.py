@@ -304,3 +304,40 @@ def test_mla_restores_inside_the_head_slices_and_leaves_the_shared_projections(
         "kv_a_proj_with_mqa",
         "kv_a_proj_with_mqa",
     ]
+
+
+PICTURE_FAMILIES = [name for name, family in FAMILIES.items() if family.pictures]
+
+
+@pytest.mark.parametrize("name", ["Qwen3-VL", "Mllama", "Aya Vision", "Gemma3 (VLM)", "LLaVA-NeXT"])
+def test_cached_scores_equal_the_naive_loop_with_pictures(name, family_dirs, family_data):
+    """Qwen3-VL adds visual features between its first layers (DeepStack), Mllama's
+    cross-attention states are per picture tile, Aya Vision and Gemma3's VLM wrappers skip a
+    final factor their text config names: the cached tail still equals full passes."""
+    model_dir = family_dirs(name)
+    model = load_model(model_dir)
+    samples, pad = _samples(model_dir, family_data["safety_vl"], rows=3)
+    blocks = find_attention_blocks(model)
+    naive = naive_head_scores(model, blocks, samples, "ships_kl", batch_size=3, pad_id=pad)
+    cached = score_heads(model, blocks, samples, "ships_kl", batch_size=3, pad_id=pad,
+                         progress=False)  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor([s.score for s in cached], dtype=torch.float64),
+        torch.tensor([s.score for s in naive], dtype=torch.float64),
+        rtol=1e-5,
+        atol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("name", PICTURE_FAMILIES)
+def test_every_per_token_processor_field_is_cut_with_the_prompt(name, family_dirs, family_data):
+    """Whatever a family's processor returns per token (mm_token_type_ids, token_type_ids,
+    cross_attention_mask, ...), the prompt inputs hold it at the prompt's length."""
+    samples, _pad = _samples(family_dirs(name), family_data["safety_vl"], rows=2)
+    for sample in samples:
+        full, prompt = sample.model_inputs(), sample.prompt_inputs()
+        width = full["input_ids"].shape[1]
+        per_token = [k for k, v in full.items() if v.dim() >= 2 and v.shape[1] == width]
+        assert "input_ids" in per_token and any(k.startswith("pixel_values") for k in full), name
+        for key in per_token:
+            assert prompt[key].shape[1] == sample.prompt_length, (name, key)

@@ -463,12 +463,12 @@ def test_the_modifier_hands_its_fields_to_the_head_scorer(monkeypatch):
     calls = []
     monkeypatch.setattr(modifier_module, "score_heads", lambda *a, **k: calls.append((a, k)))
     hsr = HSRModifier(
-        head_score="ships_kl", ablation_eps=0.25, subspace_rank=3, batch_size=5,
+        head_score="ships_subspace", ablation_eps=0.25, subspace_rank=3, batch_size=5,
         attribution_memory_gb=0.5,
     )  # fmt: skip
     hsr._score_heads("model", "blocks", "safety", 7, "device", "cost")
     ((args, kwargs),) = calls
-    assert args == ("model", "blocks", "safety", "ships_kl", 0.25, 3, 5, 7)
+    assert args == ("model", "blocks", "safety", "ships_subspace", 0.25, 3, 5, 7)
     assert kwargs == {
         "hooks": hsr, "device": "device", "memory_budget": 1 << 29, "cost": "cost"
     }  # fmt: skip

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from integration.bench import tiny_vlms_gemma_idefics_internvl as vlm_b
+from integration.bench import tiny_vlms_llava_qwen_mllama as vlm_a
 from integration.bench.tiny_models import (
     SAFETY_ROWS,
     UTILITY_ROWS,
@@ -77,24 +79,8 @@ def causal_builder(config_name: str, model_name: str, **overrides) -> Callable[[
 _DROP = object()  # a keyword the family's config does not take
 
 
-def _build_mllama(out: Path) -> Path:
-    """Mllama: self-attention layers with a cross-attention layer between them (layer 1)."""
-    from transformers import MllamaConfig, MllamaForConditionalGeneration
-
-    tok = build_tokenizer()
-    text = _text_kwargs(tok, num_hidden_layers=3, cross_attention_layers=[1])
-    text.pop("tie_word_embeddings")
-    config = MllamaConfig(
-        text_config=text,
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_global_layers=1,
-            attention_heads=2, image_size=32, patch_size=8, vision_output_dim=64,
-            intermediate_layers_indices=[0],
-        ),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return _save(MllamaForConditionalGeneration(config), tok, out)
+def _no_pictures(reason: str) -> dict[str, str]:
+    return {"pictures": f"untested here: {reason}", "pictures as content parts": "as pictures"}
 
 
 def _build_qwen2_vl_processor(out: Path) -> Path:
@@ -181,26 +167,37 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("LLaVA", build_llava, pictures=True),
         Family("Qwen2-VL", _build_qwen2_vl_processor, pictures=True),
+        Family("Mllama", vlm_a.build_mllama, pictures=True),
+        Family("LLaVA-NeXT", vlm_a.build_llava_next, pictures=True),
+        Family("LLaVA-OneVision", vlm_a.build_llava_onevision, pictures=True),
+        Family("Qwen2.5-VL", vlm_a.build_qwen2_5_vl, pictures=True),
+        Family("Qwen3-VL", vlm_a.build_qwen3_vl, pictures=True),
+        Family("Qwen3-VL-MoE", vlm_a.build_qwen3_vl_moe, pictures=True),
+        Family("Gemma3 (VLM)", vlm_b.build_gemma3, pictures=True),
+        Family("Idefics3", vlm_b.build_idefics3, pictures=True),
+        Family("SmolVLM", vlm_b.build_smolvlm, pictures=True),
+        Family("InternVL", vlm_b.build_internvl, pictures=True),
+        Family("Aya Vision", vlm_b.build_aya_vision, pictures=True),
+        Family("GLM-4V", vlm_b.build_glm4v, pictures=True),
         Family(
-            "Mllama",
-            _build_mllama,
-            notes={
-                "pictures": "not probed here: a tiny Mllama processor is not built yet",
-                "pictures as content parts": "not probed here: as for pictures",
-            },
+            "Mistral3",
+            vlm_b.build_mistral3,
+            notes=_no_pictures(vlm_b.NO_PICTURES["mistral3"]),
+        ),
+        Family(
+            "Phi-4-multimodal",
+            vlm_b.build_phi4_multimodal,
+            notes=_no_pictures(vlm_b.NO_PICTURES["phi4_multimodal"]),
         ),
     ]
 }
 
 # Families transformers 5.17 ships that the matrix lists without a probe, with the reason.
 NOT_PROBED: dict[str, str] = {
-    "LLaVA-NeXT, LLaVA-OneVision": "not probed in this build (no tiny processor yet)",
-    "Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE": "not probed in this build (no tiny processor yet)",
-    "Idefics3, SmolVLM, InternVL, Aya Vision": "not probed in this build (no tiny processor yet)",
-    "Gemma3 (VLM), Gemma3n, GLM-4V, Phi-4-multimodal, Mistral3": (
-        "not probed in this build (no tiny processor yet)"
+    "Gemma3n": "untested here: " + vlm_b.NO_PICTURES["gemma3n"],
+    "Llama4, Pixtral (LLaVA with a Pixtral tower)": (
+        "untested here: their processors need torchvision, which has no CPU build for this torch"
     ),
-    "Llama4, Pixtral": "untested here: their processors need torchvision, which this CPU lacks",
 }
 
 # mode -> (HSR fields, which calibration rows: "" text, "vl" a row's image, "parts" content
