@@ -212,3 +212,27 @@ def test_hsr_refuses_to_restore_before_pruning_has_ended():
         "HSR after the sparsity stage and before quantization, and run oneshot with the default "
         "pipeline ('independent')."
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "settings", "mode"),
+    [
+        ("subspace_rank", 2, {"head_score": "ships_kl"}, "head_score: ships_subspace"),
+        (
+            "ablation_eps",
+            1e-3,
+            {"head_score": "attribution"},
+            "an ablating head score (ships_subspace, ships_kl, reference)",
+        ),
+        ("safety_top", 0.4, {"neuron_score": "restore_gain"}, "the paper's neuron level"),
+        ("utility_top", 0.4, {"neuron_score": "restore_gain"}, "the paper's neuron level"),
+        ("utility_max", 0.8, {"neuron_score": "restore_gain"}, "the paper's neuron level"),
+        ("utility_tolerance", 0.1, {}, "neuron_score: restore_gain"),
+        ("num_mlp_channels", 8, {}, "units: [heads, mlp]"),
+    ],
+)
+def test_a_field_the_chosen_mode_ignores_is_refused_naming_the_mode(field, value, settings, mode):
+    with pytest.raises(ValidationError) as err:
+        HSRModifier(**settings, **{field: value})
+    assert f"{field}={value!r} has no effect here: only {mode} uses it" in str(err.value)
+    HSRModifier(**settings)  # the mode alone is fine, and so is the field in its own mode
