@@ -500,11 +500,15 @@ BUG_LINE = (
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """What the user can fix: HSR's own errors, invalid modifier fields, an output another run
+    is writing, and a judge that cannot be reached or is set up wrong (for `hsr sweep`)."""
     from pydantic import ValidationError
 
+    from hsr_eval.common import OutputBusyError
+    from hsr_eval.tasks.judges import JudgeError
     from hsr_plugin.errors import HSRUserError
 
-    return (HSRUserError, ValidationError)
+    return (HSRUserError, ValidationError, OutputBusyError, JudgeError)
 
 
 def run(argv: list[str] | None = None) -> int:
