@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from hsr_plugin.ranking import rank_units, select_top
+
 __all__ = [
     "last_token_kl",
     "principal_angle_score",
@@ -72,16 +74,9 @@ def reference_angle_score(dense_states: torch.Tensor, ablated_states: torch.Tens
 
 
 def rank_heads(scores: dict[HeadKey, float]) -> list[tuple[HeadKey, float]]:
-    """Sorted by score descending; ties by (layer, head) ascending."""
-    for key, value in scores.items():
-        if not math.isfinite(value):
-            raise ValueError(f"head {key} has a non-finite score {value}")
-    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    """Heads sorted by score descending; ties by (layer, head) ascending."""
+    return rank_units(scores, "head")
 
 
 def select_top_heads(ranked: list[tuple[HeadKey, float]], num_heads: int) -> list[HeadKey]:
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
-    if num_heads > len(ranked):
-        raise ValueError(f"num_heads {num_heads} exceeds the {len(ranked)} heads scored")
-    return [key for key, _ in ranked[:num_heads]]
+    return select_top(ranked, num_heads, "num_heads", "heads")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["auto_model_class", "load_model"]
+__all__ = ["auto_model_class", "load_model", "model_name_or_path"]
 
 
 def auto_model_class(config: Any):
@@ -39,3 +39,8 @@ def load_model(path: str | Path, dtype: Any = "auto"):
 
         kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     return auto_model_class(config).from_pretrained(path, **kwargs).eval()
+
+
+def model_name_or_path(model) -> str:
+    """Where a loaded model came from: its own `name_or_path`, else its config's."""
+    return getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", "")

@@ -5,8 +5,8 @@ Linear weights are saved (`pruned_base/`). Every grid point is then one `oneshot
 `PrunedWeightsModifier` (those weights, put into a fresh dense model) followed by HSRModifier
 with the entry's fields and the point's values, so heads are scored on the dense model and
 weights restored into the same pruned model every time; points that share the fields deciding
-the head scores (`HSRModifier.scoring_key`) score heads once. Stages after HSR (quantization)
-are not part of the sweep. The scorer is the one the lm-eval tasks use
+the head scores (`HSRModifier.SCORING_FIELDS`, `head_scoring_key`) score heads once. Stages
+after HSR (quantization) are not part of the sweep. The scorer is the one the lm-eval tasks use
 (`hsr_eval.tasks.in_process`, installed with hsr-plugin as its hsr-eval dependency).
 
 Writes `sweep.json`, `sweep.md` (a table) and `pareto.png` (restored weights per 10k parameters
@@ -111,6 +111,15 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
     return front
 
 
+def head_scoring_key(fields: dict) -> str:
+    """The values of the fields that decide the head scores (`HSRModifier.SCORING_FIELDS`, with
+    the defaults filled in): grid points with equal keys get equal head scores."""
+    from hsr_plugin.modifier import HSRModifier
+
+    hsr = HSRModifier(**fields)
+    return repr([(name, getattr(hsr, name)) for name in HSRModifier.SCORING_FIELDS])
+
+
 def _load_model(path: str):
     import torch
 
@@ -199,10 +208,8 @@ def run_sweep(
     for index, point in enumerate(planned, 1):
         logger.info(f"hsr sweep: point {index}/{len(planned)}: {point}")
         fields = {**base, **point}
-        hsr = HSRModifier(**fields)
-        key = hsr.scoring_key()
-        if key in head_scores:
-            hsr.use_head_scores(head_scores[key])
+        key = head_scoring_key(fields)
+        hsr = HSRModifier(**fields, reuse_head_scores=head_scores.get(key))
         restored_model = _load_model(model)
         oneshot(
             model=restored_model,

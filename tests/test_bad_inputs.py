@@ -201,12 +201,12 @@ def test_hsr_refuses_to_restore_before_pruning_has_ended():
     """The guard: restoring while a pruning modifier before HSR is still running is an error."""
     from llmcompressor.modifiers.pruning import WandaPruningModifier
 
+    from hsr_plugin.recipe_checks import require_pruning_ended
+
     wanda = WandaPruningModifier(sparsity=0.5)
-    hsr = HSRModifier()
-    hsr._earlier_pruning = [wanda]
     assert not wanda.ended_
     with pytest.raises(RuntimeError) as err:
-        hsr._restore(nn.Linear(2, 2))
+        require_pruning_ended([wanda])
     assert str(err.value) == (
         "HSRModifier would restore weights before WandaPruningModifier has finished pruning. Put "
         "HSR after the sparsity stage and before quantization, and run oneshot with the default "

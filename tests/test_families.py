@@ -63,6 +63,9 @@ def test_every_family_restores_exact_dense_values_in_the_selected_heads(
         ("LLaVA", "pictures"),
         ("Qwen2-VL", "pictures"),
         ("Phi-3", "restore_gain"),
+        ("Phi-3", "sparsegpt scores"),
+        ("Phi-3", "snip scores"),
+        ("DeepSeek-V3 (MLA)", "snip scores"),
         ("Phi-3", "first-order heads"),
         ("Phi-3", "N:M 2:4"),
         ("DeepSeek-V3 (MLA)", "restore_gain"),
@@ -82,9 +85,9 @@ def test_the_support_matrix_bench_writes_its_table_for_a_subset(tmp_path):
     assert support_matrix.main(["--families", "Llama,Phi-3", "--no-readme", "--out", str(out)]) == 0
     table = out.read_text()
     llama = next(line for line in table.splitlines() if line.startswith("| Llama |"))
-    assert llama.count("✓") == 6 and "– text-only family" in llama, llama
+    assert llama.count("✓") == 8 and "– text-only family" in llama, llama
     phi = next(line for line in table.splitlines() if line.startswith("| Phi-3 |"))
-    assert phi.count("✓") == 5 and "✗ refused: no gated MLP" in phi, phi
+    assert phi.count("✓") == 7 and "✗ refused: no gated MLP" in phi, phi
 
 
 def test_the_readme_support_matrix_is_the_benchmark_s_output():

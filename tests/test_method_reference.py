@@ -336,7 +336,7 @@ def _keep_n_of_m(restore, pruned_weight, i_s, n=2, m=4):
 def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(
     tiny, calib_files, monkeypatch
 ):
-    import hsr_plugin.modifier as modifier
+    import hsr_plugin.restoration_policies as modifier
 
     priorities = {}
     restore = modifier.restoration_mask

@@ -257,8 +257,9 @@ def test_an_output_holding_a_vlguard_file_named_with_its_split_is_refused(
 def test_the_recipe_order_check_names_what_it_found(monkeypatch):
     from types import SimpleNamespace
 
-    import hsr_plugin.modifier as modifier_module
+    import hsr_plugin.recipe_checks as modifier_module
     from hsr_plugin import HSRModifier
+    from hsr_plugin.recipe_checks import earlier_pruning
 
     hsr = HSRModifier()
 
@@ -272,7 +273,7 @@ def test_the_recipe_order_check_names_what_it_found(monkeypatch):
         modifier_module, "active_session", session(SimpleNamespace(modifiers=[Other(), hsr]))
     )
     with pytest.raises(ValueError) as err:
-        hsr._check_recipe_order()
+        earlier_pruning(hsr)
     assert str(err.value) == (
         "HSRModifier needs a pruning modifier before it in the recipe (found Other). Put HSR "
         "after the sparsity stage (e.g. WandaPruningModifier or SparseGPTModifier) and before "
@@ -280,18 +281,18 @@ def test_the_recipe_order_check_names_what_it_found(monkeypatch):
     )
     monkeypatch.setattr(modifier_module, "active_session", session(SimpleNamespace()))
     with pytest.raises(ValueError, match=r"\(found nothing\)"):
-        hsr._check_recipe_order()
+        earlier_pruning(hsr)
 
 
 def test_the_model_path_prefers_the_models_own_name():
     from types import SimpleNamespace
 
-    from hsr_plugin import HSRModifier
+    from hsr_plugin.models import model_name_or_path
 
     config = SimpleNamespace(_name_or_path="from-config")
-    assert HSRModifier._model_path(SimpleNamespace(name_or_path="own", config=config)) == "own"
-    assert HSRModifier._model_path(SimpleNamespace(name_or_path="", config=config)) == "from-config"
-    assert HSRModifier._model_path(SimpleNamespace(config=SimpleNamespace())) == ""
+    assert model_name_or_path(SimpleNamespace(name_or_path="own", config=config)) == "own"
+    assert model_name_or_path(SimpleNamespace(name_or_path="", config=config)) == "from-config"
+    assert model_name_or_path(SimpleNamespace(config=SimpleNamespace())) == ""
 
 
 def test_the_subspace_rank_reaches_the_head_scores():

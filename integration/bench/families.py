@@ -208,6 +208,8 @@ MODES: dict[str, tuple[dict[str, Any], bool, str]] = {
     "pictures as content parts": ({}, "parts", "0:0"),
     "exact heads (ships_kl)": ({"head_score": "ships_kl"}, "", "0:0"),
     "first-order heads": ({"head_score": "attribution"}, "", "0:0"),
+    "sparsegpt scores": ({"neuron_score": "sparsegpt"}, "", "0:0"),
+    "snip scores": ({"neuron_score": "snip"}, "", "0:0"),
     "restore_gain": ({"neuron_score": "restore_gain"}, "", "0:0"),
     "mlp": ({"units": ["heads", "mlp"], "num_mlp_channels": 8}, "", "0:0"),
     "N:M 2:4": ({"preserve_nm": "2:4"}, "", "2:4"),

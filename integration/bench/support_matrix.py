@@ -110,6 +110,10 @@ def markdown(results: dict) -> str:
         f"- {names}: {reason}.\n" for names, reason in NOT_PROBED.items()
     )
     legend = (
+        "\nColumns: *text* runs HSR's defaults (exact Ships-subspace head scores, Wanda neuron "
+        "scores) on text rows; *pictures* the same on rows with a picture (the row's `image` "
+        "field, or Hugging Face content parts); every other column changes one setting from "
+        "the defaults.\n"
         "\n✓ (n): Wanda 50% + HSR (`num_heads: 2`) ran end to end on the family's tiny model "
         "and restored n weights, all of them pruned positions in the selected heads' slices (or "
         "MLP channels) set to their exact dense values, with the report's counts equal to the "

@@ -1,0 +1,195 @@
+"""Restoration policies, one per neuron level: which pruned weights of the planned units get
+their dense values back.
+
+- `ImportanceRestoration` (the paper's neuron level, `neuron_score: wanda | sparsegpt | snip`):
+  candidates S = (top_q(I_s) ∩ top_pmax(I_u)) minus top_p(I_u) from importance on the DENSE
+  model, restored where pruned, optionally under a budget and N:M preservation;
+- `RestoreGainRestoration` (`neuron_score: restore_gain`): after pruning, the pruned weights of
+  the planned units ranked by the first-order drop of the refusal NLL that restoring them
+  brings on the PRUNED model, without raising the utility NLL by more than a tolerance; the
+  budget may be spent in rounds that re-score in between.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from compressed_tensors.utils import align_module_device
+from llmcompressor.utils.helpers import DisableQuantization, eval_context
+from torch import nn
+
+from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.neuron_scoring import (
+    collect_statistics,
+    importance_scores,
+    mean_weight_gradients,
+)
+from hsr_plugin.placement import execution_placement
+from hsr_plugin.restore import (
+    RestoreStats,
+    apply_restoration,
+    budget_masks,
+    parse_nm,
+    restoration_mask,
+    restore_gain_mask,
+)
+from hsr_plugin.scoring_context import ScoringContext
+from hsr_plugin.selection import stacked_candidate_mask
+from hsr_plugin.unit_plans import UnitPlan
+
+__all__ = ["ImportanceRestoration", "RestorationPolicy", "RestoreGainRestoration"]
+
+
+class RestorationPolicy(Protocol):
+    def prepare(
+        self,
+        ctx: ScoringContext,
+        plans: dict[str, UnitPlan],
+        safety: list[CalibrationSample],
+        utility: list[CalibrationSample],
+    ) -> None:
+        """On the dense model, in `on_initialize`: whatever the policy needs later."""
+
+    def restore(
+        self, model: nn.Module, plans: dict[str, UnitPlan], dense: dict, cap: int | None, hooks
+    ) -> dict[str, RestoreStats]:
+        """After pruning: copy dense values back; per-matrix statistics."""
+
+    def nothing_restored_advice(self) -> str: ...
+
+
+@dataclass
+class ImportanceRestoration:
+    neuron_score: str
+    safety_top: float
+    utility_top: float
+    utility_max: float
+    preserve_nm: str | None = None
+    budgeted: bool = False  # a max_restored_per_10k is set
+
+    def prepare(self, ctx, plans, safety, utility) -> None:
+        modules = {name: plan.module for name, plan in plans.items()}
+        stats_s, stats_u = (
+            collect_statistics(
+                ctx.model,
+                modules,
+                samples,
+                self.neuron_score,
+                f"HSR {which} importance",
+                hooks=ctx.hooks,
+                device=ctx.device,
+                stats_device=ctx.stats_device,
+                batch_size=ctx.batch_size,
+                pad_id=ctx.pad_id,
+            )
+            for which, samples in (("safety", safety), ("utility", utility))
+        )
+        # the safety importance ranks restorations only for N:M and for the budget
+        ranked = self.preserve_nm is not None or self.budgeted
+        for name, plan in plans.items():
+            with align_module_device(plan.module):
+                weight = plan.module.weight.detach()
+                # each matrix's statistics are freed as soon as its mask is built
+                i_s = importance_scores(self.neuron_score, stats_s.pop(name), weight)
+                i_u = importance_scores(self.neuron_score, stats_u.pop(name), weight)
+            candidates = stacked_candidate_mask(
+                i_s, i_u, self.safety_top, self.utility_top, self.utility_max, plan.row_blocks
+            )
+            plan.candidates = candidates.cpu()
+            plan.priority = i_s.float().cpu() if ranked else None
+
+    def restore(self, model, plans, dense, cap, hooks) -> dict[str, RestoreStats]:
+        nm = parse_nm(self.preserve_nm)
+        masks, stats = {}, {}
+        for name, plan in plans.items():
+            masks[name], stats[name] = restoration_mask(
+                name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
+            )
+        if cap is not None:
+            masks = budget_masks(masks, {n: p.priority for n, p in plans.items()}, cap)
+            stats = {n: replace(s, restored=int(masks[n].sum())) for n, s in stats.items()}
+        for name, plan in plans.items():
+            apply_restoration(plan.module, dense[name], masks[name])
+        return stats
+
+    def nothing_restored_advice(self) -> str:
+        return (
+            "no pruned weight of the selected heads is a candidate. Raise safety_top "
+            f"(q={self.safety_top}), lower utility_top (p={self.utility_top}) or raise "
+            f"utility_max (p_max={self.utility_max}), or select more heads (num_heads)."
+        )
+
+
+@dataclass
+class RestoreGainRestoration:
+    utility_tolerance: float
+    rounds: int = 1
+    preserve_nm: str | None = None
+    offload_statistics: bool = False
+    _samples: tuple | None = None
+
+    def prepare(self, ctx, plans, safety, utility) -> None:
+        # candidates are chosen after pruning, on the pruned model
+        self._samples = (safety, utility)
+
+    def restore(self, model, plans, dense, cap, hooks) -> dict[str, RestoreStats]:
+        """Candidates scored on the PRUNED model by first-order safety gain; `rounds` re-scores."""
+        safety, utility = self._samples
+        modules = {name: plan.module for name, plan in plans.items()}
+        nm = parse_nm(self.preserve_nm)
+        restored = {name: 0 for name in plans}
+        first: dict[str, RestoreStats] = {}
+        remaining = cap
+        with (
+            DisableQuantization(model),
+            eval_context(model),
+            execution_placement(model) as placed,
+        ):
+            for round_index in range(self.rounds):
+                grads = [
+                    mean_weight_gradients(
+                        model,
+                        modules,
+                        samples,
+                        f"HSR restore_gain {which} gradients (round {round_index + 1})",
+                        device=placed.device,
+                        hooks=hooks,
+                        stats_device="cpu" if self.offload_statistics else placed.device,
+                    )
+                    for which, samples in (("safety", safety), ("utility", utility))
+                ]
+                masks, gains = {}, {}
+                for name, plan in plans.items():
+                    masks[name], gains[name], stats = restore_gain_mask(
+                        name,
+                        plan.module,
+                        dense[name],
+                        plan.slices,
+                        grads[0].pop(name),
+                        grads[1].pop(name),
+                        self.utility_tolerance,
+                        nm,
+                    )
+                    first.setdefault(name, stats)
+                if remaining is not None:
+                    share = math.ceil(remaining / (self.rounds - round_index))
+                    masks = budget_masks(masks, gains, share)
+                for name, plan in plans.items():
+                    apply_restoration(plan.module, dense[name], masks[name])
+                    restored[name] += int(masks[name].sum())
+                done = sum(int(m.sum()) for m in masks.values())
+                if remaining is not None:
+                    remaining -= done
+                if done == 0 or remaining == 0:
+                    break
+        self._samples = None
+        return {name: replace(first[name], restored=restored[name]) for name in plans}
+
+    def nothing_restored_advice(self) -> str:
+        return (
+            "no pruned weight of the selected units would lower the refusal NLL without "
+            f"raising the utility NLL by more than utility_tolerance "
+            f"({self.utility_tolerance}). Raise utility_tolerance or select more heads."
+        )
