@@ -39,6 +39,7 @@ from hsr_plugin.architecture import (
     text_config,
 )
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.checks import all_finite
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
@@ -292,7 +293,7 @@ def score_heads(
 
 def _check_finite(logits: torch.Tensor, states: torch.Tensor, what: str) -> None:
     """NaN or inf would reach the SVD of the subspace score; say where they came from."""
-    if not (torch.isfinite(logits).all() and torch.isfinite(states).all()):
+    if not all_finite(logits, states):
         raise InvalidInputError(
             f"head attribution: the next-token logits or final states of {what} on the safety "
             "prompts are not finite (NaN or inf), so its head score would be too"
