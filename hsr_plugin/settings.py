@@ -32,15 +32,8 @@ DEFAULT_IGNORE = [
 
 class HSRSettings(Modifier):
     """
-    Restore a few safety-critical pruned weights inside the top safety heads (HSR, Li et al.,
-    ACL 2025 Findings). Put it after the sparsity stage and before any quantization:
-
-    ```yaml
-    hsr_stage:
-      hsr_modifiers:
-        HSRModifier:
-          num_heads: 8
-    ```
+    The fields of `HSRModifier` (every one a recipe entry), validated together: a value that
+    the chosen mode ignores is an error naming the mode.
 
     :param num_heads: top-h heads to realign, ranked over all layers (paper: 10 or 4)
     :param head_score: `ships_subspace` (principal angles of last-token states, the paper's

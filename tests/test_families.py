@@ -41,6 +41,19 @@ def family_dirs(tmp_path_factory):
     return get
 
 
+def _assert_cached_equals_naive(model, blocks, samples, pad: int, method: str) -> None:
+    naive = naive_head_scores(model, blocks, samples, method, batch_size=3, pad_id=pad)
+    cached = score_heads(model, blocks, samples, method, batch_size=3, pad_id=pad,
+                         progress=False)  # fmt: skip
+    assert [(s.layer, s.head) for s in cached] == [(s.layer, s.head) for s in naive]
+    torch.testing.assert_close(
+        torch.tensor([s.score for s in cached], dtype=torch.float64),
+        torch.tensor([s.score for s in naive], dtype=torch.float64),
+        rtol=1e-5,
+        atol=1e-9,
+    )
+
+
 def _samples(model_dir: Path, data: Path, rows: int = 6):
     processor = load_processor(str(model_dir))
     samples = render_samples(load_conversations(str(data), rows, 0), processor, 128)
@@ -122,15 +135,7 @@ def test_partial_targets_give_the_naive_loop_s_scores(within, method, family_dir
     model = load_model(model_dir)
     samples, pad = _samples(model_dir, family_data["safety"])
     blocks = find_attention_blocks(model, within=within)
-    naive = naive_head_scores(model, blocks, samples, method, batch_size=3, pad_id=pad)
-    cached = score_heads(model, blocks, samples, method, batch_size=3, pad_id=pad, progress=False)
-    assert [(s.layer, s.head) for s in cached] == [(s.layer, s.head) for s in naive]
-    torch.testing.assert_close(
-        torch.tensor([s.score for s in cached], dtype=torch.float64),
-        torch.tensor([s.score for s in naive], dtype=torch.float64),
-        rtol=1e-5,
-        atol=1e-9,
-    )
+    _assert_cached_equals_naive(model, blocks, samples, pad, method)
 
 
 @pytest.mark.parametrize("name", ["Mllama", "Granite", "Cohere", "DeepSeek-V3 (MLA)", "Phi-3"])
@@ -142,16 +147,7 @@ def test_cached_scores_equal_the_naive_loop_across_families(name, family_dirs, f
     samples, pad = _samples(model_dir, family_data["safety"])
     blocks = find_attention_blocks(model)
     for method in ("ships_kl", "ships_subspace"):
-        naive = naive_head_scores(model, blocks, samples, method, batch_size=3, pad_id=pad)
-        cached = score_heads(
-            model, blocks, samples, method, batch_size=3, pad_id=pad, progress=False
-        )
-        torch.testing.assert_close(
-            torch.tensor([s.score for s in cached], dtype=torch.float64),
-            torch.tensor([s.score for s in naive], dtype=torch.float64),
-            rtol=1e-5,
-            atol=1e-9,
-        )
+        _assert_cached_equals_naive(model, blocks, samples, pad, method)
 
 
 @pytest.mark.parametrize("name, factor", [("Granite", 1 / 4.0), ("Cohere", 0.25), ("Gemma2", 1.0)])
@@ -190,15 +186,7 @@ def test_a_multiplying_logits_scaling_is_read_the_right_way(family_data):
     model = load_model(model_dir)
     samples, pad = _samples(model_dir, family_data["safety"])
     blocks = find_attention_blocks(model)
-    naive = naive_head_scores(model, blocks, samples, "ships_kl", batch_size=3, pad_id=pad)
-    cached = score_heads(model, blocks, samples, "ships_kl", batch_size=3, pad_id=pad,
-                         progress=False)  # fmt: skip
-    torch.testing.assert_close(
-        torch.tensor([s.score for s in cached], dtype=torch.float64),
-        torch.tensor([s.score for s in naive], dtype=torch.float64),
-        rtol=1e-5,
-        atol=1e-9,
-    )
+    _assert_cached_equals_naive(model, blocks, samples, pad, "ships_kl")
 
 
 # ----------------------------------------------------------------------------- fused QKV
@@ -321,15 +309,7 @@ def test_cached_scores_equal_the_naive_loop_with_pictures(name, family_dirs, fam
     model = load_model(model_dir)
     samples, pad = _samples(model_dir, family_data["safety_vl"], rows=3)
     blocks = find_attention_blocks(model)
-    naive = naive_head_scores(model, blocks, samples, "ships_kl", batch_size=3, pad_id=pad)
-    cached = score_heads(model, blocks, samples, "ships_kl", batch_size=3, pad_id=pad,
-                         progress=False)  # fmt: skip
-    torch.testing.assert_close(
-        torch.tensor([s.score for s in cached], dtype=torch.float64),
-        torch.tensor([s.score for s in naive], dtype=torch.float64),
-        rtol=1e-5,
-        atol=1e-9,
-    )
+    _assert_cached_equals_naive(model, blocks, samples, pad, "ships_kl")
 
 
 @pytest.mark.parametrize("name", PICTURE_FAMILIES)

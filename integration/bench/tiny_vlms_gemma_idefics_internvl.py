@@ -177,7 +177,6 @@ def build_idefics3(out: Path, seed: int = 0) -> Path:
         Idefics3ForConditionalGeneration,
         Idefics3Processor,
         Idefics3VisionConfig,
-        LlamaConfig,
     )
 
     tok = _tokenizer(CHAT_TEMPLATE, **IDEFICS_TOKENS)
@@ -188,21 +187,31 @@ def build_idefics3(out: Path, seed: int = 0) -> Path:
     processor = Idefics3Processor(
         image_processor=image_processor, tokenizer=tok, image_seq_len=4, chat_template=CHAT_TEMPLATE
     )
-    config = Idefics3Config(
-        vision_config=Idefics3VisionConfig(**TINY_IDEFICS_VISION),
+    return _save_idefics_layout(
+        Idefics3Config, Idefics3VisionConfig, Idefics3ForConditionalGeneration, tok, processor,
+        out, seed,
+    )  # fmt: skip
+
+
+def _save_idefics_layout(config_class, vision_class, model_class, tok, processor, out, seed):
+    """Idefics3's layout (a tiny SigLIP-like tower, pixel-shuffle by 2, a Llama text model),
+    shared by Idefics3 and SmolVLM."""
+    from transformers import LlamaConfig
+
+    config = config_class(
+        vision_config=vision_class(**TINY_IDEFICS_VISION),
         text_config=LlamaConfig(**_text_kwargs(tok)),
         image_token_id=_ids(tok, "<image>")[0],
         scale_factor=2,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
-    return _save(Idefics3ForConditionalGeneration(config), processor, out)
+    return _save(model_class(config), processor, out)
 
 
 def build_smolvlm(out: Path, seed: int = 0) -> Path:
     """SmolVLM: Idefics3's layout (pixel-shuffle connector) with its own processor."""
     from transformers import (
-        LlamaConfig,
         SmolVLMConfig,
         SmolVLMForConditionalGeneration,
         SmolVLMProcessor,
@@ -227,15 +236,10 @@ def build_smolvlm(out: Path, seed: int = 0) -> Path:
         image_seq_len=4,
         chat_template=CHAT_TEMPLATE,
     )
-    config = SmolVLMConfig(
-        vision_config=SmolVLMVisionConfig(**TINY_IDEFICS_VISION),
-        text_config=LlamaConfig(**_text_kwargs(tok)),
-        image_token_id=_ids(tok, "<image>")[0],
-        scale_factor=2,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return _save(SmolVLMForConditionalGeneration(config), processor, out)
+    return _save_idefics_layout(
+        SmolVLMConfig, SmolVLMVisionConfig, SmolVLMForConditionalGeneration, tok, processor, out,
+        seed,
+    )  # fmt: skip
 
 
 def build_internvl(out: Path, seed: int = 0) -> Path:
