@@ -88,31 +88,14 @@ def _digest_report(report: dict) -> str:
 
 
 def run_mode(mode: str) -> dict:
-    from llmcompressor import oneshot
-    from llmcompressor.core import active_session
-
-    import hsr_plugin
-    from hsr_plugin.calibration import load_processor
-    from hsr_plugin.models import load_model
-    from hsr_plugin.oneshot_data import calibration_kwargs
+    from integration.bench.families import run_oneshot
 
     pruner, structure, extra = MODES[mode]
     recipe = PRUNE.format(pruner=pruner, structure=structure) + HSR.format(
         safety=DATA / "calib_safety.jsonl", utility=DATA / "calib_utility.jsonl", extra=extra
     )
     torch.manual_seed(0)
-    processor = load_processor(str(ORGANISM))
-    model = load_model(ORGANISM, torch.float32)
-    oneshot(
-        model=model,
-        processor=processor,
-        recipe=recipe,
-        max_seq_length=128,
-        shuffle_calibration_samples=False,
-        **calibration_kwargs(str(DATA / "calib_utility.jsonl"), processor, 32, 128),
-    )
-    mods = active_session().lifecycle.recipe.modifiers
-    report = next(m for m in mods if isinstance(m, hsr_plugin.HSRModifier)).report
+    model, report = run_oneshot(ORGANISM, recipe, DATA / "calib_utility.jsonl", num_samples=32)
     return {
         "weights": _digest_weights(model),
         "report": _digest_report(report),

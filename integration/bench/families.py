@@ -44,6 +44,7 @@ __all__ = [
     "ProbeFailure",
     "calibration_files",
     "probe",
+    "run_oneshot",
 ]
 
 
@@ -290,7 +291,9 @@ def _linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _oneshot(model_dir: Path, recipe: str, utility: Path):
+def run_oneshot(model_dir: Path, recipe: str, utility: Path, num_samples: int | None = None):
+    """`oneshot` of `recipe` on the float32 model at `model_dir`, calibrated on `utility` in
+    file order; (the model, HSR's report or None)."""
     from llmcompressor import oneshot
     from llmcompressor.core import active_session
 
@@ -307,7 +310,7 @@ def _oneshot(model_dir: Path, recipe: str, utility: Path):
         recipe=recipe,
         max_seq_length=128,
         shuffle_calibration_samples=False,
-        **calibration_kwargs(str(utility), processor, None, 128),
+        **calibration_kwargs(str(utility), processor, num_samples, 128),
     )
     mods = [m for m in active_session().lifecycle.recipe.modifiers if isinstance(m, HSRModifier)]
     return model, (mods[0].report if mods else None)
@@ -386,10 +389,12 @@ def probe(
     hsr.update(fields)
     dense_model = load_model(model_dir, torch.float32)
     dense = _linear_weights(dense_model)
-    pruned_model, _ = _oneshot(model_dir, _recipe(structure, None, prune_ignore), data["utility"])
+    pruned_model, _ = run_oneshot(
+        model_dir, _recipe(structure, None, prune_ignore), data["utility"]
+    )
     pruned = _linear_weights(pruned_model)
     del pruned_model
-    model, report = _oneshot(model_dir, _recipe(structure, hsr, prune_ignore), data["utility"])
+    model, report = run_oneshot(model_dir, _recipe(structure, hsr, prune_ignore), data["utility"])
     final = _linear_weights(model)
     allowed = _allowed_masks(dense_model, report, report["config"]["head_slicing"])
     restored = _check(dense, pruned, final, report, allowed, structure)
