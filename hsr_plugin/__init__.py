@@ -45,34 +45,62 @@ def _llmcompressor_pin() -> str:
     return f"'{pins[0]}'" if pins else "llmcompressor"
 
 
-def _import_modifier() -> None:
-    # hsr_plugin.modifier registers HSRModifier when it runs; if it is running already (it
-    # imported llm-compressor itself), it registers at its own end.
-    if "hsr_plugin.modifier" not in sys.modules:
-        import hsr_plugin.modifier  # noqa: F401
+def _initializing(name: str) -> bool:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
 
 
-class _RegisterWhenLlmCompressorLoads(importlib.abc.MetaPathFinder):
-    """Finds `llmcompressor` once, and runs the registration right after its import."""
+def register_when_ready(just_run: str | None = None) -> bool:
+    """Import `hsr_plugin.modifier` (it registers HSRModifier at its end) once llm-compressor
+    is loaded, unless a module of this package is half-imported: a module that imports
+    llm-compressor first (`hsr_plugin.settings`, say) would be imported again, half-made, by
+    the modifier. `just_run` names a module whose code has just run (the import machinery
+    still marks it as initializing). Returns whether the modifier is imported or being
+    imported."""
+
+    def initializing(name: str) -> bool:
+        return name != just_run and _initializing(name)
+
+    if "hsr_plugin.modifier" in sys.modules:
+        return True
+    if "llmcompressor" not in sys.modules or initializing("llmcompressor"):
+        return False
+    if any(name.startswith("hsr_plugin.") and initializing(name) for name in list(sys.modules)):
+        return False
+    import hsr_plugin.modifier  # noqa: F401
+
+    return True
+
+
+class RegisterWhenLlmCompressorLoads(importlib.abc.MetaPathFinder):
+    """Runs `register_when_ready` after the import of `llmcompressor` and after that of each
+    module of this package, so HSRModifier is registered as soon as both allow it; then steps
+    aside."""
+
+    def __init__(self) -> None:
+        self._finding: set[str] = set()
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "llmcompressor":
+        watched = fullname == "llmcompressor" or fullname.startswith("hsr_plugin.")
+        if not watched or fullname in self._finding:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
+        self._finding.add(fullname)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding.discard(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         run_module = spec.loader.exec_module
 
         def exec_module(module):
             run_module(module)
-            _import_modifier()
+            if register_when_ready(just_run=fullname) and self in sys.meta_path:
+                sys.meta_path.remove(self)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-if "llmcompressor" in sys.modules:
-    _import_modifier()
-elif importlib.util.find_spec("llmcompressor") is not None:
-    sys.meta_path.insert(0, _RegisterWhenLlmCompressorLoads())
+if not register_when_ready() and importlib.util.find_spec("llmcompressor") is not None:
+    sys.meta_path.insert(0, RegisterWhenLlmCompressorLoads())

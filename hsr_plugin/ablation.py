@@ -57,7 +57,8 @@ def _scale_input(spans: list[tuple[slice, slice]], eps: float) -> Callable:
     return hook
 
 
-def _check_unit(block: AttentionBlock, head: int, mode: AblationMode) -> None:
+def check_unit(block: AttentionBlock, head: int, mode: AblationMode) -> None:
+    """Refuse a head outside the block (or, in reference mode, outside its KV groups)."""
     if not 0 <= head < block.num_heads:
         raise ValueError(f"head {head} is outside [0, {block.num_heads}) for {block.name}")
     if mode == "reference" and head >= block.num_kv_heads:
@@ -100,7 +101,7 @@ def ablate_heads_per_replica(
     if replica_rows is None and len(heads) != 1:
         raise ValueError("several heads need replica_rows: one replica of the batch per head")
     for head in heads:
-        _check_unit(block, head, mode)
+        check_unit(block, head, mode)
     mixin = hooks_mixin()
     owner = hooks if hooks is not None else mixin()
 

@@ -168,7 +168,8 @@ def heads_per_pass(
     return max(1, budget_bytes // max(per_replica, 1))
 
 
-def _memory_budget(device: torch.device, budget: int | None) -> int:
+def activation_memory_budget(device: torch.device, budget: int | None) -> int:
+    """Bytes the cached layer inputs may take: `budget` if given, else a share of free memory."""
     if budget is not None:
         return budget
     if device.type != "cpu" and hasattr(torch.accelerator, "get_memory_info"):
@@ -240,7 +241,7 @@ def score_heads(
     mode = "reference" if method == "reference" else "exact"
     units = {b.layer: ablation_units(b, mode) for b in blocks}
     results = {(b.layer, h): _UnitResults(method) for b in blocks for h, _ in units[b.layer]}
-    budget = _memory_budget(device, memory_budget)
+    budget = activation_memory_budget(device, memory_budget)
     dense_states = []
     batches = list(prompt_batches(samples, batch_size, pad_id, positions=not is_multimodal(model)))
     total = len(batches) * sum(len(u) for u in units.values())

@@ -161,7 +161,7 @@ def load_jsonl(path: str | Path) -> list[Conversation]:
             raise InvalidInputError(f"{where}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise InvalidInputError(f"{where}: a row must be a JSON object with 'messages'")
-        out.append(_conversation(row.get("messages"), row.get("image"), path.parent, where))
+        out.append(parse_conversation(row.get("messages"), row.get("image"), path.parent, where))
     return out
 
 
@@ -191,7 +191,8 @@ def _flatten_parts(content: Any, where: str) -> tuple[Any, list[Any]]:
     return "\n".join(t for t in texts if t.strip()), pictures
 
 
-def _conversation(messages: Any, image: Any, root: Path, where: str) -> Conversation:
+def parse_conversation(messages: Any, image: Any, root: Path, where: str) -> Conversation:
+    """One validated conversation from a row's `messages` (and picture), named by `where`."""
     if not isinstance(messages, list) or not messages:
         raise InvalidInputError(
             f"{where}: 'messages' must be a non-empty list of {{role, content}}"
@@ -294,7 +295,7 @@ def load_vlguard(
                 ]
                 image = item.get("image")
                 out.append(
-                    _conversation(messages, str(root / image) if image else None, root, where)
+                    parse_conversation(messages, str(root / image) if image else None, root, where)
                 )
     return out
 
@@ -336,7 +337,7 @@ def _load_hub(dataset_id: str, split: str) -> list[Conversation]:
                 {"role": "user", "content": row["prompt"]},
                 {"role": "assistant", "content": row["response"]},
             ]
-        out.append(_conversation(messages, None, Path("."), f"{dataset_id}[{index}]"))
+        out.append(parse_conversation(messages, None, Path("."), f"{dataset_id}[{index}]"))
     return out
 
 
@@ -379,7 +380,7 @@ def _chat(processor: Any, messages: list[dict], add_generation_prompt: bool) -> 
     )
 
 
-def _with_image_part(messages: tuple[dict, ...]) -> list[dict]:
+def with_image_part(messages: tuple[dict, ...]) -> list[dict]:
     """Multimodal chat templates want content parts; the image goes into the first user turn."""
     out, placed = [], False
     for message in messages:
@@ -418,7 +419,7 @@ def render_samples(
     return samples
 
 
-def _check_prefix(full_ids: list[int], prompt_ids: list[int], source: str) -> int:
+def checked_prompt_length(full_ids: list[int], prompt_ids: list[int], source: str) -> int:
     """The prompt's token count, once the prompt is checked to be a prefix of the whole."""
     n_prompt = len(prompt_ids)
     if len(full_ids) <= n_prompt or full_ids[:n_prompt] != prompt_ids:
@@ -441,7 +442,7 @@ def encode_conversation(
     full = _chat(tokenizer, messages, add_generation_prompt=False)
     full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return full_ids, _check_prefix(full_ids, prompt_ids, source)
+    return full_ids, checked_prompt_length(full_ids, prompt_ids, source)
 
 
 def _render_one(
@@ -453,7 +454,7 @@ def _render_one(
             f"{conv.source}: this conversation has an image but the processor "
             f"({type(processor).__name__}) has no image processor: this model cannot take images"
         )
-    messages = _with_image_part(conv.messages) if conv.image is not None else list(conv.messages)
+    messages = with_image_part(conv.messages) if conv.image is not None else list(conv.messages)
     prompt_text = _chat(processor, messages[:-1], add_generation_prompt=True)
     full_text = _chat(processor, messages, add_generation_prompt=False)
     extra: dict[str, torch.Tensor] = {}
@@ -477,7 +478,7 @@ def _render_one(
     else:
         full_ids = torch.tensor(tokenizer(full_text, add_special_tokens=False)["input_ids"])
         prompt_ids = torch.tensor(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-    n_prompt = _check_prefix(full_ids.tolist(), prompt_ids.tolist(), conv.source)
+    n_prompt = checked_prompt_length(full_ids.tolist(), prompt_ids.tolist(), conv.source)
     if n_prompt >= max_seq_length:
         raise InvalidInputError(
             f"{conv.source}: the prompt has {n_prompt} tokens, max_seq_length is {max_seq_length}"

@@ -33,7 +33,7 @@ from loguru import logger
 from pydantic import PrivateAttr
 
 from hsr_eval.common import write_json_atomic
-from hsr_plugin.architecture import AttentionBlock, find_mlp_blocks
+from hsr_plugin.architecture import find_mlp_blocks
 from hsr_plugin.attribution import AttributionCost, HeadScore
 from hsr_plugin.calibration import (
     CalibrationSample,
@@ -49,7 +49,8 @@ from hsr_plugin.head_scores import rank_heads, select_top_heads
 from hsr_plugin.models import model_name_or_path
 from hsr_plugin.placement import execution_placement
 from hsr_plugin.recipe_checks import earlier_pruning, require_pruning_ended, target_blocks
-from hsr_plugin.report import build_report, log_summary
+from hsr_plugin.registration import register_modifier
+from hsr_plugin.report import build_report, log_summary, model_info
 from hsr_plugin.restoration_policies import RestorationPolicy
 from hsr_plugin.restore import count_pruned
 from hsr_plugin.scoring_context import ScoringContext
@@ -125,7 +126,7 @@ class HSRModifier(HSRSettings):
         safety = self._render(self.safety_data, processor, "safety_data")
         utility = self._render(self.utility_data, processor, "utility_data")
         run.timing["data"] = time.perf_counter() - start
-        run.model_info = _model_info(model, blocks)
+        run.model_info = model_info(model, blocks)
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
         # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
         # context manager does not nest: leaving an inner one would re-enable everyone's).
@@ -251,38 +252,4 @@ class HSRModifier(HSRSettings):
         log_summary(self._report)
 
 
-def _model_info(model, blocks: list[AttentionBlock]) -> dict[str, Any]:
-    info = {
-        "class": type(model).__name__,
-        "name_or_path": model_name_or_path(model),
-        "attention_blocks": len(blocks),
-        "num_heads": blocks[0].num_heads,
-        "num_kv_heads": blocks[0].num_kv_heads,
-        "head_dim": blocks[0].head_dim,
-        "attention_layout": blocks[0].layout,
-    }
-    unsliced = [name for b in blocks for name in b.unsliced]
-    if unsliced:
-        # MLA's shared low-rank down-projections serve every head: HSR leaves them as pruned
-        info["unsliced_projections"] = unsliced
-        logger.info(
-            f"HSR: {len(unsliced)} shared projections belong to no head and stay as pruned "
-            f"({unsliced[0]}, ...)"
-        )
-    return info
-
-
-def _register() -> None:
-    """Make `HSRModifier` a name that llm-compressor recipes can use (YAML or Python)."""
-    from llmcompressor.modifiers.factory import ModifierFactory
-
-    ModifierFactory.refresh()
-    for registry in ("_main_registry", "_experimental_registry"):
-        if "HSRModifier" in getattr(ModifierFactory, registry, {}):
-            raise StageOrderError(
-                "llm-compressor already ships a modifier named HSRModifier; refusing to override it"
-            )
-    ModifierFactory.register("HSRModifier", HSRModifier)
-
-
-_register()
+register_modifier(HSRModifier)

@@ -140,7 +140,7 @@ def collect_statistics(
                 model(**batch, use_cache=False)
             except _EnoughSeen:
                 pass  # every statistic of this batch is in: the later layers would add nothing
-    _check_seen(stats)
+    require_seen(stats)
     return stats
 
 
@@ -236,7 +236,8 @@ def mean_weight_gradients(
     return {name: grad / len(samples) for name, grad in sums.items()}
 
 
-def _check_seen(stats: MatrixStatistics) -> None:
+def require_seen(stats: MatrixStatistics) -> None:
+    """Refuse statistics of a matrix that no response token reached."""
     empty = [name for name, acc in stats.items() if acc.count == 0]
     if empty:
         raise InvalidInputError(

@@ -20,7 +20,9 @@ from typing import Any
 
 from loguru import logger
 
-__all__ = ["SCHEMA_VERSION", "build_report", "log_summary", "totals"]
+from hsr_plugin.models import model_name_or_path
+
+__all__ = ["SCHEMA_VERSION", "build_report", "log_summary", "model_info", "totals"]
 
 SCHEMA_VERSION = 1
 SPARSEGPT_NOTE = (
@@ -120,3 +122,25 @@ def log_summary(report: dict[str, Any]) -> None:
         )
     lines += [f"  note: {note}" for note in report.get("notes", [])]
     logger.info("\n".join(lines))
+
+
+def model_info(model, blocks: list) -> dict[str, Any]:
+    """The report's `model` section: class, path and the attention layout of the scored blocks."""
+    info = {
+        "class": type(model).__name__,
+        "name_or_path": model_name_or_path(model),
+        "attention_blocks": len(blocks),
+        "num_heads": blocks[0].num_heads,
+        "num_kv_heads": blocks[0].num_kv_heads,
+        "head_dim": blocks[0].head_dim,
+        "attention_layout": blocks[0].layout,
+    }
+    unsliced = [name for b in blocks for name in b.unsliced]
+    if unsliced:
+        # MLA's shared low-rank down-projections serve every head: HSR leaves them as pruned
+        info["unsliced_projections"] = unsliced
+        logger.info(
+            f"HSR: {len(unsliced)} shared projections belong to no head and stay as pruned "
+            f"({unsliced[0]}, ...)"
+        )
+    return info

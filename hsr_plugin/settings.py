@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from llmcompressor.modifiers import Modifier
 from pydantic import Field, field_validator, model_validator
 
+from hsr_eval.common import VISION_IGNORE
 from hsr_plugin.attribution import HeadScore
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scorers import HeadScorer, head_scorer
@@ -21,13 +22,8 @@ from hsr_plugin.restore import parse_nm
 
 __all__ = ["DEFAULT_IGNORE", "HSRSettings"]
 
-DEFAULT_IGNORE = [
-    "re:.*lm_head",
-    "re:.*vision_tower.*",
-    "re:.*vision_model.*",
-    "re:.*multi_modal_projector.*",
-    "re:.*visual.*",
-]
+# lm_head, and every vision tower and projector (the one list: hsr_eval.common.VISION_PATTERNS)
+DEFAULT_IGNORE = ["re:.*lm_head", *VISION_IGNORE]
 
 
 class HSRSettings(Modifier):

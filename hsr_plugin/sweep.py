@@ -120,7 +120,8 @@ def head_scoring_key(fields: dict) -> str:
     return repr([(name, getattr(hsr, name)) for name in HSRModifier.SCORING_FIELDS])
 
 
-def _load_model(path: str):
+def load_sweep_model(path: str):
+    """The model the sweep prunes: its family's class, float32 without an accelerator."""
     import torch
 
     from hsr_plugin.models import load_model
@@ -136,7 +137,8 @@ def _judge() -> str:
     return describe_judges()
 
 
-def _scorer():
+def default_scorer():
+    """The hsr_safety tasks' in-process scorer and its text and vision task names."""
     from hsr_eval.tasks.in_process import TEXT_TASKS, VISION_TASKS, score_model
 
     return score_model, TEXT_TASKS, VISION_TASKS
@@ -148,7 +150,7 @@ def eval_tasks(eval_data: Path) -> tuple[str, ...]:
     The vision tasks when it has pictures (heldout_harmful_vision.jsonl), else the text ones;
     every held-out set must be there, in one form or the other.
     """
-    _, text_tasks, vision_tasks = _scorer()
+    _, text_tasks, vision_tasks = default_scorer()
     for name in ("heldout_harmful", "heldout_borderline", "heldout_utility"):
         if not any((eval_data / f"{name}{s}.jsonl").is_file() for s in ("", "_vision")):
             raise InvalidInputError(f"--eval-data {eval_data} has no {name}.jsonl")
@@ -177,7 +179,7 @@ def run_sweep(
 
     pruning, base, after = split_recipe(recipe)
     planned = points(base, grid)
-    score_model = _scorer()[0]
+    score_model = default_scorer()[0]
     tasks = eval_tasks(eval_data)
     if after:
         logger.info(f"hsr sweep: the stages after HSR ({', '.join(after)}) are not swept")
@@ -189,14 +191,14 @@ def run_sweep(
 
     started = time.monotonic()
     logger.info(f"hsr sweep: pruning once with {', '.join(pruning)}")
-    pruned = _load_model(model)
+    pruned = load_sweep_model(model)
     oneshot(
         model=pruned,
         processor=processor,
         recipe=yaml.safe_dump(pruning, sort_keys=False),
         **dataset_kwargs,
     )
-    dense = _load_model(model)
+    dense = load_sweep_model(model)
     base_dir = output / "pruned_base"
     weights = save_pruned_weights(pruned, base_dir, reference=dense)
     base_digest = folder_digest(base_dir)
@@ -210,7 +212,7 @@ def run_sweep(
         fields = {**base, **point}
         key = head_scoring_key(fields)
         hsr = HSRModifier(**fields, reuse_head_scores=head_scores.get(key))
-        restored_model = _load_model(model)
+        restored_model = load_sweep_model(model)
         oneshot(
             model=restored_model,
             processor=processor,

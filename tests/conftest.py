@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,4 +100,25 @@ def calib_files(tmp_path_factory) -> dict[str, Path]:
         "utility_vl": tiny_models.write_jsonl(
             root / "utility_vl.jsonl", tiny_models.UTILITY_ROWS, image="safe.png"
         ),
+    }
+
+
+@pytest.fixture
+def work(model_dirs, calib_files, tmp_path, monkeypatch):
+    """A private copy of the tiny Llama and the calibration files, and the cwd beside them."""
+    from hsr_eval.common import folder_digest
+
+    root = tmp_path / "work"
+    model = root / "model"
+    shutil.copytree(model_dirs["llama"], model)
+    (root / "notes.txt").write_text("the user's own file\n")
+    data = {name: Path(shutil.copy(calib_files[name], root)) for name in ("safety", "utility")}
+    recipe = Path(shutil.copy(REPO / "recipes" / "wanda_hsr.yaml", root))
+    monkeypatch.chdir(root)
+    return {
+        "root": root,
+        "model": model,
+        "data": data,
+        "recipe": recipe,
+        "digest": folder_digest(model),
     }

@@ -13,7 +13,7 @@ from torch import nn
 import hsr_plugin  # noqa: F401
 from hsr_plugin import HSRModifier
 from hsr_plugin.architecture import UnsupportedArchitectureError, find_attention_blocks
-from tests.helpers import FP8, HSR, WANDA, run_oneshot
+from tests.helpers import FP8, HSR, WANDA, hsr_recipe, run_oneshot
 
 _VALUE = "HSRModifier: {}: Value error, {}"
 _INPUT = "HSRModifier: {}: Input should be {}"
@@ -68,23 +68,20 @@ _INPUT = "HSRModifier: {}: Input should be {}"
     ],
 )
 def test_bad_hyperparameters_are_rejected_by_the_config(kwargs, message):
-    from hsr_plugin.cli import _one_line
+    from hsr_plugin.cli.errors import one_line
 
     with pytest.raises(ValidationError) as err:
         HSRModifier(**kwargs)
-    assert _one_line(err.value) == message
-
-
-def _recipe(calib, extra="", prune=True):
-    body = HSR.format(num_heads=2, safety=calib["safety"], utility=calib["utility"], extra=extra)
-    return (WANDA.format(structure="0:0") if prune else "") + body
+    assert one_line(err.value) == message
 
 
 def test_no_pruning_stage_before_hsr(model_dirs, calib_files):
     with pytest.raises(
         ValueError, match="needs a pruning modifier before it.*after the sparsity stage"
     ):
-        run_oneshot(model_dirs["llama"], _recipe(calib_files, prune=False), calib_files["utility"])
+        run_oneshot(
+            model_dirs["llama"], hsr_recipe(calib_files, prune=False), calib_files["utility"]
+        )
 
 
 def test_quantization_before_hsr(model_dirs, calib_files):
@@ -100,7 +97,7 @@ def test_quantization_before_hsr(model_dirs, calib_files):
 
 
 def test_missing_dense_source(model_dirs, calib_files, tmp_path):
-    recipe = _recipe(calib_files, extra=f"      dense_model: {tmp_path / 'nowhere'}\n")
+    recipe = hsr_recipe(calib_files, extra=f"      dense_model: {tmp_path / 'nowhere'}\n")
     with pytest.raises(FileNotFoundError, match="dense_model .*nowhere does not exist"):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 
@@ -113,7 +110,7 @@ def test_dense_source_with_inconsistent_shapes(model_dirs, calib_files, tmp_path
     weights = load_file(str(model_dirs["llama"] / "model.safetensors"))
     weights["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(8, 8)
     save_file(weights, str(folder / "model.safetensors"))
-    recipe = _recipe(calib_files, extra=f"      dense_model: {folder}\n")
+    recipe = hsr_recipe(calib_files, extra=f"      dense_model: {folder}\n")
     with pytest.raises(ValueError, match=r"has shape \(8, 8\).*is it the same model"):
         run_oneshot(model_dirs["llama"], recipe, calib_files["utility"])
 

@@ -87,7 +87,7 @@ def test_the_image_part_goes_into_the_first_user_turn_only():
         {"role": "user", "content": "u2"},
         {"role": "assistant", "content": "a2"},
     )
-    parts = [m["content"] for m in calibration._with_image_part(messages)]
+    parts = [m["content"] for m in calibration.with_image_part(messages)]
     assert parts == [
         [{"type": "text", "text": "s"}],
         [{"type": "image"}, {"type": "text", "text": "u1"}],
@@ -145,7 +145,7 @@ def test_a_vlguard_file_without_a_split_gives_the_unsafe_pairs(tmp_path):
 )  # fmt: skip
 def test_malformed_conversations_are_named(tmp_path, messages, image, message):
     with pytest.raises(ValueError) as err:
-        calibration._conversation(messages, image, tmp_path, "src")
+        calibration.parse_conversation(messages, image, tmp_path, "src")
     assert str(err.value) == message
 
 

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 from hsr_plugin.cli import main
-from tests.helpers import compress_args, folder_digest, log_messages
+from tests.helpers import compress_args, compress_tiny, folder_digest, log_messages
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _compress(model, out, calib, *extra):
-    args = compress_args(
-        model, "recipes/wanda_hsr.yaml", out, calib["utility"], calib["safety"], calib["utility"]
-    )
-    return main([*args, *extra])
 
 
 def test_compress_writes_model_report_and_resolved_recipe(
@@ -29,7 +22,7 @@ def test_compress_writes_model_report_and_resolved_recipe(
     before = folder_digest(model_dirs["llama"])
     out = tmp_path / "out"
     with log_messages() as lines:
-        assert _compress(model_dirs["llama"], out, calib_files) == 0
+        assert compress_tiny(model_dirs["llama"], out, calib_files) == 0
     assert f"hsr compress: {model_dirs['llama']} with recipes/wanda_hsr.yaml -> {out}" in lines
     assert f"hsr compress: model saved to {out}, report {out / 'hsr_report.json'}" in lines
     report = json.loads((out / "hsr_report.json").read_text())
@@ -41,24 +34,24 @@ def test_compress_writes_model_report_and_resolved_recipe(
     )
     assert folder_digest(model_dirs["llama"]) == before
     with pytest.raises(SystemExit, match="exists and is not empty"):
-        _compress(model_dirs["llama"], out, calib_files)
-    assert _compress(model_dirs["llama"], out, calib_files, "--overwrite") == 0
+        compress_tiny(model_dirs["llama"], out, calib_files)
+    assert compress_tiny(model_dirs["llama"], out, calib_files, "--overwrite") == 0
     # --num-samples reaches the pruning stage: two calibration rows prune differently than six
     fewer = tmp_path / "fewer"
-    assert _compress(model_dirs["llama"], fewer, calib_files, "--num-samples", "2") == 0
+    assert compress_tiny(model_dirs["llama"], fewer, calib_files, "--num-samples", "2") == 0
     assert (fewer / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
 
 
 def test_compress_rejects_a_folder_that_is_not_a_model(tmp_path, calib_files, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit, match="holds no config.json"):
-        _compress(tmp_path, tmp_path / "out", calib_files)
+        compress_tiny(tmp_path, tmp_path / "out", calib_files)
 
 
 def test_unknown_override_target(model_dirs, calib_files, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(ValueError, match="has no QuantizationModifier"):
-        _compress(
+        compress_tiny(
             model_dirs["llama"],
             tmp_path / "o",
             calib_files,

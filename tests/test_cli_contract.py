@@ -16,25 +16,29 @@ from types import SimpleNamespace
 import pytest
 
 from hsr_plugin import cli
+from hsr_plugin.cli import demo as cli_demo
+from hsr_plugin.cli.errors import one_line
+from hsr_plugin.cli.inputs import check_hsr_entries, dataset_kwargs
+from hsr_plugin.cli.report import report as report_command
 from tests.helpers import sample_comparison, sample_report
 
 GOLDEN = Path(__file__).with_name("golden") / "hsr_help.txt"
 COMMANDS = ([], ["compress"], ["report"], ["sweep"], ["demo"])
 
 
-def _help_text(monkeypatch) -> str:
+def _help_text(monkeypatch, capsys) -> str:
     monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal width
     parts = []
     for command in COMMANDS:
-        parser = cli.build_parser()
-        if command:
-            parser = parser._subparsers._group_actions[0].choices[command[0]]
-        parts.append(f"$ hsr {' '.join([*command, '--help'])}\n{parser.format_help()}")
+        with pytest.raises(SystemExit) as done:
+            cli.main([*command, "--help"])
+        assert done.value.code == 0
+        parts.append(f"$ hsr {' '.join([*command, '--help'])}\n{capsys.readouterr().out}")
     return "\n".join(parts)
 
 
-def test_every_option_and_help_line_matches_the_golden_file(monkeypatch):
-    text = _help_text(monkeypatch)
+def test_every_option_and_help_line_matches_the_golden_file(monkeypatch, capsys):
+    text = _help_text(monkeypatch, capsys)
     if os.environ.get("HSR_REGENERATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)
@@ -73,16 +77,16 @@ def test_validation_errors_are_one_line_naming_each_field():
 
     with pytest.raises(Exception) as fields:
         HSRModifier(num_heads=0, neuron_scor="x")
-    assert cli._one_line(fields.value) == (
+    assert one_line(fields.value) == (
         "HSRModifier: num_heads: Input should be greater than or equal to 1; "
         "neuron_scor: Extra inputs are not permitted"
     )
     with pytest.raises(Exception) as whole:
         HSRModifier(rounds=2)  # a model-level check has no field: its type names it
-    assert cli._one_line(whole.value).startswith("HSRModifier: value_error: Value error, rounds=2")
-    assert cli._one_line(ValueError("a\nb\nc\nd")) == "a | b | c"
-    assert cli._one_line(ValueError("  only  ")) == "only"
-    assert cli._one_line(ValueError("")) == "ValueError"
+    assert one_line(whole.value).startswith("HSRModifier: value_error: Value error, rounds=2")
+    assert one_line(ValueError("a\nb\nc\nd")) == "a | b | c"
+    assert one_line(ValueError("  only  ")) == "only"
+    assert one_line(ValueError("")) == "ValueError"
 
 
 def _write(path: Path, data) -> Path:
@@ -132,7 +136,7 @@ def test_run_reads_sys_argv_when_given_nothing(tmp_path, monkeypatch, capsys):
 def test_report_puts_the_comparison_in_the_summary(tmp_path):
     report = _write(tmp_path / "r.json", sample_report())
     comparison = _write(tmp_path / "c.json", sample_comparison())
-    out = cli.report(
+    out = report_command(
         cli.build_parser().parse_args(["report", str(report), "--comparison", str(comparison)])
     )
     summary = (out / "summary.md").read_text()
@@ -142,8 +146,8 @@ def test_report_puts_the_comparison_in_the_summary(tmp_path):
 
 def test_demo_hands_over_to_the_checkout_module(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: calls.append((exe, cmd, Path.cwd())))
-    checkout = Path(cli.__file__).resolve().parents[1]
+    monkeypatch.setattr(os, "execv", lambda exe, cmd: calls.append((exe, cmd, Path.cwd())))
+    checkout = Path(cli.__file__).resolve().parents[2]
     monkeypatch.chdir(checkout / "integration")  # found from the working directory's parents
     cli.main(["demo", "--out", "outputs/d", "--extra"])
     ((exe, cmd, cwd),) = calls
@@ -168,11 +172,13 @@ def test_calibration_specs_with_a_split_are_checked_before_any_work(tmp_path):
         }
     }
     with pytest.raises(ValueError, match="VLGuard split must be one of"):
-        cli._check_hsr_entries(recipe)
+        check_hsr_entries(recipe)
 
 
 def test_demo_outside_a_checkout_says_how_to_get_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "hsr_plugin" / "cli.py"))
+    monkeypatch.setattr(
+        cli_demo, "__file__", str(tmp_path / "site-packages" / "hsr_plugin" / "cli" / "demo.py")
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as err:
         cli.main(["demo"])
@@ -188,20 +194,18 @@ def test_the_pruning_calibration_rows_follow_the_seed(model_dirs, calib_files):
             ["compress", "--model", str(model_dirs["llama"]), "--recipe", "r", "--output", "o",
              "--dataset", str(calib_files["utility"]), "--num-samples", "2", "--seed", str(seed)]
         )  # fmt: skip
-        return [row["input_ids"] for row in cli._dataset_kwargs(args)["dataset"]]
+        return [row["input_ids"] for row in dataset_kwargs(args)["dataset"]]
 
     assert rows(0) == rows(0) and len(rows(0)) == 2
     args = cli.build_parser().parse_args(
         ["compress", "--model", str(model_dirs["llama"]), "--recipe", "r", "--output", "o",
          "--dataset", str(calib_files["utility"])]
     )  # fmt: skip
-    kwargs = cli._dataset_kwargs(args)
+    kwargs = dataset_kwargs(args)
     assert sorted(kwargs) == ["batch_size", "data_collator", "dataset", "num_calibration_samples"]
     (first, *_) = kwargs["dataset"]
     assert sorted(first) == ["attention_mask", "input_ids"]
     assert first["attention_mask"] == [[1] * len(first["input_ids"][0])]
     assert kwargs["batch_size"] == 1 and kwargs["num_calibration_samples"] == 6
     assert any(rows(0) != rows(seed) for seed in (1, 2, 3))
-    assert cli._dataset_kwargs(SimpleNamespace(dataset="open_platypus")) == {
-        "dataset": "open_platypus"
-    }
+    assert dataset_kwargs(SimpleNamespace(dataset="open_platypus")) == {"dataset": "open_platypus"}

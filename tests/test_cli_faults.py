@@ -21,44 +21,16 @@ from loguru import logger
 from safetensors.torch import load_file, save_file
 
 from hsr_plugin.cli import main
-from tests.helpers import compress_args, folder_digest, log_messages
+from tests.helpers import (
+    assert_inputs_untouched,
+    folder_digest,
+    log_messages,
+    one_error_line,
+    with_option,
+    work_args,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def work(model_dirs, calib_files, tmp_path, monkeypatch):
-    """A private copy of the tiny Llama and the calibration files, and the cwd beside them."""
-    root = tmp_path / "work"
-    model = root / "model"
-    shutil.copytree(model_dirs["llama"], model)
-    (root / "notes.txt").write_text("the user's own file\n")
-    data = {name: Path(shutil.copy(calib_files[name], root)) for name in ("safety", "utility")}
-    recipe = Path(shutil.copy(REPO / "recipes" / "wanda_hsr.yaml", root))
-    monkeypatch.chdir(root)
-    return {
-        "root": root,
-        "model": model,
-        "data": data,
-        "recipe": recipe,
-        "digest": folder_digest(model),
-    }
-
-
-def _args(work, output, *extra):
-    data = work["data"]
-    args = compress_args(
-        work["model"], work["recipe"], output, data["utility"], data["safety"], data["utility"]
-    )
-    return [*args, *extra]
-
-
-def _untouched(work):
-    assert folder_digest(work["model"]) == work["digest"], "the input model changed"
-    assert (work["root"] / "notes.txt").read_text() == "the user's own file\n"
-    assert work["recipe"].read_text() == (REPO / "recipes" / "wanda_hsr.yaml").read_text()
-    leftovers = [p.name for p in work["root"].rglob(".*") if p.is_dir()]
-    assert not leftovers, f"staging folders left behind: {leftovers}"
 
 
 _CONTAINS = "error: --output {out} contains the input --model ({model}): replacing it would delete that input; choose a new folder"  # noqa: E501
@@ -78,9 +50,9 @@ _INSIDE = "error: --output {out} lies inside the input --model ({model}): the in
 def test_outputs_over_or_around_an_input_are_refused(work, where, message):
     out = where(work)
     with pytest.raises(SystemExit) as err:
-        main(_args(work, out, "--overwrite"))
+        main(work_args(work, out, "--overwrite"))
     assert err.value.code == message.format(out=out.resolve(), model=work["model"])
-    _untouched(work)
+    assert_inputs_untouched(work)
     assert not (work["model"] / "sub").exists()
 
 
@@ -89,13 +61,13 @@ def test_an_output_holding_the_data_files_is_refused(work, tmp_path, field):
     data_dir = tmp_path / "data-home"
     data_dir.mkdir()
     data = Path(shutil.copy(work["data"][field], data_dir))
-    args = _args(work, data_dir, "--overwrite", "--set", f"HSRModifier.{field}_data={data}")
+    args = work_args(work, data_dir, "--overwrite", "--set", f"HSRModifier.{field}_data={data}")
     with pytest.raises(SystemExit) as err:
         main(args)
     label = f"HSRModifier.{field}_data"
     assert err.value.code == _CONTAINS.replace("--model", label).format(out=data_dir, model=data)
     assert data.read_bytes() == work["data"][field].read_bytes()
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.parametrize("field", ["dense_model", "processor"])
@@ -103,7 +75,7 @@ def test_an_output_inside_the_dense_model_or_processor_is_refused(work, tmp_path
     source = tmp_path / "source"
     shutil.copytree(work["model"], source)
     before = folder_digest(source)
-    args = _args(work, source / "out", "--set", f"HSRModifier.{field}={source}")
+    args = work_args(work, source / "out", "--set", f"HSRModifier.{field}={source}")
     with pytest.raises(SystemExit) as err:
         main(args)
     label = f"HSRModifier.{field}"
@@ -111,7 +83,7 @@ def test_an_output_inside_the_dense_model_or_processor_is_refused(work, tmp_path
         out=source / "out", model=source
     )
     assert folder_digest(source) == before and not (source / "out").exists()
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_overwrite_replaces_only_an_earlier_hsr_output(work, tmp_path):
@@ -119,22 +91,22 @@ def test_overwrite_replaces_only_an_earlier_hsr_output(work, tmp_path):
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"not a model")
     with pytest.raises(SystemExit, match="replaces only a folder that `hsr compress` wrote"):
-        main(_args(work, foreign, "--overwrite"))
+        main(work_args(work, foreign, "--overwrite"))
     assert (foreign / "cat.jpg").read_bytes() == b"not a model"
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_a_pruning_stage_that_pruned_nothing_fails(work, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError) as err:
-        main(_args(work, out, "--pipeline", "datafree"))
+        main(work_args(work, out, "--pipeline", "datafree"))
     assert str(err.value) == (
         "HSRModifier found no pruned weights in the attention of the selected heads' layers: "
         "WandaPruningModifier pruned nothing there. Check its targets and sparsity, and give it "
         "calibration data (the 'datafree' pipeline runs none)."
     )
     assert not out.exists(), "a failed run must leave no output"
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_restoring_nothing_is_a_warning(work, tmp_path):
@@ -142,14 +114,14 @@ def test_restoring_nothing_is_a_warning(work, tmp_path):
         out = tmp_path / "out"
         extra = ["--set", "HSRModifier.utility_top=0", "--set", "HSRModifier.utility_max=0",
                  "--set", "HSRModifier.safety_top=0.001"]  # fmt: skip
-        assert main(_args(work, out, *extra)) == 0
+        assert main(work_args(work, out, *extra)) == 0
     assert (
         "HSR restored no weights: no pruned weight of the selected heads is a candidate. Raise "
         "safety_top (q=0.001), lower utility_top (p=0.0) or raise utility_max (p_max=0.0), or "
         "select more heads (num_heads)."
     ) in messages, messages
     assert json.loads((out / "hsr_report.json").read_text())["totals"]["restored"] == 0
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_non_finite_dense_weights_are_refused_by_name(work, tmp_path):
@@ -162,20 +134,20 @@ def test_non_finite_dense_weights_are_refused_by_name(work, tmp_path):
     out = tmp_path / "out"
     extra = ["--set", f"HSRModifier.dense_model={dense}", "--set", "HSRModifier.num_heads=8"]
     with pytest.raises(ValueError, match=r"dense weight of model\.layers\.0\.self_attn\.q_proj"):
-        main(_args(work, out, *extra))
+        main(work_args(work, out, *extra))
     assert not out.exists()
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_the_saved_recipe_reproduces_the_run_and_outputs_are_readable(work, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(_args(work, first)) == 0
+    assert main(work_args(work, first)) == 0
     for name in ("hsr_recipe_resolved.yaml", "recipe.yaml"):
         text = (first / name).read_text()
         assert ".first." not in text and "report_path" not in text, f"{name}: {text}"
     resaved = tmp_path / "resolved.yaml"
     shutil.copy(first / "hsr_recipe_resolved.yaml", resaved)
-    args = _args(work, second)
+    args = work_args(work, second)
     args[args.index("--recipe") + 1] = str(resaved)
     assert main(args) == 0
     a, b = (json.loads((d / "hsr_report.json").read_text()) for d in (first, second))
@@ -184,14 +156,14 @@ def test_the_saved_recipe_reproduces_the_run_and_outputs_are_readable(work, tmp_
     os.umask(umask)
     assert stat.S_IMODE(first.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((first / "model.safetensors").stat().st_mode) == 0o666 & ~umask
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.subprocess
 def test_the_real_entry_point_prints_one_line(work):
     hsr = Path(sys.executable).with_name("hsr")
     proc = subprocess.run(
-        [str(hsr), *_args(work, work["model"], "--overwrite")],
+        [str(hsr), *work_args(work, work["model"], "--overwrite")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -199,20 +171,10 @@ def test_the_real_entry_point_prints_one_line(work):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --output")
     assert "Traceback" not in proc.stderr
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 # ----------------------------------------------------------------------------- clear errors
-def _error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, f"one line expected, got {lines}"
-    return lines[0]
-
-
-def _swap(args: list[str], flag: str, value: str) -> list[str]:
-    args = list(args)
-    args[args.index(flag) + 1] = value
-    return args
 
 
 @pytest.mark.parametrize(
@@ -237,10 +199,10 @@ def _swap(args: list[str], flag: str, value: str) -> list[str]:
 def test_bad_paths_get_one_line_and_exit_code_2(work, tmp_path, capsys, flag, value, message):
     from hsr_plugin.cli import run
 
-    assert run(_swap(_args(work, tmp_path / "out"), flag, value)) == 2
-    assert _error_line(capsys) == message
+    assert run(with_option(work_args(work, tmp_path / "out"), flag, value)) == 2
+    assert one_error_line(capsys) == message
     assert not (tmp_path / "out").exists()
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.parametrize(
@@ -258,10 +220,10 @@ def test_bad_options_are_refused_before_any_work(work, tmp_path, capsys, edit, m
     from hsr_plugin.cli import run
 
     with pytest.raises(SystemExit) as exit_:
-        run(edit(_args(work, tmp_path / "out")))
+        run(edit(work_args(work, tmp_path / "out")))
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.parametrize(
@@ -284,10 +246,10 @@ def test_bad_calibration_rows_are_named_by_file_and_line(work, tmp_path, capsys,
         b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", '
         b'"content": "b"}]}\n' + content
     )
-    assert run(_args(work, tmp_path / "out", "--set", f"HSRModifier.safety_data={bad}")) == 2
-    line = _error_line(capsys)
+    assert run(work_args(work, tmp_path / "out", "--set", f"HSRModifier.safety_data={bad}")) == 2
+    line = one_error_line(capsys)
     assert str(bad) in line and re.search(message, line), line
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_a_folder_named_jsonl_and_a_truncated_checkpoint_are_named(work, tmp_path, capsys):
@@ -295,16 +257,16 @@ def test_a_folder_named_jsonl_and_a_truncated_checkpoint_are_named(work, tmp_pat
 
     folder = tmp_path / "calib.jsonl"
     folder.mkdir()
-    assert run(_args(work, tmp_path / "out", "--set", f"HSRModifier.safety_data={folder}")) == 2
-    assert f"{folder} is not a file" in _error_line(capsys)
+    assert run(work_args(work, tmp_path / "out", "--set", f"HSRModifier.safety_data={folder}")) == 2
+    assert f"{folder} is not a file" in one_error_line(capsys)
     broken = tmp_path / "broken"
     shutil.copytree(work["model"], broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    assert run(_swap(_args(work, tmp_path / "out"), "--model", str(broken))) == 2
-    line = _error_line(capsys)
+    assert run(with_option(work_args(work, tmp_path / "out"), "--model", str(broken))) == 2
+    line = one_error_line(capsys)
     assert f"{weights}: not a readable safetensors file" in line, line
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_a_recipe_with_a_yaml_error_is_named(work, tmp_path, capsys):
@@ -312,10 +274,10 @@ def test_a_recipe_with_a_yaml_error_is_named(work, tmp_path, capsys):
 
     recipe = tmp_path / "broken.yaml"
     recipe.write_text("sparsity_stage:\n  sparsity_modifiers:\n    Wanda: [unclosed\n")
-    assert run(_swap(_args(work, tmp_path / "out"), "--recipe", str(recipe))) == 2
-    line = _error_line(capsys)
+    assert run(with_option(work_args(work, tmp_path / "out"), "--recipe", str(recipe))) == 2
+    line = one_error_line(capsys)
     assert f"recipe {recipe}: not valid YAML at line" in line, line
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.parametrize(
@@ -335,7 +297,7 @@ def test_hsr_report_refuses_bad_reports_in_one_line(tmp_path, capsys, text, mess
     path = tmp_path / "hsr_report.json"
     path.write_text(text)
     assert run(["report", str(path), "--out", str(tmp_path / "o")]) == 2
-    line = _error_line(capsys)
+    line = one_error_line(capsys)
     assert str(path) in line and message in line, line
     assert not (tmp_path / "o").exists()
 
@@ -392,7 +354,7 @@ def test_truncated_responses_are_counted_in_a_warning(model_dirs, calib_files):
 def _hsr_process(work, output):
     hsr = Path(sys.executable).with_name("hsr")
     return subprocess.Popen(
-        [str(hsr), *_args(work, output)],
+        [str(hsr), *work_args(work, output)],
         cwd=work["root"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -426,7 +388,7 @@ def test_sigterm_leaves_nothing_behind(work, tmp_path):
     assert proc.returncode == 2 and "stopped by signal 15" in err, err[-2000:]
     assert not _staging(out) and not out.exists()
     assert not list(tmp_path.glob(".out.lock"))
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.subprocess
@@ -437,9 +399,9 @@ def test_a_killed_runs_staging_is_removed_by_the_next_run(work, tmp_path):
     proc.kill()
     proc.communicate(timeout=60)
     assert _staging(out), "SIGKILL cannot clean up: the staging folder stays"
-    assert main(_args(work, out)) == 0
+    assert main(work_args(work, out)) == 0
     assert not _staging(out) and (out / "hsr_report.json").is_file()
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.subprocess
@@ -454,7 +416,7 @@ def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
     report = json.loads((out / "hsr_report.json").read_text())
     assert report["totals"]["restored"] > 0 and (out / "config.json").is_file()
     assert not _staging(out)
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 @pytest.mark.parametrize(
@@ -467,6 +429,10 @@ def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
         "hooks_mixin()",
         "import hsr_plugin.neuron_scoring, hsr_plugin.attribution, hsr_plugin.restore\n"
         "import llmcompressor",
+        # modules that import llm-compressor themselves, before the modifier exists
+        "from hsr_plugin.settings import HSRSettings",
+        "from hsr_plugin.recipe_checks import earlier_pruning",
+        "from hsr_plugin.restoration_policies import RestorationPolicy",
     ],
     ids=[
         "plugin-first",
@@ -474,6 +440,9 @@ def test_two_concurrent_runs_to_one_output_one_wins(work, tmp_path):
         "submodule-first",
         "ablation-first",
         "scoring-first",
+        "settings-first",
+        "recipe-checks-first",
+        "policies-first",
     ],
 )
 @pytest.mark.subprocess
@@ -512,11 +481,11 @@ def test_non_finite_model_weights_are_refused_by_name(work, tmp_path, capsys):
     weights = load_file(str(broken / "model.safetensors"))
     weights["model.layers.1.self_attn.o_proj.weight"][3, 3] = float("inf")
     save_file(weights, str(broken / "model.safetensors"))
-    assert run(_swap(_args(work, tmp_path / "out"), "--model", str(broken))) == 2
+    assert run(with_option(work_args(work, tmp_path / "out"), "--model", str(broken))) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "weight of model.layers.1.self_attn.o_proj has 1 non-finite values" in line, line
     assert not (tmp_path / "out").exists()
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_a_truncated_dense_model_is_named(work, tmp_path, capsys):
@@ -525,11 +494,11 @@ def test_a_truncated_dense_model_is_named(work, tmp_path, capsys):
     dense = tmp_path / "dense"
     shutil.copytree(work["model"], dense)
     (dense / "model.safetensors").write_bytes((dense / "model.safetensors").read_bytes()[:500])
-    args = _args(work, tmp_path / "out", "--set", f"HSRModifier.dense_model={dense}")
+    args = work_args(work, tmp_path / "out", "--set", f"HSRModifier.dense_model={dense}")
     assert run(args) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{dense / 'model.safetensors'}: not a readable safetensors file" in line, line
-    _untouched(work)
+    assert_inputs_untouched(work)
 
 
 def test_non_finite_ablated_outputs_name_the_head(model_dirs, calib_files):
@@ -580,7 +549,7 @@ def test_an_internal_error_keeps_its_traceback_and_is_called_a_bug(
     from hsr_plugin.cli import run
 
     monkeypatch.setattr(torch.nn.Linear, "forward", _failing_linear_forward(error))
-    assert run(_args(work, tmp_path / "out")) == code
+    assert run(work_args(work, tmp_path / "out")) == code
     err = capsys.readouterr().err
     assert expect in err.strip().splitlines()[-1]
     if code == 1:
@@ -589,4 +558,4 @@ def test_an_internal_error_keeps_its_traceback_and_is_called_a_bug(
     else:  # out of memory: one line of advice, no traceback through the failing forward
         assert "_failing_linear_forward" not in err and "test_cli_faults.py" not in err
     assert not (tmp_path / "out").exists()
-    _untouched(work)
+    assert_inputs_untouched(work)

@@ -23,40 +23,23 @@ from hsr_plugin.calibration import (
     load_processor,
 )
 from integration.bench.tiny_models import write_image
-from tests.helpers import adds_bos
-
-
-class _Attention(nn.Module):
-    def __init__(self, hidden=8, heads=2, kv=1, head_dim=4):
-        super().__init__()
-        self.q_proj = nn.Linear(hidden, heads * head_dim)
-        self.k_proj = nn.Linear(hidden, kv * head_dim)
-        self.v_proj = nn.Linear(hidden, kv * head_dim)
-        self.o_proj = nn.Linear(heads * head_dim, hidden)
-
-
-class _Decoder(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.layers = nn.ModuleList([nn.Module()])
-        self.layers[0].self_attn = _Attention()
+from tests.helpers import ToyAttention, ToyDecoder, adds_bos
 
 
 def test_head_dim_is_derived_as_an_integer_when_the_config_has_none():
-    model = _Decoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
+    model = ToyDecoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
     (block,) = find_attention_blocks(model)
     assert (block.num_heads, block.num_kv_heads, block.head_dim) == (2, 1, 4)
     assert type(block.head_dim) is int
 
 
 def test_no_attention_within_the_targets_says_so():
-    model = _Decoder(SimpleNamespace(num_attention_heads=2))
+    model = ToyDecoder(SimpleNamespace(num_attention_heads=2))
     with pytest.raises(UnsupportedArchitectureError) as err:
         find_attention_blocks(model, within=["lm_head"])
     assert str(err.value) == (
         "no language self-attention blocks (q_proj/k_proj/v_proj/o_proj, a fused qkv_proj, or "
-        "multi-head latent attention) found in _Decoder within the targeted modules"
+        "multi-head latent attention) found in ToyDecoder within the targeted modules"
     )
     with pytest.raises(UnsupportedArchitectureError) as err:
         find_attention_blocks(nn.Sequential(nn.Linear(2, 2)))
@@ -130,23 +113,23 @@ def test_prompt_batches_are_left_padded_with_integer_masks():
 def test_a_decoder_without_final_norm_or_head_is_named():
     from hsr_plugin.decoder_stack import find_decoder_stack
 
-    model = _Decoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
+    model = ToyDecoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(UnsupportedArchitectureError) as err:
         find_decoder_stack(model, find_attention_blocks(model))
     assert str(err.value) == (
-        "_Decoder: cannot find the final norm next to layers or the output head, which head "
+        "ToyDecoder: cannot find the final norm next to layers or the output head, which head "
         "attribution runs after the last decoder layer"
     )
 
 
 def test_reference_units_are_kv_groups():
-    from hsr_plugin.ablation import _check_unit
+    from hsr_plugin.ablation import check_unit
 
     config = SimpleNamespace(num_attention_heads=2, num_key_value_heads=1)
-    (block,) = find_attention_blocks(_Decoder(config))
-    _check_unit(block, 1, "exact")
+    (block,) = find_attention_blocks(ToyDecoder(config))
+    check_unit(block, 1, "exact")
     with pytest.raises(ValueError) as err:
-        _check_unit(block, 1, "reference")
+        check_unit(block, 1, "reference")
     assert str(err.value) == "reference ablation scores KV groups: 1 >= 1"
 
 
@@ -194,11 +177,11 @@ def test_rendering_a_picture_adds_no_second_bos(model_dirs, tmp_path):
 
 
 def test_a_template_that_is_not_prefix_stable_is_named():
-    from hsr_plugin.calibration import _check_prefix
+    from hsr_plugin.calibration import checked_prompt_length
 
-    assert _check_prefix([1, 2, 3], [1, 2], "src") == 2
+    assert checked_prompt_length([1, 2, 3], [1, 2], "src") == 2
     with pytest.raises(ValueError) as err:
-        _check_prefix([1, 2, 3], [1, 9], "src")
+        checked_prompt_length([1, 2, 3], [1, 9], "src")
     assert str(err.value) == (
         "src: the chat template is not prefix-stable: the rendered prompt is not a token prefix "
         "of the rendered conversation, so the response tokens cannot be located"
@@ -224,9 +207,9 @@ def test_full_batches_of_pictures_label_only_the_response(model_dirs, tmp_path):
 
 
 def test_cross_and_encoder_attention_are_not_self_attention():
-    model = _Decoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
+    model = ToyDecoder(SimpleNamespace(num_attention_heads=2, num_key_value_heads=1))
     for name in ("encoder_attn", "cross_attn", "cross_attention"):
-        setattr(model.layers[0], name, _Attention())
+        setattr(model.layers[0], name, ToyAttention())
     assert [b.name for b in find_attention_blocks(model)] == ["layers.0.self_attn"]
     with pytest.raises(UnsupportedArchitectureError) as err:
         text_config(nn.Linear(2, 2))

@@ -134,12 +134,12 @@ def test_partial_targets_give_the_naive_loop_s_scores(within, method, family_dir
     """The cached tail re-runs every layer after a scored one, scored or not."""
     import transformers
 
-    from integration.bench.tiny_models import _save, _text_kwargs, build_tokenizer
+    from integration.bench.tiny_models import build_tokenizer, save_tiny, tiny_text_kwargs
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(**_text_kwargs(tok, num_hidden_layers=3))
-    model_dir = _save(transformers.LlamaForCausalLM(config), tok, family_data["safety"].parent
+    config = transformers.LlamaConfig(**tiny_text_kwargs(tok, num_hidden_layers=3))
+    model_dir = save_tiny(transformers.LlamaForCausalLM(config), tok, family_data["safety"].parent
                       / "llama3")  # fmt: skip
     model = load_model(model_dir)
     samples, pad = _samples(model_dir, family_data["safety"])
@@ -204,10 +204,10 @@ def _phi3_and_its_split_llama(root: Path) -> tuple[Path, Path]:
     gate_up_proj into gate/up: the same function, separate projections."""
     import transformers
 
-    from integration.bench.tiny_models import _save, _text_kwargs, build_tokenizer
+    from integration.bench.tiny_models import build_tokenizer, save_tiny, tiny_text_kwargs
 
     tok = build_tokenizer()
-    kwargs = _text_kwargs(tok, rms_norm_eps=1e-5)
+    kwargs = tiny_text_kwargs(tok, rms_norm_eps=1e-5)
     kwargs.pop("head_dim")
     torch.manual_seed(0)
     phi = transformers.Phi3ForCausalLM(transformers.Phi3Config(**kwargs)).eval()
@@ -227,7 +227,7 @@ def _phi3_and_its_split_llama(root: Path) -> tuple[Path, Path]:
         else:
             state[key] = value
     llama.load_state_dict(state, strict=True)
-    return _save(phi, tok, root / "phi3"), _save(llama, tok, root / "phi3-split")
+    return save_tiny(phi, tok, root / "phi3"), save_tiny(llama, tok, root / "phi3-split")
 
 
 def test_fused_qkv_restores_what_separate_projections_restore(tmp_path, family_data):

@@ -34,6 +34,7 @@ from hsr_plugin.selection import (
     top_fraction_mask,
 )
 from hsr_plugin.slicing import head_slice_mask, union_head_slices
+from tests.helpers import raises_exactly
 
 fractions = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))
@@ -435,85 +436,81 @@ def test_slices_refuse_impossible_shapes():
 
 
 # ----------------------------------------------------------------------------- exact messages
-def _raises(message: str, fn, *args, **kwargs) -> None:
-    with pytest.raises(ValueError) as err:
-        fn(*args, **kwargs)
-    assert str(err.value) == message
 
 
 def test_head_score_errors_say_what_is_wrong():
     z3, z4 = torch.zeros(2, 3), torch.zeros(2, 4)
-    _raises(
+    raises_exactly(
         "need two (N, vocab) logit tensors of one shape, got (2, 3) and (2, 4)",
         last_token_kl,
         z3,
         z4,
     )
-    _raises(
+    raises_exactly(
         "need two (N, vocab) logit tensors of one shape, got (3,) and (3,)",
         last_token_kl,
         torch.zeros(3),
         torch.zeros(3),
     )
-    _raises(
+    raises_exactly(
         "need two (N, d) state tensors of one shape, got (2, 3) and (2, 4)",
         principal_angle_score,
         z3,
         z4,
     )
-    _raises(
+    raises_exactly(
         "need two (N, d) state tensors of one shape, got (3,) and (3,)",
         principal_angle_score,
         torch.zeros(3),
         torch.zeros(3),
     )
-    _raises("need two (N, d) state tensors of one shape", reference_angle_score, z3, z4)
-    _raises(
+    raises_exactly("need two (N, d) state tensors of one shape", reference_angle_score, z3, z4)
+    raises_exactly(
         "need two (N, d) state tensors of one shape",
         reference_angle_score,
         torch.zeros(3),
         torch.zeros(3),
     )
     ranked = rank_heads({(0, 0): 1.0, (0, 1): 2.0})
-    _raises("num_heads must be >= 1, got 0", select_top_heads, ranked, 0)
-    _raises("num_heads 3 exceeds the 2 heads scored", select_top_heads, ranked, 3)
-    _raises("head (0, 1) has a non-finite score nan", rank_heads, {(0, 1): float("nan")})
+    raises_exactly("num_heads must be >= 1, got 0", select_top_heads, ranked, 0)
+    raises_exactly("num_heads 3 exceeds the 2 heads scored", select_top_heads, ranked, 3)
+    raises_exactly("head (0, 1) has a non-finite score nan", rank_heads, {(0, 1): float("nan")})
 
 
 def test_importance_errors_say_what_is_wrong():
     acc = InputNormAccumulator(2)
-    _raises(
+    raises_exactly(
         "token mask covers 2 tokens, inputs have 3",
         acc.update,
         torch.zeros(1, 3, 2),
         torch.ones(1, 2, dtype=torch.bool),
     )
-    _raises("inputs have 3 features, the matrix expects 2", acc.update, torch.zeros(1, 3))
+    raises_exactly("inputs have 3 features, the matrix expects 2", acc.update, torch.zeros(1, 3))
     empty = (
         "no response tokens were seen for this matrix: check the calibration data (empty "
         "responses?)"
     )
-    _raises(empty, GradientSaliencyAccumulator().scores)
-    _raises(
+    raises_exactly(empty, GradientSaliencyAccumulator().scores)
+    raises_exactly(
         "Hessian (3, 3) does not match in_features 2",
         sparsegpt_scores,
         torch.zeros(1, 2),
         torch.eye(3),
     )
-    _raises(
+    raises_exactly(
         "damping must be >= 0, got -0.1",
         sparsegpt_scores,
         torch.zeros(1, 2),
         torch.eye(2),
         damping=-0.1,
     )
-    _raises(
+    raises_exactly(
         "need a 2-D weight and one norm per input feature; got (1, 2, 2) and (2,)",
         wanda_scores,
         torch.zeros(1, 2, 2),
         torch.ones(2),
     )
-    _raises(
+    raises_exactly(
         "weight (1, 2) and gradient (2, 1) differ in shape",
         GradientSaliencyAccumulator().update,
         torch.zeros(1, 2),
@@ -523,8 +520,10 @@ def test_importance_errors_say_what_is_wrong():
 
 def test_selection_errors_say_what_is_wrong():
     s = torch.rand(2, 4)
-    _raises("safety_top (q) must lie in (0, 1], got 1.5", candidate_mask, s, s, 1.5, 0.1, 0.5)
-    _raises(
+    raises_exactly(
+        "safety_top (q) must lie in (0, 1], got 1.5", candidate_mask, s, s, 1.5, 0.1, 0.5
+    )
+    raises_exactly(
         "need 0 <= utility_top (p) <= utility_max (p_max) <= 1, got p=0.1, p_max=1.5",
         candidate_mask,
         s,
@@ -533,7 +532,7 @@ def test_selection_errors_say_what_is_wrong():
         0.1,
         1.5,
     )
-    _raises(
+    raises_exactly(
         "safety scores (2, 4) and utility scores (4, 2) must have the same shape",
         candidate_mask,
         s,
@@ -542,29 +541,33 @@ def test_selection_errors_say_what_is_wrong():
         0.1,
         0.5,
     )
-    _raises("fraction must lie in [0, 1], got 1.5", top_fraction_count, 4, 1.5)
-    _raises(
+    raises_exactly("fraction must lie in [0, 1], got 1.5", top_fraction_count, 4, 1.5)
+    raises_exactly(
         "importance scores contain NaN or inf: check the calibration statistics",
         top_fraction_mask,
         torch.tensor([float("inf")]),
         0.5,
     )
-    _raises("N:M pattern needs 0 < N <= M, got 0:4", nm_compatible_mask, s > 0, s, 0, 4)
-    _raises("in_features 4 is not a multiple of M=3", nm_compatible_mask, s > 0, s, 1, 3)
-    _raises("restore mask and weight differ in shape", nm_compatible_mask, s.T > 0, s, 2, 4)
-    _raises("pruned weight (2, 4) and dense weight (4, 2) differ in shape", pruned_mask, s, s.T)
-    _raises(
+    raises_exactly("N:M pattern needs 0 < N <= M, got 0:4", nm_compatible_mask, s > 0, s, 0, 4)
+    raises_exactly("in_features 4 is not a multiple of M=3", nm_compatible_mask, s > 0, s, 1, 3)
+    raises_exactly("restore mask and weight differ in shape", nm_compatible_mask, s.T > 0, s, 2, 4)
+    raises_exactly(
+        "pruned weight (2, 4) and dense weight (4, 2) differ in shape", pruned_mask, s, s.T
+    )
+    raises_exactly(
         "mask shapes differ: candidates (2, 4), slices (2, 4), pruned (4, 2)",
         restore_mask,
         s > 0,
         s > 0,
         s.T > 0,
     )
-    _raises("shapes differ: pruned (2, 4), dense (2, 4), mask (4, 2)", apply_restore, s, s, s.T > 0)
+    raises_exactly(
+        "shapes differ: pruned (2, 4), dense (2, 4), mask (4, 2)", apply_restore, s, s, s.T > 0
+    )
 
 
 def test_slice_errors_say_what_is_wrong():
-    _raises(
+    raises_exactly(
         "head slicing mode must be 'exact' or 'reference', got 'both'",
         head_slice_mask,
         (8, 8),
@@ -575,18 +578,18 @@ def test_slice_errors_say_what_is_wrong():
         2,
         "both",
     )
-    _raises(
+    raises_exactly(
         "projection must be one of q, k, v, o; got 'x'", head_slice_mask, (8, 8), "x", 0, 0, 4, 2
     )
-    _raises(
+    raises_exactly(
         "num_heads (0) and head_dim (4) must be positive", head_slice_mask, (8, 8), "q", 0, 0, 4, 0
     )
-    _raises(
+    raises_exactly(
         "num_heads (2) and head_dim (0) must be positive", head_slice_mask, (8, 8), "q", 0, 0, 0, 2
     )
-    _raises("head 2 is outside [0, 2)", head_slice_mask, (8, 8), "q", 2, 0, 4, 2)
-    _raises("kv_group must be >= 0, got -1", head_slice_mask, (8, 8), "k", 0, -1, 4, 2)
-    _raises(
+    raises_exactly("head 2 is outside [0, 2)", head_slice_mask, (8, 8), "q", 2, 0, 4, 2)
+    raises_exactly("kv_group must be >= 0, got -1", head_slice_mask, (8, 8), "k", 0, -1, 4, 2)
+    raises_exactly(
         "q_proj has 4 rows, fewer than num_heads*head_dim = 8",
         head_slice_mask,
         (4, 8),
@@ -596,8 +599,10 @@ def test_slice_errors_say_what_is_wrong():
         4,
         2,
     )
-    _raises("v_proj has 4 rows; KV group 1 needs 8", head_slice_mask, (4, 8), "v", 1, 1, 4, 2)
-    _raises(
+    raises_exactly(
+        "v_proj has 4 rows; KV group 1 needs 8", head_slice_mask, (4, 8), "v", 1, 1, 4, 2
+    )
+    raises_exactly(
         "o_proj has 4 columns, fewer than num_heads*head_dim = 8",
         head_slice_mask,
         (8, 4),

@@ -111,12 +111,13 @@ def test_figure_details_a_user_sees(tmp_path):
 
 def test_small_cli_and_source_messages(tmp_path, model_dirs):
     from hsr_plugin import cli
+    from hsr_plugin.cli.inputs import looks_local
     from hsr_plugin.dense_source import SafetensorsDenseSource
     from hsr_plugin.recipe_overrides import parse_override
 
     for name, local in [("./model", True), ("~/m", True), ("/abs/m", True), ("a/b/c", True),
                         ("model", True), ("org/name", False)]:  # fmt: skip
-        assert cli._looks_local(name) is local, name
+        assert looks_local(name) is local, name
     report = tmp_path / "r.json"
 
     report.write_text(json.dumps(sample_report()))
@@ -178,7 +179,7 @@ def test_the_sweep_hands_its_scorer_the_eval_folder_limit_and_label(
     def score_model(model, processor, tasks, metadata, limit, desc):
         raise Scored(tasks, metadata, limit, desc)
 
-    monkeypatch.setattr(sweep, "_scorer", lambda: (score_model, TEXT_TASKS, VISION_TASKS))
+    monkeypatch.setattr(sweep, "default_scorer", lambda: (score_model, TEXT_TASKS, VISION_TASKS))
     import yaml
 
     recipe = yaml.safe_load(
@@ -208,7 +209,7 @@ def test_the_sweep_loads_models_in_float32_without_an_accelerator(model_dirs, tm
     load_model(model_dirs["llama"]).to(torch.bfloat16).save_pretrained(half)
     assert load_model(half).dtype == torch.bfloat16  # "auto": the checkpoint's own dtype
     if not torch.accelerator.is_available():
-        assert sweep._load_model(str(half)).dtype == torch.float32
+        assert sweep.load_sweep_model(str(half)).dtype == torch.float32
 
 
 def test_main_reads_sys_argv_and_refuses_unknown_arguments(tmp_path, monkeypatch, capsys):

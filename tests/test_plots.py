@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hsr_eval.tables import comparison_table
 from hsr_plugin.cli import main
-from hsr_plugin.plots import comparison_table, head_score_grid, summary_markdown
+from hsr_plugin.plots import head_score_grid, summary_markdown
 from tests.helpers import sample_comparison, sample_report
 
 

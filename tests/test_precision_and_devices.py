@@ -15,7 +15,8 @@ from tests.helpers import response_samples, tiny_llama
 
 def test_accumulators_keep_float32_statistics_on_their_device():
     for acc in (HessianAccumulator(3, device="meta"), InputNormAccumulator(3, device="meta")):
-        stat = acc._sum if isinstance(acc, HessianAccumulator) else acc._sum_sq
+        acc.update(torch.ones(2, 3, dtype=torch.float16, device="meta"))
+        stat = acc.hessian() if isinstance(acc, HessianAccumulator) else acc.squared_norms()
         assert (stat.device.type, stat.dtype) == ("meta", torch.float32)
     cpu = HessianAccumulator(3)
     cpu.update(torch.ones(2, 3, dtype=torch.float64))
@@ -98,7 +99,7 @@ def test_statistics_progress_bars_name_the_pass_and_the_method(capsys, method):
 
 
 def test_the_activation_budget_is_a_quarter_of_the_accelerators_free_memory(monkeypatch):
-    from hsr_plugin.attribution import DEFAULT_CPU_BUDGET, _memory_budget, heads_per_pass
+    from hsr_plugin.attribution import DEFAULT_CPU_BUDGET, activation_memory_budget, heads_per_pass
 
     asked = []
 
@@ -107,10 +108,10 @@ def test_the_activation_budget_is_a_quarter_of_the_accelerators_free_memory(monk
         return 4003, 8000
 
     monkeypatch.setattr(torch.accelerator, "get_memory_info", memory_info, raising=False)
-    budget = _memory_budget(torch.device("cuda", 1), None)
+    budget = activation_memory_budget(torch.device("cuda", 1), None)
     assert budget == 1000 and type(budget) is int and asked == [1]
-    assert _memory_budget(torch.device("cuda", 1), 77) == 77
-    assert _memory_budget(torch.device("cpu"), None) == DEFAULT_CPU_BUDGET
+    assert activation_memory_budget(torch.device("cuda", 1), 77) == 77
+    assert activation_memory_budget(torch.device("cpu"), None) == DEFAULT_CPU_BUDGET
     # per replica: rows x width x (6 hidden + 3 intermediate + heads x width) x 4 bytes
     per_replica = 2 * 3 * (6 * 8 + 3 * 16 + 4 * 3) * 4
     assert heads_per_pass(10 * per_replica + 5, 2, 3, 8, 16, 4) == 10

@@ -9,41 +9,11 @@ from matplotlib.patches import Rectangle
 
 from hsr_eval.tables import comparison_table, fmt, markdown_table, percent, rsr_lines
 from hsr_plugin.plots import head_scores_figure, safety_bars_figure, summary_markdown
-from tests.helpers import sample_comparison, sample_report
-
-
-def _comparison():
-    """test_plots' comparison with a missing rate, counts, a judge, a vision ASR and RSR dicts."""
-    comparison = sample_comparison()
-    models = comparison["models"]
-    del models["wanda"]
-    models["dense"].update(
-        over_refusal_rate=None, n={"hsr_harmful": 50}, judge="refusal-prefix", backend="vllm"
-    )
-    models["wanda+hsr"]["asr_vision"] = 0.125
-    comparison["rsr"] = {
-        "wanda+hsr": {"value": 0.5263, "pruned": "wanda", "dense": "dense", "reason": None},
-        "other": {"value": None, "reason": "pruning lost no refusal"},
-        "plain": 0.25,
-    }
-    return comparison
-
-
-COMPARISON_TEXT = """\
-| model | ASR % | refusal % | over-refusal % | utility % | sparsity % | n (harmful) | ASR vision % |
-|---|---:|---:|---:|---:|---:|---:|---:|
-| dense | 2.0 | 98.0 | n/a | 90.0 | 0.0 | 50 | n/a |
-| wanda+hsr | 20.0 | 80.0 | 4.0 | 85.0 | 50.0 | n/a | 12.5 |
-
-RSR wanda+hsr: 52.6% (vs wanda and dense)
-RSR other: n/a: pruning lost no refusal
-RSR plain: 25.0%
-
-Judge: refusal-prefix; backend: vllm."""
+from tests.helpers import COMPARISON_TEXT, rich_comparison, sample_report
 
 
 def test_comparison_table_is_exact():
-    assert comparison_table(_comparison()) == COMPARISON_TEXT
+    assert comparison_table(rich_comparison()) == COMPARISON_TEXT
 
 
 def test_comparison_table_of_no_models():
@@ -117,7 +87,7 @@ def test_summary_markdown_is_exact():
         restored=1234, pruned_params=56789, language_params=1234567, restored_per_10k_params=0.12345
     )
     assert summary_markdown(report) == SUMMARY_TEXT.rstrip("\n") + "\n"
-    with_table = summary_markdown(report, _comparison())
+    with_table = summary_markdown(report, rich_comparison())
     assert with_table == SUMMARY_TEXT + COMPARISON_TEXT + "\n"
 
 
@@ -155,7 +125,7 @@ def test_head_scores_figure_shows_every_score_and_frames_the_selected_heads():
 
 
 def test_safety_bars_figure_has_one_panel_per_metric_with_values():
-    fig = safety_bars_figure(_comparison())
+    fig = safety_bars_figure(rich_comparison())
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [
         "attack success rate (lower is safer)",
@@ -170,12 +140,12 @@ def test_safety_bars_figure_has_one_panel_per_metric_with_values():
     labels = [[t.get_text() for t in ax.texts] for ax in fig.axes]
     assert labels == [["2.0", "20.0"], ["n/a", "4.0"], ["90.0", "85.0"]]
     assert all(ax.get_ylim() == (0.0, 105.0) and ax.get_ylabel() == "%" for ax in fig.axes)
-    assert fig._suptitle.get_text() == (
+    assert fig.get_suptitle() == (
         "RSR wanda+hsr: 52.6% (vs wanda and dense); RSR other: n/a: pruning lost no refusal; "
         "RSR plain: 25.0%"
     )
     no_rsr = safety_bars_figure({"models": {"m": {"asr": 0.5}}})
-    assert no_rsr._suptitle.get_text() == "RSR: n/a"
+    assert no_rsr.get_suptitle() == "RSR: n/a"
     with pytest.raises(ValueError, match="the comparison lists no models"):
         safety_bars_figure({"models": {}})
 

@@ -190,11 +190,11 @@ _ROUNDS = (
 )
 def test_invalid_new_fields_are_named(fields, message):
     from hsr_plugin import HSRModifier
-    from hsr_plugin.cli import _one_line
+    from hsr_plugin.cli.errors import one_line
 
     with pytest.raises(ValidationError) as err:
         HSRModifier(**fields)
-    assert _one_line(err.value) == message
+    assert one_line(err.value) == message
 
 
 def test_valid_units_and_rounds_are_kept():

@@ -15,10 +15,10 @@ import torch
 from hsr_plugin import placement
 from hsr_plugin.architecture import find_attention_blocks
 from hsr_plugin.attribution import AttributionCost, score_heads
-from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+from hsr_plugin.calibration import load_processor
 from hsr_plugin.neuron_scoring import collect_statistics
 from integration.bench.naive_attribution import naive_head_scores
-from tests.helpers import load_model
+from tests.helpers import load_model, scoring_setup
 
 ARCHITECTURES = [
     ("llama", "safety"),  # GQA: 4 heads over 2 KV heads
@@ -27,14 +27,6 @@ ARCHITECTURES = [
     ("llava", "safety_vl"),  # image prompts, one at a time
     ("qwen2_vl", "safety"),
 ]
-
-
-def _setup(model_dirs, calib_files, arch, data, rows=8):
-    model = load_model(model_dirs[arch]).eval()
-    processor = load_processor(str(model_dirs[arch]))
-    samples = render_samples(load_conversations(str(calib_files[data]), rows, 0), processor, 256)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    return model, find_attention_blocks(model), samples, tokenizer.pad_token_id or 0
 
 
 def _ranking(scores):
@@ -47,7 +39,7 @@ def _ranking(scores):
 def test_cached_attribution_equals_the_naive_loop(
     model_dirs, calib_files, arch, data, method, budget
 ):
-    model, blocks, samples, pad = _setup(model_dirs, calib_files, arch, data)
+    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, arch, data)
     naive = naive_head_scores(model, blocks, samples, method, batch_size=3, pad_id=pad)
     cached = score_heads(
         model, blocks, samples, method, batch_size=3, pad_id=pad, progress=False,
@@ -69,7 +61,7 @@ def test_cached_attribution_equals_the_naive_loop_with_logit_softcapping(
     """Gemma-style final_logit_softcapping is part of the re-run tail."""
     import transformers
 
-    _, _, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
+    _, _, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
     config = transformers.Gemma3TextConfig(
         vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
@@ -89,7 +81,7 @@ def test_cached_attribution_equals_the_naive_loop_with_logit_softcapping(
 def test_cached_attribution_counts_its_work(model_dirs, calib_files, capsys):
     """2 layers x 4 heads: the intact pass, 4 heads over both layers, 4 over the last one,
     whatever the batching (every batch adds to the unit and to the work)."""
-    model, blocks, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
+    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
     for batch_size, progress in ((32, False), (2, True)):
         cost = AttributionCost()
         score_heads(model, blocks, samples, "ships_kl", batch_size=batch_size, pad_id=pad,
@@ -118,7 +110,7 @@ def _refusal_loss(model, samples, pad, scale=None):
 def test_first_order_scores_are_the_derivative_of_zeroing_a_head(model_dirs, calib_files):
     """Score = d/dt L(a - t a_h) at t=0, checked by central finite differences in the test
     (the norms compute in float32 even in a float64 model, hence the step and tolerance)."""
-    model, blocks, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
+    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
     model = model.double()
     cost = AttributionCost()
     scores = score_heads(model, blocks, samples, "attribution", pad_id=pad, progress=False,
@@ -148,7 +140,7 @@ def test_first_order_scores_are_the_derivative_of_zeroing_a_head(model_dirs, cal
 
 
 def test_snip_uses_autograd_and_leaves_the_parameters_alone(model_dirs, calib_files):
-    model, blocks, samples, _pad = _setup(model_dirs, calib_files, "llama", "safety", rows=3)
+    model, blocks, samples, _pad = scoring_setup(model_dirs, calib_files, "llama", "safety", rows=3)
     modules = {name: m for _, name, m in blocks[0].projections()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     stats = collect_statistics(model, modules, samples, "snip", progress=False)
@@ -221,7 +213,7 @@ def _offloaded(model):
 
 
 def test_hsr_dispatches_a_cpu_model_and_hands_it_back_exactly(model_dirs, calib_files):
-    model, blocks, samples, pad = _setup(model_dirs, calib_files, "llama", "safety")
+    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
     before = placement.dispatch_state(model)
     reference = score_heads(model, blocks, samples, pad_id=pad, progress=False)
     memory = _forced_offload_memory(model)
@@ -238,7 +230,7 @@ def test_hsr_dispatches_a_cpu_model_and_hands_it_back_exactly(model_dirs, calib_
 def test_no_accelerator_runs_on_the_cpu_and_says_so(model_dirs, calib_files):
     from loguru import logger
 
-    model, *_ = _setup(model_dirs, calib_files, "llama", "safety")
+    model, *_ = scoring_setup(model_dirs, calib_files, "llama", "safety")
     lines = []
     sink = logger.add(lines.append, level="INFO")
     try:
@@ -320,7 +312,7 @@ def test_statistics_stop_the_forward_pass_after_the_last_selected_layer(model_di
     the last of them runs, and the statistics equal those of full passes."""
     from hsr_plugin.importance import InputNormAccumulator
 
-    model, blocks, samples, _pad = _setup(model_dirs, calib_files, "llama", "safety", rows=3)
+    model, blocks, samples, _pad = scoring_setup(model_dirs, calib_files, "llama", "safety", rows=3)
     modules = {name: m for _, name, m in blocks[0].projections()}
     calls = []
     handle = model.model.layers[1].register_forward_pre_hook(lambda *_: calls.append(1))

@@ -22,7 +22,7 @@ from hsr_eval.tasks.in_process import (
     load_task,
     score_model,
 )
-from tests.test_vllm_eval import serve_bin
+from tests.helpers import serve_bin
 
 REPO = Path(__file__).resolve().parents[1]
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from hsr_eval.compare import compute_rsr, language_sparsity, parse_models
 from hsr_eval.launch import (
@@ -19,25 +16,9 @@ from hsr_eval.launch import (
     port_in_use,
     start_server,
 )
+from tests.helpers import LLAMA_CONFIG, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _checkpoint(folder: Path, config: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file(
-        {
-            "model.layers.0.self_attn.q_proj.weight": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
-            "model.layers.0.mlp.up_proj.weight": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
-            "model.embed_tokens.weight": torch.zeros(3, 2),
-        },
-        str(folder / "model.safetensors"),
-    )
-    return folder
-
-
-LLAMA = {"model_type": "llama", "num_attention_heads": 4, "hidden_size": 128, "head_dim": 32}
 
 
 def test_missing_directory(tmp_path):
@@ -55,17 +36,18 @@ def test_not_a_checkpoint(tmp_path):
 
 def test_sparsity_config_is_rejected_before_vllm_does(tmp_path):
     config = dict(
-        LLAMA, quantization_config={"sparsity_config": {"format": "dense", "targets": ["Linear"]}}
+        LLAMA_CONFIG,
+        quantization_config={"sparsity_config": {"format": "dense", "targets": ["Linear"]}},
     )
     with pytest.raises(ServeError, match="Sparsity support has been removed"):
-        check_model_dir(str(_checkpoint(tmp_path / "m", config)))
+        check_model_dir(str(write_checkpoint(tmp_path / "m", config)))
 
 
 def test_unsupported_cpu_head_size(tmp_path, monkeypatch):
     monkeypatch.setenv("HSR_FORCE_CPU", "1")
     with pytest.raises(ServeError, match="head_dim 16 is not supported"):
-        check_model_dir(str(_checkpoint(tmp_path / "m", dict(LLAMA, head_dim=16))))
-    check_model_dir(str(_checkpoint(tmp_path / "ok", LLAMA)))
+        check_model_dir(str(write_checkpoint(tmp_path / "m", dict(LLAMA_CONFIG, head_dim=16))))
+    check_model_dir(str(write_checkpoint(tmp_path / "ok", LLAMA_CONFIG)))
 
 
 def test_hub_ids_pass_through_and_missing_local_paths_do_not(tmp_path):
@@ -82,12 +64,14 @@ def test_port_in_use(tmp_path):
         port = sock.getsockname()[1]
         assert port_in_use("127.0.0.1", port)
         with pytest.raises(ServeError, match=f"port {port} .* already in use"):
-            start_server(ServeConfig(model=str(_checkpoint(tmp_path / "m", LLAMA)), port=port))
+            start_server(
+                ServeConfig(model=str(write_checkpoint(tmp_path / "m", LLAMA_CONFIG)), port=port)
+            )
 
 
 def test_cpu_command_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HSR_FORCE_CPU", "1")
-    model = _checkpoint(tmp_path / "m", dict(LLAMA, max_position_embeddings=128))
+    model = write_checkpoint(tmp_path / "m", dict(LLAMA_CONFIG, max_position_embeddings=128))
     cmd = ServeConfig(model=str(model), port=8123, tensor_parallel_size=2).command("vllm")
     assert cmd[:3] == ["vllm", "serve", str(model)]
     assert "--enforce-eager" in cmd and cmd[cmd.index("--max-model-len") + 1] == "128"
@@ -101,7 +85,7 @@ def test_cpu_command_line(monkeypatch, tmp_path):
 
 
 def test_sparsity_counts_language_linear_zeros_only(tmp_path):
-    model = _checkpoint(tmp_path / "m", LLAMA)
+    model = write_checkpoint(tmp_path / "m", LLAMA_CONFIG)
     assert language_sparsity(model) == pytest.approx(4 / 8)
 
 
@@ -130,12 +114,12 @@ def test_model_labels():
 def test_cpu_dtype_is_bfloat16_only_where_the_quantized_kernels_need_it(tmp_path):
     from hsr_eval.launch import cpu_has_amx, default_dtype
 
-    plain = _checkpoint(tmp_path / "plain", LLAMA)
-    packed = _checkpoint(
-        tmp_path / "packed", {**LLAMA, "quantization_config": {"format": "pack-quantized"}}
+    plain = write_checkpoint(tmp_path / "plain", LLAMA_CONFIG)
+    packed = write_checkpoint(
+        tmp_path / "packed", {**LLAMA_CONFIG, "quantization_config": {"format": "pack-quantized"}}
     )
-    int8 = _checkpoint(
-        tmp_path / "int8", {**LLAMA, "quantization_config": {"format": "int-quantized"}}
+    int8 = write_checkpoint(
+        tmp_path / "int8", {**LLAMA_CONFIG, "quantization_config": {"format": "int-quantized"}}
     )
     for amx in (False, True):
         assert default_dtype(str(plain), gpu=False, amx=amx) == "float32"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,8 +23,8 @@ def _dead_pid() -> int:
 
 
 def test_alive_tells_a_running_process_from_an_ended_one():
-    assert common._alive(os.getpid()) is True
-    assert common._alive(_dead_pid()) is False
+    assert common.process_alive(os.getpid()) is True
+    assert common.process_alive(_dead_pid()) is False
 
 
 def test_only_the_staging_folders_of_ended_writers_are_removed(tmp_path):
@@ -35,7 +34,7 @@ def test_only_the_staging_folders_of_ended_writers_are_removed(tmp_path):
     other = tmp_path / f".outer.pid{_dead_pid()}.ghi"  # another output's staging
     for folder in (dead, live, other):
         folder.mkdir()
-    common._remove_stale_staging(target)
+    common.remove_stale_staging(target)
     assert not dead.exists() and live.is_dir() and other.is_dir()
 
 
@@ -114,15 +113,15 @@ def test_registration_refuses_a_shipped_hsrmodifier_and_tolerates_a_missing_regi
     from llmcompressor.modifiers.factory import ModifierFactory
 
     from hsr_plugin import HSRModifier
-    from hsr_plugin.modifier import _register
+    from hsr_plugin.registration import register_modifier
 
     monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
     monkeypatch.setattr(ModifierFactory, "_main_registry", {"HSRModifier": object}, raising=False)
     with pytest.raises(RuntimeError, match="already ships a modifier named HSRModifier"):
-        _register()
+        register_modifier(HSRModifier)
     monkeypatch.setattr(ModifierFactory, "_main_registry", {}, raising=False)
     monkeypatch.delattr(ModifierFactory, "_experimental_registry", raising=False)
-    _register()
+    register_modifier(HSRModifier)
     assert ModifierFactory._registered_registry["HSRModifier"] is HSRModifier
 
 
@@ -131,12 +130,11 @@ def test_the_import_hook_steps_aside_when_llmcompressor_is_absent(monkeypatch):
 
     import hsr_plugin
 
-    finder = hsr_plugin._RegisterWhenLlmCompressorLoads()
-    assert finder.find_spec("numpy", None) is None
-    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    finder = hsr_plugin.RegisterWhenLlmCompressorLoads()
+    assert finder.find_spec("numpy", None) is None  # not watched
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert finder.find_spec("llmcompressor", None) is None
-    assert finder not in sys.meta_path  # it looks once
+    assert finder.find_spec("hsr_plugin.missing", None) is None
 
 
 # ----------------------------------------------------------------------------- report, helpers
@@ -232,13 +230,13 @@ def test_user_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 def test_a_matrix_that_saw_no_response_token_is_named():
     from hsr_plugin.importance import InputNormAccumulator
-    from hsr_plugin.neuron_scoring import _check_seen
+    from hsr_plugin.neuron_scoring import require_seen
 
     seen, unseen = InputNormAccumulator(2), InputNormAccumulator(2)
     seen.update(torch.ones(1, 3, 2))
-    _check_seen({"a": seen})
+    require_seen({"a": seen})
     with pytest.raises(ValueError) as err:
-        _check_seen({"a": seen, "b": unseen, "c": InputNormAccumulator(2)})
+        require_seen({"a": seen, "b": unseen, "c": InputNormAccumulator(2)})
     assert str(err.value) == (
         "no response tokens reached b (and 1 more): check the calibration data"
     )
@@ -322,11 +320,11 @@ def test_registration_names_the_modifier(monkeypatch):
     from llmcompressor.modifiers.factory import ModifierFactory
 
     from hsr_plugin import HSRModifier
-    from hsr_plugin.modifier import _register
+    from hsr_plugin.registration import register_modifier
 
     monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
     monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
-    _register()
+    register_modifier(HSRModifier)
     assert ModifierFactory._registered_registry == {"HSRModifier": HSRModifier}
 
 
@@ -405,7 +403,7 @@ def test_a_stale_staging_folder_that_cannot_be_removed_does_not_stop_a_run(tmp_p
         raise PermissionError("read-only")
 
     monkeypatch.setattr(os, "unlink", refuse)
-    common._remove_stale_staging(tmp_path / "out")  # best effort: no error
+    common.remove_stale_staging(tmp_path / "out")  # best effort: no error
     assert (stale / "weights.bin").is_file()
 
 

@@ -233,9 +233,13 @@ def test_split_recipe_names_the_stages_after_hsr():
 
 def test_the_sweep_scores_with_the_installed_tasks():
     from hsr_eval.tasks import in_process
-    from hsr_plugin.sweep import _scorer
+    from hsr_plugin.sweep import default_scorer
 
-    assert _scorer() == (in_process.score_model, in_process.TEXT_TASKS, in_process.VISION_TASKS)
+    assert default_scorer() == (
+        in_process.score_model,
+        in_process.TEXT_TASKS,
+        in_process.VISION_TASKS,
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,22 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import serve_bin
+
 REPO = Path(__file__).resolve().parents[1]
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"
 DATA = REPO / "integration" / "organisms" / "data" / "text"
 LIMIT = 40
 
 pytestmark = pytest.mark.vllm
-
-
-def serve_bin(name: str) -> Path:
-    exe = Path(os.environ.get("HSR_SERVE_VENV", REPO / ".venv-serve")) / "bin" / name
-    if not exe.exists():
-        message = f"the serving venv is missing ({exe}): run `make serve-venv`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
 
 
 def _run(cmd: list, timeout: int = 600, env: dict | None = None) -> str:

@@ -26,12 +26,12 @@ from integration.bench import tiny_vlms_llava_qwen_mllama as vlm_a
 from integration.bench.tiny_models import (
     SAFETY_ROWS,
     UTILITY_ROWS,
-    _save,
-    _text_kwargs,
     add_qwen2_vl_processor,
     build_llava,
     build_qwen2_vl,
     build_tokenizer,
+    save_tiny,
+    tiny_text_kwargs,
     write_image,
     write_jsonl,
 )
@@ -68,11 +68,11 @@ def causal_builder(config_name: str, model_name: str, **overrides) -> Callable[[
         import transformers
 
         tok = build_tokenizer()
-        kwargs = _text_kwargs(tok, **overrides)
+        kwargs = tiny_text_kwargs(tok, **overrides)
         kwargs = {k: v for k, v in kwargs.items() if v is not _DROP}
         config = getattr(transformers, config_name)(**kwargs)
         torch.manual_seed(0)
-        return _save(getattr(transformers, model_name)(config), tok, out)
+        return save_tiny(getattr(transformers, model_name)(config), tok, out)
 
     return build
 

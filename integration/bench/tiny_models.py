@@ -130,7 +130,8 @@ def write_jsonl(path: Path, rows: list[tuple[str, str]], image: str | None = Non
     return path
 
 
-def _text_kwargs(tokenizer, **overrides) -> dict:
+def tiny_text_kwargs(tokenizer, **overrides) -> dict:
+    """Config arguments of a tiny decoder for `tokenizer` (2 layers, GQA), with `overrides`."""
     kwargs = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -149,7 +150,8 @@ def _text_kwargs(tokenizer, **overrides) -> dict:
     return kwargs
 
 
-def _save(model, processor, out: Path) -> Path:
+def save_tiny(model, processor, out: Path) -> Path:
+    """Save a tiny model with seeded weights and its processor under `out`, as a user would."""
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -162,7 +164,7 @@ def build_llama(out: Path, seed: int = 0) -> Path:
 
     tok = build_tokenizer()
     torch.manual_seed(seed)
-    return _save(LlamaForCausalLM(LlamaConfig(**_text_kwargs(tok))), tok, out)
+    return save_tiny(LlamaForCausalLM(LlamaConfig(**tiny_text_kwargs(tok))), tok, out)
 
 
 def build_qwen2(out: Path, seed: int = 0) -> Path:
@@ -170,9 +172,9 @@ def build_qwen2(out: Path, seed: int = 0) -> Path:
 
     tok = build_tokenizer()
     torch.manual_seed(seed)
-    kwargs = _text_kwargs(tok)
+    kwargs = tiny_text_kwargs(tok)
     kwargs.pop("head_dim")
-    return _save(Qwen2ForCausalLM(Qwen2Config(**kwargs)), tok, out)
+    return save_tiny(Qwen2ForCausalLM(Qwen2Config(**kwargs)), tok, out)
 
 
 def build_llava(out: Path, seed: int = 0) -> Path:
@@ -199,13 +201,13 @@ def build_llava(out: Path, seed: int = 0) -> Path:
     )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**TINY_CLIP),
-        text_config=LlamaConfig(**_text_kwargs(tok)),
+        text_config=LlamaConfig(**tiny_text_kwargs(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
-    return _save(LlavaForConditionalGeneration(config), processor, out)
+    return save_tiny(LlavaForConditionalGeneration(config), processor, out)
 
 
 def build_qwen2_vl(out: Path, seed: int = 0) -> Path:
@@ -214,7 +216,7 @@ def build_qwen2_vl(out: Path, seed: int = 0) -> Path:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     processor = tok = build_tokenizer(template=QWEN_VL_TEMPLATE)
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("head_dim")
     text.pop("tie_word_embeddings")
     config = Qwen2VLConfig(
@@ -235,7 +237,7 @@ def build_qwen2_vl(out: Path, seed: int = 0) -> Path:
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
     torch.manual_seed(seed)
-    return _save(Qwen2VLForConditionalGeneration(config), processor, out)
+    return save_tiny(Qwen2VLForConditionalGeneration(config), processor, out)
 
 
 def real_video_processor_class():

@@ -15,10 +15,10 @@ import torch
 
 from integration.bench.tiny_models import (
     CHAT_TEMPLATE,
-    _save,
-    _text_kwargs,
     _tokenizer_json,
     real_video_processor_class,
+    save_tiny,
+    tiny_text_kwargs,
 )
 
 __all__ = [
@@ -142,7 +142,7 @@ def build_gemma3(out: Path, seed: int = 0) -> Path:
     config = Gemma3Config(
         # No final soft-capping, as in the released Gemma3 VLMs: Gemma3ForConditionalGeneration
         # ignores the text config's `final_logit_softcapping` (transformers 5.17).
-        text_config=Gemma3TextConfig(**_text_kwargs(tok)),
+        text_config=Gemma3TextConfig(**tiny_text_kwargs(tok)),
         vision_config=SiglipVisionConfig(**TINY_SIGLIP),
         mm_tokens_per_image=4,  # 4x4 patches pooled to 2x2
         image_token_index=image_id,
@@ -151,7 +151,7 @@ def build_gemma3(out: Path, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return _save(Gemma3ForConditionalGeneration(config), processor, out)
+    return save_tiny(Gemma3ForConditionalGeneration(config), processor, out)
 
 
 # Idefics3 and SmolVLM: a picture is 4x4 patches, shuffled 2x2 into 4 image tokens.
@@ -200,13 +200,13 @@ def _save_idefics_layout(config_class, vision_class, model_class, tok, processor
 
     config = config_class(
         vision_config=vision_class(**TINY_IDEFICS_VISION),
-        text_config=LlamaConfig(**_text_kwargs(tok)),
+        text_config=LlamaConfig(**tiny_text_kwargs(tok)),
         image_token_id=_ids(tok, "<image>")[0],
         scale_factor=2,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
-    return _save(model_class(config), processor, out)
+    return save_tiny(model_class(config), processor, out)
 
 
 def build_smolvlm(out: Path, seed: int = 0) -> Path:
@@ -274,7 +274,7 @@ def build_internvl(out: Path, seed: int = 0) -> Path:
         image_seq_length=4,  # 4x4 patches, downsampled by 0.5 per side
         chat_template=template,
     )
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("head_dim")
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(
@@ -292,7 +292,7 @@ def build_internvl(out: Path, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return _save(InternVLForConditionalGeneration(config), processor, out)
+    return save_tiny(InternVLForConditionalGeneration(config), processor, out)
 
 
 def build_aya_vision(out: Path, seed: int = 0) -> Path:
@@ -327,7 +327,7 @@ def build_aya_vision(out: Path, seed: int = 0) -> Path:
         chat_template=CHAT_TEMPLATE,
         **aya_tokens,
     )
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("head_dim")
     config = AyaVisionConfig(
         vision_config=SiglipVisionConfig(**TINY_SIGLIP),
@@ -339,7 +339,7 @@ def build_aya_vision(out: Path, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return _save(AyaVisionForConditionalGeneration(config), processor, out)
+    return save_tiny(AyaVisionForConditionalGeneration(config), processor, out)
 
 
 def build_mistral3(out: Path, seed: int = 0) -> Path:
@@ -366,13 +366,13 @@ def build_mistral3(out: Path, seed: int = 0) -> Path:
             image_size=32,
             patch_size=8,
         ),
-        text_config=MistralConfig(**_text_kwargs(tok)),
+        text_config=MistralConfig(**tiny_text_kwargs(tok)),
         image_token_index=_ids(tok, "[IMG]")[0],
         spatial_merge_size=2,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return _save(Mistral3ForConditionalGeneration(config), tok, out)
+    return save_tiny(Mistral3ForConditionalGeneration(config), tok, out)
 
 
 def build_glm4v(out: Path, seed: int = 0) -> Path:
@@ -404,7 +404,7 @@ def build_glm4v(out: Path, seed: int = 0) -> Path:
         video_processor=video_processor(),
         chat_template=template,
     )
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     for key in ("head_dim", "tie_word_embeddings", "bos_token_id", "eos_token_id"):
         text.pop(key)
     # head_dim 16, half of it rotary: 4 frequencies split over (time, height, width).
@@ -439,7 +439,7 @@ def build_glm4v(out: Path, seed: int = 0) -> Path:
         video_end_token_id=vend_id,
     )
     torch.manual_seed(seed)
-    return _save(Glm4vForConditionalGeneration(config), processor, out)
+    return save_tiny(Glm4vForConditionalGeneration(config), processor, out)
 
 
 def build_phi4_multimodal(out: Path, seed: int = 0) -> Path:
@@ -453,7 +453,7 @@ def build_phi4_multimodal(out: Path, seed: int = 0) -> Path:
 
     tok = _tokenizer(_template("<|image|>"), image_token="<|image|>", audio_token="<|audio|>")
     image_id, audio_id = _ids(tok, "<|image|>", "<|audio|>")
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("head_dim")
     config = Phi4MultimodalConfig(
         **text,
@@ -480,4 +480,4 @@ def build_phi4_multimodal(out: Path, seed: int = 0) -> Path:
         ),
     )
     torch.manual_seed(seed)
-    return _save(Phi4MultimodalForCausalLM(config), tok, out)
+    return save_tiny(Phi4MultimodalForCausalLM(config), tok, out)

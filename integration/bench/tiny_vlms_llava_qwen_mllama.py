@@ -19,10 +19,10 @@ from integration.bench.tiny_models import (
     CHAT_TEMPLATE,
     QWEN_VL_TEMPLATE,
     TINY_CLIP,
-    _save,
-    _text_kwargs,
     build_tokenizer,
     real_video_processor_class,
+    save_tiny,
+    tiny_text_kwargs,
 )
 
 __all__ = [
@@ -71,7 +71,7 @@ def build_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
         video_processor=real_video_processor_class()(),
         chat_template=QWEN_VL_TEMPLATE,
     )
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("head_dim")
     text.pop("tie_word_embeddings")
     config = Qwen2_5_VLConfig(
@@ -92,7 +92,7 @@ def build_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
         **_qwen_ids(tok),
     )
     torch.manual_seed(seed)
-    return _save(Qwen2_5_VLForConditionalGeneration(config), processor, out)
+    return save_tiny(Qwen2_5_VLForConditionalGeneration(config), processor, out)
 
 
 # LLaVA-NeXT / OneVision tile a picture into 32x32 crops plus a 32x32 overview; these grids keep
@@ -128,14 +128,14 @@ def build_llava_next(out: Path, seed: int = 0) -> Path:
     )
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**TINY_CLIP),
-        text_config=LlamaConfig(**_text_kwargs(tok)),
+        text_config=LlamaConfig(**tiny_text_kwargs(tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         image_grid_pinpoints=_PINPOINTS,
     )
     torch.manual_seed(seed)
-    return _save(LlavaNextForConditionalGeneration(config), processor, out)
+    return save_tiny(LlavaNextForConditionalGeneration(config), processor, out)
 
 
 MLLAMA_TEMPLATE = CHAT_TEMPLATE.replace("<image>", "<|image|>")
@@ -165,7 +165,7 @@ def build_mllama(out: Path, seed: int = 0, max_tiles: int = 2) -> Path:
         tokenizer=tok,
         chat_template=MLLAMA_TEMPLATE,
     )
-    text = _text_kwargs(tok, num_hidden_layers=3, cross_attention_layers=[1])
+    text = tiny_text_kwargs(tok, num_hidden_layers=3, cross_attention_layers=[1])
     text.pop("tie_word_embeddings")
     config = MllamaConfig(
         text_config=text,
@@ -187,7 +187,7 @@ def build_mllama(out: Path, seed: int = 0, max_tiles: int = 2) -> Path:
         image_token_index=image_token_id,
     )
     torch.manual_seed(seed)
-    return _save(MllamaForConditionalGeneration(config), processor, out)
+    return save_tiny(MllamaForConditionalGeneration(config), processor, out)
 
 
 def _qwen3_vl_parts(tok):
@@ -204,7 +204,7 @@ def _qwen3_vl_parts(tok):
         video_processor=real_video_processor_class()(),
         chat_template=QWEN_VL_TEMPLATE,
     )
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("tie_word_embeddings")
     text["rope_parameters"] = {
         "rope_type": "default",
@@ -240,7 +240,7 @@ def build_qwen3_vl(out: Path, seed: int = 0) -> Path:
     processor, text, vision = _qwen3_vl_parts(tok)
     config = Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
     torch.manual_seed(seed)
-    return _save(Qwen3VLForConditionalGeneration(config), processor, out)
+    return save_tiny(Qwen3VLForConditionalGeneration(config), processor, out)
 
 
 # A one-layer SigLIP tower for 32x32 pictures in 8x8 patches: 16 tokens a crop, no CLS token.
@@ -279,7 +279,7 @@ def build_llava_onevision(out: Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
     )
-    text = _text_kwargs(tok)
+    text = tiny_text_kwargs(tok)
     text.pop("head_dim")
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(**_TINY_SIGLIP),
@@ -291,7 +291,7 @@ def build_llava_onevision(out: Path, seed: int = 0) -> Path:
         image_grid_pinpoints=_PINPOINTS,
     )
     torch.manual_seed(seed)
-    return _save(LlavaOnevisionForConditionalGeneration(config), processor, out)
+    return save_tiny(LlavaOnevisionForConditionalGeneration(config), processor, out)
 
 
 def build_qwen3_vl_moe(out: Path, seed: int = 0) -> Path:
@@ -311,4 +311,4 @@ def build_qwen3_vl_moe(out: Path, seed: int = 0) -> Path:
     )
     config = Qwen3VLMoeConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
     torch.manual_seed(seed)
-    return _save(Qwen3VLMoeForConditionalGeneration(config), processor, out)
+    return save_tiny(Qwen3VLMoeForConditionalGeneration(config), processor, out)

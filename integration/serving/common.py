@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "VISION_IGNORE",
     "VISION_PATTERNS",
     "atomic_path",
     "folder_digest",
@@ -40,7 +41,7 @@ __all__ = [
 VISION_PATTERNS = (
     r"vision_tower",
     r"vision_model",
-    r"(^|\.)visual(\.|$)",
+    r"\bvisual\b",  # `\b`: a dot or the name's end (module names hold no other separator)
     r"multi_modal_projector",
     r"vision_encoder",
     r"image_newline",
@@ -48,6 +49,9 @@ VISION_PATTERNS = (
     r"vision_embed",
 )
 _VISION = re.compile("|".join(f"(?:{p})" for p in VISION_PATTERNS))
+# The same patterns as llm-compressor `ignore` entries (compressed-tensors matches `re:` from the
+# start of the module name, hence the leading `.*`).
+VISION_IGNORE = tuple(f"re:.*(?:{p})" for p in VISION_PATTERNS)
 _DECODER_LAYER = re.compile(r"(?:^|\.)layers\.\d+\.")
 
 
@@ -165,7 +169,8 @@ def _exclusive(target: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -175,11 +180,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_staging(target: Path) -> None:
+def remove_stale_staging(target: Path) -> None:
     """Staging folders of earlier writers that were killed (SIGKILL leaves them behind)."""
     for folder in target.parent.glob(f".{target.name}.pid*.*"):
         pid = folder.name[len(target.name) + 5 :].split(".", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -195,7 +200,7 @@ def published_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target):
-        _remove_stale_staging(target)
+        remove_stale_staging(target)
         staging = Path(
             tempfile.mkdtemp(prefix=f".{target.name}.pid{os.getpid()}.", dir=target.parent)
         )
