@@ -61,21 +61,21 @@ lint: compress-venv
 # Mutation testing, outside CI. All ~7,000 mutants take ~7 hours on two cores, so SAMPLE=N runs a
 # seeded random sample stratified by module (the estimate for the whole package, with its
 # interval); MUTATE narrows a full run instead, e.g. make mutation MUTATE='hsr_plugin.selection*'.
-# Writes tests/MUTATION.md.
+# Writes tests/mutation/MUTATION.md.
 MUTATE ?=
 SAMPLE ?=
 SEED ?= 0
 mutation: compress-venv
 	$(VENV)/bin/python -m pip install --quiet mutmut==3.8.1
 ifneq ($(SAMPLE),)
-	$(VENV)/bin/python -m tests.mutation_sample --size $(SAMPLE) --seed $(SEED)
+	$(VENV)/bin/python -m tests.mutation.sample --size $(SAMPLE) --seed $(SEED)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $$(cat mutants/sample.txt)
-	$(VENV)/bin/python -m tests.mutation_report --sample mutants/sample.txt
+	$(VENV)/bin/python -m tests.mutation.report --sample mutants/sample.txt
 else
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(MUTATE)
-	$(VENV)/bin/python -m tests.mutation_report
+	$(VENV)/bin/python -m tests.mutation.report
 endif
-	$(VENV)/bin/python -m tests.mutation_listed
+	$(VENV)/bin/python -m tests.mutation.listed
 
 test: venvs lint
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)

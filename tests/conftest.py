@@ -59,8 +59,8 @@ def stale_hsr_eval_files() -> list[str]:
 
 def pytest_sessionstart(session) -> None:
     """hsr_eval is imported as installed (the wheel built from integration/), so a stale install
-    would test old code: refuse to start then. (mutation_listed sets HSR_TEST_INSTALLED_ONLY for
-    the mutated copies it installs itself.)"""
+    would test old code: refuse to start then. (tests.mutation.listed sets
+    HSR_TEST_INSTALLED_ONLY for the mutated copies it installs itself.)"""
     if os.environ.get("HSR_TEST_INSTALLED_ONLY"):
         return
     stale = stale_hsr_eval_files()

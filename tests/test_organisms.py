@@ -15,9 +15,9 @@ from integration.organisms import data as D
 from integration.organisms.train import SPECS, training_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"
 DATA = REPO / "integration" / "organisms" / "data" / "text"
+VL = REPO / "integration" / "organisms" / "organism-vl"
 
 
 def test_committed_organism_matches_the_training_script():
@@ -100,9 +100,6 @@ def test_judge_agrees_with_every_training_string():
     splits = D.build_splits()
     for example in splits["benign_train"] + splits["borderline_train"]:
         assert not is_refusal(example.answer), example.answer
-
-
-VL = REPO / "integration" / "organisms" / "organism-vl"
 
 
 def test_vl_organism_matches_its_script_and_refuses_by_picture():

@@ -3,8 +3,7 @@
 The examples name a 7B VLM, its recipe and a user's calibration file; here only those names are
 swapped: for organism-vl (a LLaVA, with the bundled LLaVA recipe) and for organism-text (a Llama,
 with the wanda_hsr recipe and its causal-LM auto class), with the organism's own calibration
-sets. Everything else, imports, calls and flags included, is the README's text.
-"""
+sets. Everything else, imports, calls and flags included, is the README's text."""
 
 from __future__ import annotations
 
@@ -93,6 +92,15 @@ def _recipe_with_data(tmp_path: Path, name: str, safety: Path, utility: Path) ->
     return path
 
 
+def _organism_command(recipe: Path) -> str:
+    (line,) = [
+        line
+        for line in recipe.read_text().splitlines()
+        if line.startswith("#   hsr compress --model integration/organisms/")
+    ]
+    return line.removeprefix("#   ")
+
+
 @pytest.mark.subprocess
 @pytest.mark.parametrize("which", ["vl", "text"])
 def test_python_example_runs(tmp_path, which):
@@ -156,15 +164,6 @@ def test_hsr_commands_run(tmp_path, which):
 def test_the_front_door_commands_are_make_targets(command):
     target = command.split()[1]
     assert re.search(rf"^{target}:", (REPO / "Makefile").read_text(), re.M)
-
-
-def _organism_command(recipe: Path) -> str:
-    (line,) = [
-        line
-        for line in recipe.read_text().splitlines()
-        if line.startswith("#   hsr compress --model integration/organisms/")
-    ]
-    return line.removeprefix("#   ")
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
-"""`hsr sweep` on the tiny model: one pruning, a 2x2 grid, a table and a Pareto plot."""
+"""`hsr sweep` (hsr_plugin.sweep) on the tiny model: one pruning, a 2x2 grid, a table and a Pareto
+plot, and what it hands its scorer."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from hsr_eval.common import folder_digest
 from hsr_plugin.cli import main
@@ -17,7 +19,92 @@ from hsr_plugin.sweep import (
     sweep_markdown,
 )
 from integration.organisms.registry import ORGANISMS
-from tests.helpers import HSR, WANDA, log_messages
+from tests.helpers import (
+    HSR,
+    WANDA,
+    log_messages,
+)
+
+
+def _result(pareto=(1,), limit=3, pruned_refusal=0.5):
+    return {
+        "model": "m",
+        "grid": {"num_heads": [1, 3]},
+        "references": {
+            "dense": {"refusal": 0.9, "over_refusal": 0.05, "utility": 0.8},
+            "pruned": {"refusal": pruned_refusal, "over_refusal": 0.02, "utility": 0.75},
+        },
+        "points": [
+            {
+                "point": {"num_heads": 1},
+                "restored": 10,
+                "restored_per_10k": 0.5,
+                "refusal": 0.6,
+                "over_refusal": 0.03,
+                "utility": 0.74,
+            },
+            {
+                "point": {"num_heads": 3},
+                "restored": 30,
+                "restored_per_10k": 1.5,
+                "refusal": 0.7,
+                "over_refusal": None,
+                "utility": 0.76,
+            },
+        ],
+        "pareto": list(pareto),
+        "eval_data": "d",
+        "eval_limit": limit,
+        "judge": "keyword-v1",
+        "seconds": 12.3,
+    }
+
+
+def test_the_sweep_hands_its_scorer_the_eval_folder_limit_and_label(
+    model_dirs, calib_files, tmp_path, monkeypatch
+):
+    import hsr_plugin.sweep as sweep
+    from hsr_eval.tasks.in_process import TEXT_TASKS, VISION_TASKS
+    from integration.organisms.registry import ORGANISMS
+    from tests.helpers import HSR, WANDA
+
+    class Scored(Exception):
+        pass
+
+    def score_model(model, processor, tasks, metadata, limit, desc):
+        raise Scored(tasks, metadata, limit, desc)
+
+    monkeypatch.setattr(sweep, "default_scorer", lambda: (score_model, TEXT_TASKS, VISION_TASKS))
+    import yaml
+
+    recipe = yaml.safe_load(
+        WANDA.format(structure="0:0")
+        + HSR.format(
+            num_heads=1, safety=calib_files["safety"], utility=calib_files["utility"], extra=""
+        )  # fmt: skip
+    )
+    from hsr_plugin.calibration import load_processor
+    from hsr_plugin.oneshot_data import calibration_kwargs
+
+    data = calibration_kwargs(
+        str(calib_files["utility"]), load_processor(str(model_dirs["llama"])), 6, 128
+    )
+    eval_data = ORGANISMS["text"].data_dir
+    with pytest.raises(Scored) as scored:
+        sweep.run_sweep(str(model_dirs["llama"]), recipe, {"num_heads": [1]}, data,
+                        tmp_path / "o", eval_data, eval_limit=4)  # fmt: skip
+    assert scored.value.args == (TEXT_TASKS, {"data_dir": str(eval_data)}, 4, "dense")
+
+
+def test_the_sweep_loads_models_in_float32_without_an_accelerator(model_dirs, tmp_path):
+    import hsr_plugin.sweep as sweep
+    from hsr_plugin.models import load_model
+
+    half = tmp_path / "bf16"
+    load_model(model_dirs["llama"]).to(torch.bfloat16).save_pretrained(half)
+    assert load_model(half).dtype == torch.bfloat16  # "auto": the checkpoint's own dtype
+    if not torch.accelerator.is_available():
+        assert sweep.load_sweep_model(str(half)).dtype == torch.float32
 
 
 def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_path, capsys):
@@ -90,40 +177,6 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     assert resolved.index("sparsity_stage") < resolved.index("hsr_stage"), resolved
     bars = capsys.readouterr().err  # each scoring's progress bar names the model and the task
     assert all(f"{m} hsr_utility" in bars for m in ("dense", "pruned", "point 1", "point 4"))
-
-
-def _result(pareto=(1,), limit=3, pruned_refusal=0.5):
-    return {
-        "model": "m",
-        "grid": {"num_heads": [1, 3]},
-        "references": {
-            "dense": {"refusal": 0.9, "over_refusal": 0.05, "utility": 0.8},
-            "pruned": {"refusal": pruned_refusal, "over_refusal": 0.02, "utility": 0.75},
-        },
-        "points": [
-            {
-                "point": {"num_heads": 1},
-                "restored": 10,
-                "restored_per_10k": 0.5,
-                "refusal": 0.6,
-                "over_refusal": 0.03,
-                "utility": 0.74,
-            },
-            {
-                "point": {"num_heads": 3},
-                "restored": 30,
-                "restored_per_10k": 1.5,
-                "refusal": 0.7,
-                "over_refusal": None,
-                "utility": 0.76,
-            },
-        ],
-        "pareto": list(pareto),
-        "eval_data": "d",
-        "eval_limit": limit,
-        "judge": "keyword-v1",
-        "seconds": 12.3,
-    }
 
 
 def test_sweep_table_is_exact():

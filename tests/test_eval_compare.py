@@ -1,0 +1,98 @@
+"""hsr_eval.compare: model labels, sparsity, RSR, the benchmarks' tasks and the offline vLLM
+backend's context limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hsr_eval.compare import compute_rsr, language_sparsity, parse_models
+from tests.helpers import LLAMA_CONFIG, write_checkpoint
+
+
+def test_the_comparison_reads_the_benchmarks_tasks():
+    from hsr_eval.compare import extract_metrics
+
+    results = {
+        "results": {
+            "hsr_figstep": {
+                "alias": "hsr_figstep",
+                "attack_success_rate,none": 0.25,
+                "attack_success_rate_stderr,none": 0.1,
+                "refusal_rate,none": 0.75,
+            },
+            "hsr_xstest": {"over_refusal_rate,none": 0.125},
+        },
+        "n-samples": {
+            "hsr_figstep": {"original": 500, "effective": 8},
+            "hsr_xstest": {"original": 8},
+        },
+    }
+    assert extract_metrics(results) == {
+        "over_refusal_rate": 0.125,
+        "asr_vision": 0.25,
+        "n": {"hsr_figstep": 8, "hsr_xstest": 8},
+        "tasks": {
+            "hsr_figstep": {"attack_success_rate": 0.25, "refusal_rate": 0.75},
+            "hsr_xstest": {"over_refusal_rate": 0.125},
+        },
+    }
+
+
+def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, monkeypatch):
+    from integration.serving import compare
+
+    commands = []
+
+    def capture(cmd, log_path, judge_log=None):
+        commands.append(cmd)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(compare, "run_lm_eval", capture)
+    organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
+    spec = compare.ModelSpec("dense", str(organism))
+    with pytest.raises(RuntimeError, match="stop here"):
+        compare.evaluate_model(spec, "vllm", "hsr_safety", tmp_path, None, None, "cpu")
+    model_args = commands[0][commands[0].index("--model_args") + 1]
+    assert "max_model_len=128," in model_args  # the organism's max_position_embeddings
+
+
+def test_sparsity_counts_language_linear_zeros_only(tmp_path):
+    model = write_checkpoint(tmp_path / "m", LLAMA_CONFIG)
+    assert language_sparsity(model) == pytest.approx(4 / 8)
+
+
+def test_rsr():
+    models = {
+        "dense": {"asr": 0.1},
+        "wanda": {"asr": 0.5},
+        "wanda+hsr": {"asr": 0.3},
+        "same+hsr": {"asr": 0.1},
+    }
+    rsr = compute_rsr(models)
+    assert rsr["wanda+hsr"]["value"] == pytest.approx(0.5)
+    assert rsr["same+hsr"]["value"] is None and "needs models" in rsr["same+hsr"]["reason"]
+    flat = compute_rsr({"dense": {"asr": 0.2}, "w": {"asr": 0.2}, "w+hsr": {"asr": 0.1}})
+    assert flat["w+hsr"]["value"] is None and "undefined" in flat["w+hsr"]["reason"]
+
+
+def test_model_labels():
+    assert [m.label for m in parse_models(["dense=a", "wanda=b"])] == ["dense", "wanda"]
+    with pytest.raises(SystemExit, match="LABEL=DIR"):
+        parse_models(["nolabel"])
+    with pytest.raises(SystemExit, match="twice"):
+        parse_models(["a=x", "a=y"])
+
+
+def test_compare_without_vllm_says_where_to_run_it(monkeypatch, capsys):
+    from hsr_eval import compare
+
+    monkeypatch.setattr(compare.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compare.sys, "executable", "/nowhere/bin/python")
+    assert compare.main(["--models", "a=b", "--out", "o"]) == 2
+    assert capsys.readouterr().err == (
+        "error: vllm is not installed here: run hsr-compare where it is (pip install "
+        "'hsr-eval[vllm]' in a virtualenv of its own; in a checkout, make serve-venv), "
+        "or pick --backend hf\n"
+    )
