@@ -15,7 +15,6 @@ from hsr_plugin.architecture import (
     find_attention_blocks,
     text_config,
 )
-from integration.bench.tiny_models import TINY_CLIP
 from tests.helpers import (
     ToyAttention,
     ToyDecoder,
@@ -163,62 +162,19 @@ def test_vlm_architectures_return_only_language_self_attention(model_dirs):
         assert all("language_model" in b.name for b in blocks), [b.name for b in blocks]
 
 
-def test_llava_next_and_qwen25_vl_and_mllama_from_configs():
-    import transformers
+@pytest.mark.parametrize(
+    ("builder", "layers"),
+    [("build_llava_next", [0, 1]), ("build_qwen2_5_vl", [0, 1]), ("build_mllama", [0, 2])],
+)
+def test_vlm_families_give_their_language_self_attention_only(builder, layers, tmp_path):
+    """The language model's self-attention of each family, built from its own config class;
+    Mllama's cross-attention layer 1 is not self-attention and is skipped."""
+    from integration.bench import tiny_vlms_llava_qwen_mllama as vlms
 
-    text = dict(
-        vocab_size=400,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    next_model = transformers.LlavaNextForConditionalGeneration(
-        transformers.LlavaNextConfig(
-            text_config=transformers.LlamaConfig(**text),
-            vision_config=transformers.CLIPVisionConfig(**TINY_CLIP),
-            image_grid_pinpoints=[[32, 32]],
-        )
-    )
-    assert [b.name for b in find_attention_blocks(next_model)] == [
-        "model.language_model.layers.0.self_attn",
-        "model.language_model.layers.1.self_attn",
-    ]
-
-    qwen25 = transformers.Qwen2_5_VLForConditionalGeneration(
-        transformers.Qwen2_5_VLConfig(
-            text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-            vision_config=dict(
-                depth=1,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=64,
-                fullatt_block_indexes=[0],
-            ),
-        )
-    )
-    assert len(find_attention_blocks(qwen25)) == 2
-
-    mllama = transformers.MllamaForConditionalGeneration(
-        transformers.MllamaConfig(
-            text_config=dict(text, cross_attention_layers=[1], num_hidden_layers=3, pad_token_id=0),
-            vision_config=dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_global_layers=1,
-                attention_heads=2,
-                image_size=32,
-                patch_size=8,
-                vision_output_dim=64,
-                intermediate_layers_indices=[0],
-            ),
-        )
-    )
-    blocks = find_attention_blocks(mllama)
-    assert [b.layer for b in blocks] == [0, 2], "Mllama's cross-attention layer 1 is skipped"
+    model = load_model(getattr(vlms, builder)(tmp_path / builder))
+    blocks = find_attention_blocks(model)
+    assert [b.layer for b in blocks] == layers
+    assert all(b.name.startswith("model.language_model.layers.") for b in blocks)
 
 
 def test_find_mlp_blocks_keeps_only_the_asked_layers():

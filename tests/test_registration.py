@@ -6,6 +6,11 @@ from __future__ import annotations
 import pytest
 
 
+def _created(factory):
+    """What a recipe naming `HSRModifier` gets from llm-compressor's factory."""
+    return factory.create("HSRModifier", allow_registered=True, allow_experimental=False)
+
+
 def test_registration_refuses_a_shipped_hsrmodifier_and_tolerates_a_missing_registry(
     monkeypatch,
 ):
@@ -21,7 +26,7 @@ def test_registration_refuses_a_shipped_hsrmodifier_and_tolerates_a_missing_regi
     monkeypatch.setattr(ModifierFactory, "_main_registry", {}, raising=False)
     monkeypatch.delattr(ModifierFactory, "_experimental_registry", raising=False)
     register_modifier(HSRModifier)
-    assert ModifierFactory._registered_registry["HSRModifier"] is HSRModifier
+    assert isinstance(_created(ModifierFactory), HSRModifier)
 
 
 def test_registration_names_the_modifier(monkeypatch):
@@ -32,5 +37,7 @@ def test_registration_names_the_modifier(monkeypatch):
 
     monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
     monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
+    with pytest.raises(ValueError):
+        _created(ModifierFactory)
     register_modifier(HSRModifier)
-    assert ModifierFactory._registered_registry == {"HSRModifier": HSRModifier}
+    assert isinstance(_created(ModifierFactory), HSRModifier)

@@ -9,12 +9,9 @@ from loguru import logger
 
 from hsr_plugin.cli.inputs import (
     RESOLVED_RECIPE,
-    check_dataset,
-    check_hsr_entries,
-    check_model,
     check_output,
+    check_run,
     dataset_kwargs,
-    input_paths,
     stop_cleanly_on_sigterm,
 )
 from hsr_plugin.cli.options import add_run_options
@@ -49,16 +46,8 @@ def compress(args: argparse.Namespace) -> Path:
     import yaml
 
     from hsr_eval.common import published_dir, write_json_atomic
-    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, resolve_recipe
 
-    args.recipe = str(resolve_recipe(args.recipe))
-    output = Path(args.output).resolve()
-    check_model(args.model)
-    check_dataset(args.dataset)
-
-    recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
-    check_output(output, args.overwrite, input_paths(args, recipe))
-    check_hsr_entries(recipe)
+    output, recipe = check_run(args)
 
     import torch
     from llmcompressor import oneshot

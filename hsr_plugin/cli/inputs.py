@@ -17,6 +17,7 @@ __all__ = [
     "check_hsr_entries",
     "check_model",
     "check_output",
+    "check_run",
     "dataset_kwargs",
     "input_paths",
     "looks_local",
@@ -127,6 +128,24 @@ def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, Path]]) 
                 f"error: --overwrite replaces only a folder that `hsr compress` wrote "
                 f"(it has {RESOLVED_RECIPE}); {output} is not one: choose a new folder"
             )
+
+
+def check_run(
+    args: argparse.Namespace, other_inputs: list[tuple[str, Path]] | None = None
+) -> tuple[Path, dict]:
+    """Every check of a run that prunes with a recipe, before any work: the model and dataset
+    paths, the recipe with its `--set` overrides, an output that touches no input (`args`' and
+    `other_inputs`), and every HSRModifier entry. Returns the output folder and the recipe."""
+    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, resolve_recipe
+
+    args.recipe = str(resolve_recipe(args.recipe))
+    output = Path(args.output).resolve()
+    check_model(args.model)
+    check_dataset(args.dataset)
+    recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
+    check_output(output, args.overwrite, input_paths(args, recipe) + (other_inputs or []))
+    check_hsr_entries(recipe)
+    return output, recipe
 
 
 def dataset_kwargs(args: argparse.Namespace) -> dict:

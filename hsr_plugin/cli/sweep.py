@@ -9,12 +9,9 @@ from loguru import logger
 
 from hsr_plugin.cli.inputs import (
     RESOLVED_RECIPE,
-    check_dataset,
-    check_hsr_entries,
-    check_model,
     check_output,
+    check_run,
     dataset_kwargs,
-    input_paths,
     stop_cleanly_on_sigterm,
 )
 from hsr_plugin.cli.options import add_run_options
@@ -52,22 +49,14 @@ def sweep(args: argparse.Namespace) -> Path:
     import yaml
 
     from hsr_eval.common import published_dir
-    from hsr_plugin.recipe_overrides import apply_overrides, load_recipe_dict, resolve_recipe
     from hsr_plugin.sweep import parse_grid, points, run_sweep, split_recipe
 
-    args.recipe = str(resolve_recipe(args.recipe))
-    output = Path(args.output).resolve()
-    check_model(args.model)
-    check_dataset(args.dataset)
     eval_data = Path(args.eval_data)
     if not eval_data.is_dir():
         raise SystemExit(f"error: --eval-data {eval_data} is not a folder")
     if args.eval_limit is not None and args.eval_limit < 1:
         raise SystemExit("error: --eval-limit must be >= 1")
-    recipe = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
-    inputs = input_paths(args, recipe) + [("--eval-data", eval_data.resolve())]
-    check_output(output, args.overwrite, inputs)
-    check_hsr_entries(recipe)
+    output, recipe = check_run(args, [("--eval-data", eval_data.resolve())])
     grid = parse_grid(args.grid)
     _pruning, base, _after = split_recipe(recipe)
     logger.info(f"hsr sweep: {len(points(base, grid))} points over one pruning -> {output}")
