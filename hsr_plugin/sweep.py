@@ -172,6 +172,7 @@ def run_sweep(
     from llmcompressor import oneshot
 
     from hsr_eval.common import folder_digest, write_json_atomic, write_text_atomic
+    from hsr_eval.outcomes import counted_summary, paired_with_references
     from hsr_plugin import HSRModifier
     from hsr_plugin.attribution import HeadScore
     from hsr_plugin.calibration import load_processor
@@ -187,7 +188,9 @@ def run_sweep(
     metadata = {"data_dir": str(eval_data)}
 
     def score(m, desc: str) -> dict[str, Any]:
-        return score_model(m, processor, tasks, metadata, limit=eval_limit, desc=desc).summary()
+        return counted_summary(
+            score_model(m, processor, tasks, metadata, limit=eval_limit, desc=desc)
+        )
 
     started = time.monotonic()
     logger.info(f"hsr sweep: pruning once with {', '.join(pruning)}")
@@ -235,6 +238,8 @@ def run_sweep(
         del restored_model
     if folder_digest(base_dir) != base_digest:
         raise StageOrderError(f"{base_dir} changed during the sweep")
+    for row in rows:
+        row["paired"] = paired_with_references(row, references["dense"], references["pruned"])
     result = {
         "model": model,
         "grid": grid,
@@ -255,13 +260,8 @@ def run_sweep(
     return result
 
 
-def _rsr(refusal: float, references: dict[str, Any]) -> float | None:
-    lost = references["dense"]["refusal"] - references["pruned"]["refusal"]
-    return None if abs(lost) < 1e-9 else (refusal - references["pruned"]["refusal"]) / lost
-
-
 def sweep_markdown(result: dict[str, Any]) -> str:
-    from hsr_eval.tables import fmt, markdown_table, percent
+    from hsr_eval.tables import INTERVALS_NOTE, SAFETY_HEADERS, fmt, markdown_table, safety_cells
 
     fields = list(result["grid"])
     refs = result["references"]
@@ -272,26 +272,19 @@ def sweep_markdown(result: dict[str, Any]) -> str:
             *[""] * len(fields),
             "",
             "",
-            percent(r["refusal"]),
+            *safety_cells(r, refs["dense"], refs["pruned"], True),
             "",
-            percent(r["over_refusal"]),
-            percent(r["utility"]),
-            "",
-        ]  # fmt: skip
+        ]
         for name, r in refs.items()
     ]
     for i, row in enumerate(result["points"]):
-        rsr = _rsr(row["refusal"], refs)
         body.append(
             [
                 "HSR",
                 *[str(row["point"][f]) for f in fields],
                 row["restored"],
                 fmt(row["restored_per_10k"], 3),
-                percent(row["refusal"]),
-                "" if rsr is None else f"{100 * rsr:.0f}%",
-                percent(row["over_refusal"]),
-                percent(row["utility"]),
+                *safety_cells(row, refs["dense"], refs["pruned"]),
                 "yes" if i in front else "",
             ]
         )
@@ -301,10 +294,7 @@ def sweep_markdown(result: dict[str, Any]) -> str:
             *fields,
             "restored",
             "per 10k params",
-            "refusal %",
-            "RSR",
-            "over-refusal %",
-            "utility %",
+            *SAFETY_HEADERS,
             "Pareto",
         ],  # fmt: skip
         body,
@@ -314,7 +304,9 @@ def sweep_markdown(result: dict[str, Any]) -> str:
         f"_Scored by the hsr_safety tasks' scorer on {result['eval_data']}"
         + (f" (first {result['eval_limit']} per task)" if result["eval_limit"] else "")
         + (f", judge {result['judge']}" if result.get("judge") else "")
-        + f"; {len(result['points'])} points over one pruning, in {result['seconds']} s._\n"
+        + f"; {len(result['points'])} points over one pruning, in {result['seconds']} s. "
+        + INTERVALS_NOTE
+        + "_\n"
     )
 
 
@@ -325,8 +317,9 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
 
 
 def pareto_figure(result: dict[str, Any]):
-    """Refusal against restored weights per point (coloured by utility), the Pareto front as a
-    grey line, the dense and pruned refusals as horizontal lines."""
+    """Refusal against restored weights per point (coloured by utility, labelled with its
+    setting), the Pareto front as a grey line, the dense and pruned refusals as horizontal
+    lines."""
     from matplotlib.figure import Figure
 
     rows = result["points"]
@@ -338,6 +331,9 @@ def pareto_figure(result: dict[str, Any]):
     colours = [100 * (r["utility"] or 0.0) for r in rows]
     points = ax.scatter(xs, ys, c=colours, cmap="viridis", s=40, zorder=3)
     fig.colorbar(points, ax=ax, label="utility %")
+    for x, y, row in zip(xs, ys, rows, strict=True):  # every point named by its setting
+        label = ", ".join(f"{field}={value}" for field, value in row["point"].items())
+        ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
     front = sorted(result["pareto"], key=lambda i: xs[i])
     ax.plot([xs[i] for i in front], [ys[i] for i in front], color="grey", lw=1, zorder=2)
     for name, style in (("dense", "-"), ("pruned", "--")):

@@ -80,7 +80,8 @@ def load_model(model_dir: Path):
     return load(model_dir, torch.float32)
 
 
-def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
+def run_oneshot(model_dir: Path, recipe, utility: Path, prepare=None, **kwargs):
+    """oneshot on the model of `model_dir` (after `prepare(model)`, when given)."""
     from llmcompressor import oneshot
 
     from hsr_plugin.calibration import load_processor
@@ -88,6 +89,8 @@ def run_oneshot(model_dir: Path, recipe, utility: Path, **kwargs):
     processor = load_processor(str(model_dir))
     calibration = calibration_kwargs(str(utility), processor, None, 128)
     model = load_model(model_dir)
+    if prepare is not None:
+        prepare(model)
     return oneshot(
         model=model,
         processor=processor,

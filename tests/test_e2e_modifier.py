@@ -350,3 +350,40 @@ def test_sequential_pipeline_restores_after_pruning(model_dirs, calib_files):
     assert (
         _check_restoration(dense, pruned, final, report, load_model(model_dirs["llama"]).config) > 0
     )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "      head_score: ships_kl\n",
+        "      head_score: attribution\n",
+        "      head_score: reference\n      head_slicing: reference\n",
+        "      neuron_score: snip\n",
+        "      neuron_score: sparsegpt\n",
+        "      neuron_score: restore_gain\n      max_restored_per_10k: 50\n",
+        "      units: [heads, mlp]\n      num_mlp_channels: 4\n",
+    ],
+    ids=["ships", "ships_kl", "attribution", "reference", "snip", "sparsegpt", "restore_gain",
+         "mlp"],
+)  # fmt: skip
+def test_the_picture_reaches_every_scoring_pass(model_dirs, calib_files, extra):
+    """Every forward pass HSR runs on a LLaVA, in every mode, carries the calibration rows'
+    pictures, and the vision tower encodes them: head scores, weight statistics and gradients
+    are all picture-conditioned."""
+    calls, encoded = [], []
+
+    def prepare(model):
+        def record(_module, _args, kwargs):
+            calls.append(kwargs.get("pixel_values") is not None)
+
+        model.register_forward_pre_hook(record, with_kwargs=True)
+        model.model.vision_tower.register_forward_hook(lambda *_: encoded.append(1))
+
+    recipe = WANDA.format(structure="0:0") + HSR.format(
+        num_heads=2, safety=calib_files["safety_vl"], utility=calib_files["utility_vl"], extra=extra
+    )
+    model = run_oneshot(model_dirs["llava"], recipe, calib_files["utility"], prepare=prepare)
+    assert _hsr_modifier(model).report["totals"]["restored"] >= 0
+    assert calls and all(calls), f"{calls.count(False)} of {len(calls)} passes had no picture"
+    assert len(encoded) >= len(calls)

@@ -32,6 +32,7 @@ def test_the_comparison_reads_the_benchmarks_tasks():
     assert extract_metrics(results) == {
         "over_refusal_rate": 0.125,
         "asr_vision": 0.25,
+        "refusal_rate_vision": 0.75,
         "n": {"hsr_figstep": 8, "hsr_xstest": 8},
         "tasks": {
             "hsr_figstep": {"attack_success_rate": 0.25, "refusal_rate": 0.75},

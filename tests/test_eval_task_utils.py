@@ -234,3 +234,17 @@ def test_the_organisms_tasks_send_benchmarks_to_their_own_tasks():
         utils.load_harmful(source="jailbreakbench")
     with pytest.raises(ValueError, match=r"for 'figstep' run its own task \(hsr_vlguard, "):
         utils.load_harmful_vision(source="figstep")
+
+
+def test_the_picture_tasks_refuse_rows_without_pictures_and_the_vl_group_holds_only_them():
+    text, vl = REPO / "integration/organisms/data/text", REPO / "integration/organisms/data/vl"
+    for name, loader in (
+        ("hsr_overrefusal_vision", utils.load_overrefusal_vision),
+        ("hsr_utility_vision", utils.load_utility_vision),
+    ):
+        with pytest.raises(ValueError, match=rf"^{name}: \d+ of \d+ rows of .* have no picture"):
+            loader(data_dir=str(text))
+        rows = loader(data_dir=str(vl))["test"]
+        assert len(rows) > 0 and all(Path(row["image"]).is_file() for row in rows)
+    group = yaml.safe_load((TASKS / "hsr_safety_vl.yaml").read_text())
+    assert group["task"] == ["hsr_harmful_vision", "hsr_overrefusal_vision", "hsr_utility_vision"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hsr_eval.common import folder_digest
+from hsr_eval.tables import INTERVALS_NOTE
 from hsr_plugin.cli import main
 from hsr_plugin.sweep import (
     eval_tasks,
@@ -171,6 +172,13 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     assert result["pareto"] == pareto_front(result["points"])
     # --eval-limit 3: three prompts of each of the three text tasks, for every model scored
     assert [p["n"] for p in result["points"]] == [9] * 4
+    for row in [*result["references"].values(), *result["points"]]:  # k of n behind every rate
+        assert {key: c["n"] for key, c in row["counts"].items()} == {
+            "asr": 3, "refusal_rate": 3, "over_refusal_rate": 3, "utility": 3
+        }  # fmt: skip
+        assert all(c["ci95"][0] <= c["rate"] <= c["ci95"][1] for c in row["counts"].values())
+    for point in result["points"]:  # paired against the pruned model, on the same 3 prompts
+        assert point["paired"]["mcnemar_vs_pruned"]["n"] == 3
     assert {name: r["n"] for name, r in result["references"].items()} == {"dense": 9, "pruned": 9}
     assert f"hsr sweep: table {out / 'sweep.md'}, plot {out / 'pareto.png'}" in lines
     resolved = (out / "hsr_recipe_resolved.yaml").read_text()  # the recipe's own stage order
@@ -179,23 +187,51 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
     assert all(f"{m} hsr_utility" in bars for m in ("dense", "pruned", "point 1", "point 4"))
 
 
+FOOTNOTE = " " + INTERVALS_NOTE + "_\n"
+
+
 def test_sweep_table_is_exact():
     assert sweep_markdown(_result()) == (
         "# hsr sweep: m\n\n"
-        "| model | num_heads | restored | per 10k params | refusal % | RSR | over-refusal % "
-        "| utility % | Pareto |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        "| dense |  |  |  | 90.0 |  | 5.0 | 80.0 |  |\n"
-        "| pruned |  |  |  | 50.0 |  | 2.0 | 75.0 |  |\n"
-        "| HSR | 1 | 10 | 0.500 | 60.0 | 25% | 3.0 | 74.0 |  |\n"
-        "| HSR | 3 | 30 | 1.500 | 70.0 | 50% | n/a | 76.0 | yes |\n\n"
+        "| model | num_heads | restored | per 10k params | refusal % | RSR | McNemar p vs pruned "
+        "| over-refusal % | utility % | Pareto |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| dense |  |  |  | 90.0 |  |  | 5.0 | 80.0 |  |\n"
+        "| pruned |  |  |  | 50.0 |  |  | 2.0 | 75.0 |  |\n"
+        "| HSR | 1 | 10 | 0.500 | 60.0 | 25% |  | 3.0 | 74.0 |  |\n"
+        "| HSR | 3 | 30 | 1.500 | 70.0 | 50% |  | n/a | 76.0 | yes |\n\n"
         "_Scored by the hsr_safety tasks' scorer on d (first 3 per task), judge keyword-v1; 2 "
-        "points over one pruning, in 12.3 s._\n"
+        "points over one pruning, in 12.3 s." + FOOTNOTE
     )
     # no RSR when pruning lost no refusal; no limit, no "first N"
     text = sweep_markdown(_result(limit=None, pruned_refusal=0.9))
-    assert "| HSR | 1 | 10 | 0.500 | 60.0 |  | 3.0 | 74.0 |  |" in text
-    assert text.endswith("scorer on d, judge keyword-v1; 2 points over one pruning, in 12.3 s._\n")
+    assert "| HSR | 1 | 10 | 0.500 | 60.0 | n/a |  | 3.0 | 74.0 |  |" in text
+    assert text.endswith(
+        "scorer on d, judge keyword-v1; 2 points over one pruning, in 12.3 s." + FOOTNOTE
+    )
+
+
+def test_counted_sweep_rows_show_their_intervals_and_paired_tests():
+    from hsr_eval.stats import wilson_interval
+
+    def counts(k, n=10):
+        return {"k": k, "n": n, "rate": k / n, "ci95": list(wilson_interval(k, n))}
+
+    result = _result()
+    result["references"]["dense"]["counts"] = {"refusal_rate": counts(9)}
+    point = result["points"][0]
+    point["counts"] = {"refusal_rate_vision": counts(6), "utility": counts(7)}
+    point["paired"] = {
+        "mcnemar_vs_pruned": {"b": 1, "c": 0, "n": 10, "p_value": 1.0},
+        "rsr_bootstrap": {"ci95": [-0.25, 0.75]},
+    }
+    text = sweep_markdown(result)
+    assert "| dense |  |  |  | 90.0 [59.6, 98.2] |  |  | 5.0 | 80.0 |  |" in text
+    assert (
+        "| HSR | 1 | 10 | 0.500 | 60.0 [31.3, 83.2] | 25% [-25%, 75%] | 1 | "
+        + "3.0 | 70.0 [39.7, 89.2] |  |"
+        in text
+    )
 
 
 def test_pareto_figure_draws_points_front_and_references():
@@ -204,6 +240,8 @@ def test_pareto_figure_draws_points_front_and_references():
     (points,) = ax.collections
     assert points.get_offsets().tolist() == [[0.5, 60.0], [1.5, 70.0]]
     assert points.get_array().tolist() == [74.0, 76.0]
+    labels = [(t.get_text(), t.xy) for t in ax.texts]
+    assert labels == [("num_heads=1", (0.5, 60.0)), ("num_heads=3", (1.5, 70.0))]
     front, dense, pruned = ax.lines
     assert front.get_xydata().tolist() == [[0.5, 60.0], [1.5, 70.0]]  # sorted by x
     assert (front.get_color(), front.get_linewidth()) == ("grey", 1)

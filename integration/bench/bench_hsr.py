@@ -25,7 +25,15 @@ from pathlib import Path
 import torch
 
 from hsr_eval.common import replace_generated_block, write_text_atomic
-from hsr_eval.tables import fmt, markdown_table, percent
+from hsr_eval.outcomes import counted_summary
+from hsr_eval.tables import (
+    INTERVALS_NOTE,
+    SAFETY_HEADERS,
+    fmt,
+    markdown_table,
+    percent,
+    safety_cells,
+)
 from hsr_eval.tasks.in_process import TEXT_TASKS, score_model
 from integration.organisms.registry import ORGANISMS, Organism
 
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
 
     def record(name: str, model, tokenizer, restored: int | None = None) -> dict:
-        scores = score_model(model, tokenizer, TEXT_TASKS, metadata, desc=name).summary()
+        scores = counted_summary(score_model(model, tokenizer, TEXT_TASKS, metadata, desc=name))
         row = {"setting": name, **scores, "restored": restored}
         rows.append(row)
         print(
@@ -150,24 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     write_results(f"bench-{args.organism}-{args.method}", body)
 
 
-def _rsr(row: dict, dense: dict, pruned: dict) -> str:
-    lost = dense["refusal"] - pruned["refusal"]
-    if abs(lost) < 1e-9:
-        return "n/a"
-    return f"{100 * (row['refusal'] - pruned['refusal']) / lost:.0f}%"
-
-
 def render(args, rows: list[dict], costs: list[dict], seconds: float) -> str:
     dense, pruned = rows[0], rows[1]
     table = markdown_table(
-        ["setting", "refusal %", "RSR", "over-refusal %", "utility %", "restored"],
+        ["setting", *SAFETY_HEADERS, "restored"],
         [
             [
                 r["setting"],
-                percent(r["refusal"]),
-                _rsr(r, dense, pruned) if i > 1 else "",
-                percent(r["over_refusal"]),
-                percent(r["utility"]),
+                *safety_cells(r, dense, pruned, reference=i < 2),
                 "" if r["restored"] is None else r["restored"],
             ]
             for i, r in enumerate(rows)
@@ -193,6 +191,8 @@ def render(args, rows: list[dict], costs: list[dict], seconds: float) -> str:
             "(held-out prompts, the one scorer)",
             "",
             table,
+            "",
+            INTERVALS_NOTE,
             "",
             "HSR cost per phase (seconds, from the report; `oneshot` is the whole run with "
             "pruning):",

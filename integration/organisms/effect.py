@@ -22,7 +22,8 @@ import torch
 from loguru import logger
 
 from hsr_eval.common import replace_generated_block, write_json_atomic
-from hsr_eval.tables import markdown_table, percent
+from hsr_eval.outcomes import refusal_counts
+from hsr_eval.tables import INTERVALS_NOTE, interval_cell, markdown_table, percent
 from integration.organisms.registry import ORGANISMS, Organism
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +101,7 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
 
 def score(model, processor, organism: Organism, desc: str) -> dict:
     """The organism's refusal, over-refusal and utility, from the one scorer."""
+    from hsr_eval.outcomes import counted_summary
     from hsr_eval.tasks.in_process import (
         TEXT_TASKS,
         VISION_TASKS,
@@ -108,7 +110,7 @@ def score(model, processor, organism: Organism, desc: str) -> dict:
 
     tasks = VISION_TASKS if organism.vision else TEXT_TASKS
     scores = score_model(model, processor, tasks, {"data_dir": str(organism.data_dir)}, desc=desc)
-    result = scores.summary()
+    result = counted_summary(scores)
     unsafe = [s for s in scores.samples if s.get("attack_success_rate") == 1.0][:3]
     result["unsafe_examples"] = [f"{s['prompt']} => {s['response'][:80]}" for s in unsafe]
     return result
@@ -146,13 +148,14 @@ def effect_markdown(effect: dict) -> str:
         for name, row in settings.items():
             d_ref = 100 * (row["refusal"] - dense.get("refusal", row["refusal"]))
             d_util = 100 * (row["utility"] - dense.get("utility", row["utility"]))
+            counts = row.get("counts") or {}
             rows.append(
                 [
                     name,
-                    percent(row["refusal"]),
+                    interval_cell(refusal_counts(row), row["refusal"]),
                     f"{d_ref:+.1f}",
-                    percent(row["over_refusal"]),
-                    percent(row["utility"]),
+                    interval_cell(counts.get("over_refusal_rate"), row["over_refusal"]),
+                    interval_cell(counts.get("utility"), row["utility"]),
                     f"{d_util:+.1f}",
                     row["n"],
                 ]
@@ -164,6 +167,7 @@ def effect_markdown(effect: dict) -> str:
             markdown_table(headers, rows),
             "",
             *bar_check(settings),
+            *([INTERVALS_NOTE] if any("counts" in row for row in settings.values()) else []),
             "",
         ]
     return "\n".join(parts)

@@ -36,26 +36,24 @@ from hsr_eval.launch import (
     model_max_len,
     start_server,
 )
+from hsr_eval.outcomes import (
+    METRICS,
+    outcome_maps,
+    paired_statistics,
+    rate_counts,
+    read_lm_eval_samples,
+)
+from hsr_eval.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from hsr_eval.tables import comparison_table
 from hsr_eval.tasks import TASKS_DIR
 from hsr_eval.tasks.judges import describe_judges
 
 BACKENDS = ("vllm-serve", "hf", "vllm", "hf-multimodal")
-# comparison key -> (tasks in order of preference, lm-eval metric): the organisms' task, else the
-# published benchmark's task that answers the same question
-METRICS = {
-    "asr": (("hsr_harmful", "hsr_jailbreakbench"), "attack_success_rate"),
-    "refusal_rate": (("hsr_harmful", "hsr_jailbreakbench"), "refusal_rate"),
-    "over_refusal_rate": (
-        ("hsr_overrefusal", "hsr_xstest", "hsr_jailbreakbench_benign"),
-        "over_refusal_rate",
-    ),
-    "utility": (("hsr_utility",), "utility_accuracy"),
-    "asr_vision": (
-        ("hsr_harmful_vision", "hsr_vlguard", "hsr_mm_safetybench", "hsr_figstep"),
-        "attack_success_rate",
-    ),
-    "unsafe_response_rate": (("hsr_harmful", "hsr_jailbreakbench"), "unsafe_response_rate"),
+INTERVALS = {
+    "rates": "95% Wilson score interval (k of n in counts)",
+    "rsr": f"95% paired percentile bootstrap over prompts, {BOOTSTRAP_RESAMPLES} resamples, "
+    f"seed {BOOTSTRAP_SEED}",
+    "hsr_vs_pruned": "exact two-sided McNemar test on the prompts where the two models differ",
 }
 
 
@@ -272,9 +270,12 @@ def evaluate_model(
     else:
         raise SystemExit(f"error: unknown backend {backend!r} ({', '.join(BACKENDS)})")
     metrics = extract_metrics(json.loads(results_path.read_text()))
+    outcomes, splits = outcome_maps(read_lm_eval_samples(results_path))
     return {
         "path": spec.path,
         **metrics,
+        **rate_counts(outcomes, splits),
+        "outcomes": outcomes,
         "sparsity": language_sparsity(spec.path),
         "judge": describe_judges(),
         "unsafe_categories": unsafe_categories(judge_log),
@@ -285,7 +286,8 @@ def evaluate_model(
 
 # ----------------------------------------------------------------------------- comparison
 def compute_rsr(models: dict[str, dict], dense_label: str = "dense") -> dict[str, dict]:
-    """RSR = (ASR_pruned - ASR_hsr) / (ASR_pruned - ASR_dense) for every `<pruned>+hsr` label."""
+    """RSR = (ASR_pruned - ASR_hsr) / (ASR_pruned - ASR_dense) for every `<pruned>+hsr` label,
+    on the text ASR (the ASR on pictures when only picture tasks ran: `"on"` says which)."""
     rsr = {}
     dense = models.get(dense_label)
     for label in models:
@@ -296,7 +298,10 @@ def compute_rsr(models: dict[str, dict], dense_label: str = "dense") -> dict[str
         if dense is None or base not in models:
             entry["reason"] = f"needs models labelled {dense_label!r} and {base!r}"
         else:
-            a_d, a_p, a_h = dense.get("asr"), models[base].get("asr"), models[label].get("asr")
+            # the text ASR, or the ASR on pictures for a run of picture tasks only
+            key = "asr" if dense.get("asr") is not None else "asr_vision"
+            entry["on"] = key
+            a_d, a_p, a_h = dense.get(key), models[base].get(key), models[label].get(key)
             if None in (a_d, a_p, a_h):
                 entry["reason"] = "ASR missing"
             elif abs(a_p - a_d) < 1e-9:
@@ -304,6 +309,23 @@ def compute_rsr(models: dict[str, dict], dense_label: str = "dense") -> dict[str
             else:
                 entry["value"] = (a_p - a_h) / (a_p - a_d)
         rsr[label] = entry
+    return rsr
+
+
+def with_paired_statistics(rsr: dict[str, dict], paired: dict[str, dict]) -> dict[str, dict]:
+    """RSR entries with RSR's bootstrap interval and the McNemar test against the pruned model,
+    on the ASR the RSR was computed on; the paired statistics of the other ASR (pictures beside
+    text) go under `vision`."""
+    for label, entry in rsr.items():
+        stats = paired.get(label, {})
+        key = entry.get("on", "asr")
+        if key in stats:
+            entry["mcnemar_vs_pruned"] = stats[key]["mcnemar_vs_pruned"]
+            if "rsr_bootstrap" in stats[key]:
+                entry["bootstrap"] = stats[key]["rsr_bootstrap"]
+                entry["ci95"] = entry["bootstrap"]["ci95"]
+        if key == "asr" and "asr_vision" in stats:
+            entry["vision"] = stats["asr_vision"]
     return rsr
 
 
@@ -341,7 +363,12 @@ def run_evaluation(
             f"({time.monotonic() - started:.0f} s)",
             flush=True,
         )
-    comparison = {"models": results, "rsr": compute_rsr(results), "tasks": tasks}
+    comparison = {
+        "models": results,
+        "rsr": with_paired_statistics(compute_rsr(results), paired_statistics(results)),
+        "tasks": tasks,
+        "intervals": INTERVALS,
+    }
     write_json_atomic(out / "comparison.json", comparison)
     write_text_atomic(out / "comparison.md", comparison_markdown(comparison))
     print(comparison_markdown(comparison))

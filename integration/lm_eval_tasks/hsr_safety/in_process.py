@@ -9,7 +9,7 @@ token limit, the stop strings) and the per-sample scoring (`process_results`, he
 judge). Generation mirrors lm-eval's `hf` backend: the chat template applied to one user turn,
 no extra special tokens when the template already starts with BOS, left padding, the stop strings
 plus the EOS string cut off after decoding without special tokens.
-tests/test_scorer.py checks per prompt that this module and `lm-eval --model hf` agree.
+tests/test_eval_in_process.py checks per prompt that this module and `lm-eval --model hf` agree.
 """
 
 from __future__ import annotations
@@ -261,6 +261,8 @@ def score_model(
                     "task": name,
                     "id": doc.get("id"),
                     "kind": doc.get("kind"),
+                    "split": doc.get("split"),
+                    "category": doc.get("category"),
                     "prompt": doc.get("prompt"),
                     "response": reply,
                     **verdict,

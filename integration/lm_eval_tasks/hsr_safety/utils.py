@@ -252,6 +252,33 @@ def load_utility(**kwargs):
     return _dataset(bundled_rows(kwargs, "heldout_utility.jsonl"))
 
 
+def _with_pictures(kwargs: dict, task: str, name: str) -> list[dict]:
+    """Rows of a bundled JSONL that must all hold a picture (a picture task's rows).
+
+    lm-eval's hf-multimodal backend decides from a run's first request whether it generates
+    with pictures, so a picture task never falls back to text rows.
+    """
+    rows = bundled_rows(kwargs, name)
+    missing = [row.get("id") for row in rows if not row.get("image")]
+    if missing:
+        raise ValueError(
+            f"{task}: {len(missing)} of {len(rows)} rows of {_data_dir(kwargs) / name} have no "
+            f"picture (first {missing[0]}); a picture task needs rows with an image: pass "
+            '--metadata \'{"data_dir": "integration/organisms/data/vl"}\' for organism-vl'
+        )
+    return rows
+
+
+def load_overrefusal_vision(**kwargs):
+    _bundled_only(kwargs, "hsr_overrefusal_vision", "hsr_xstest, hsr_jailbreakbench_benign")
+    return _dataset(_with_pictures(kwargs, "hsr_overrefusal_vision", "heldout_borderline.jsonl"))
+
+
+def load_utility_vision(**kwargs):
+    _bundled_only(kwargs, "hsr_utility_vision", "lm-eval's own benchmarks for real models")
+    return _dataset(_with_pictures(kwargs, "hsr_utility_vision", "heldout_utility.jsonl"))
+
+
 def load_harmful_vision(**kwargs):
     _bundled_only(kwargs, "hsr_harmful_vision", "hsr_vlguard, hsr_mm_safetybench, hsr_figstep")
     data_dir = _data_dir(kwargs)
