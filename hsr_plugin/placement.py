@@ -44,7 +44,7 @@ class Placement:
     device: torch.device | None = None  # where inputs go, once placed
 
 
-def _device_memory() -> dict[torch.device, int]:
+def available_device_memory() -> dict[torch.device, int]:
     """Memory per device that `dispatch_model` may fill (compressed-tensors' own query)."""
     from compressed_tensors.offload.dispatch import get_device_memory
 
@@ -151,7 +151,7 @@ def execution_placement(
         for module in model.modules()
     }
     try:
-        dispatch_model(model, device_memory or _device_memory(), extra_memory)
+        dispatch_model(model, device_memory or available_device_memory(), extra_memory)
         device = execution_device(model)
         logger.info(f"HSR dispatched the model to {device} for scoring ({placement.reason})")
         yield replace(placement, device=device)

@@ -10,10 +10,9 @@ import torch
 
 from hsr_plugin import placement
 from hsr_plugin.attribution import score_heads
-from hsr_plugin.calibration import load_processor
 from tests.helpers import (
-    load_model,
     log_messages,
+    run_oneshot,
     scoring_setup,
 )
 
@@ -127,11 +126,9 @@ def test_oneshot_on_an_offloaded_model_is_bit_identical(model_dirs, calib_files,
     execution device by an explicit device-memory map) gives the same head scores and the same
     restored weights as the plain model; so does a CPU model that HSR dispatches itself."""
     from compressed_tensors.offload import dispatch_model
-    from llmcompressor import oneshot
     from llmcompressor.core import active_session
 
     from hsr_plugin import HSRModifier
-    from hsr_plugin.oneshot_data import calibration_kwargs
     from tests.helpers import HSR, WANDA
 
     model_dir = model_dirs["llama"]
@@ -141,19 +138,9 @@ def test_oneshot_on_an_offloaded_model_is_bit_identical(model_dirs, calib_files,
         utility=calib_files["utility"],
         extra=HSR_EXTRA.format(score=score),
     )
-    processor = load_processor(str(model_dir))
 
     def run(prepare):
-        model = load_model(model_dir)
-        prepare(model)
-        oneshot(
-            model=model,
-            processor=processor,
-            recipe=recipe,
-            max_seq_length=128,
-            shuffle_calibration_samples=False,
-            **calibration_kwargs(str(calib_files["utility"]), processor, None, 128),
-        )
+        model = run_oneshot(model_dir, recipe, calib_files["utility"], prepare=prepare)
         mods = active_session().lifecycle.recipe.modifiers
         report = next(m for m in mods if isinstance(m, HSRModifier)).report
         weights = {}
@@ -172,7 +159,9 @@ def test_oneshot_on_an_offloaded_model_is_bit_identical(model_dirs, calib_files,
     assert offload_report["scoring"]["placement"] == "already dispatched by compressed-tensors"
     with (
         mock.patch.object(placement, "accelerator_device", lambda: torch.device("cpu")),
-        mock.patch.object(placement, "_device_memory", lambda: {torch.device("cpu"): 8 << 30}),
+        mock.patch.object(
+            placement, "available_device_memory", lambda: {torch.device("cpu"): 8 << 30}
+        ),
     ):
         self_report, self_dispatched = run(lambda m: None)
     assert self_report["scoring"]["placement"].startswith("on the CPU while")
