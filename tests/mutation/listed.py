@@ -173,8 +173,8 @@ MUTANTS = [
     Mutant(
         "o_proj ablation as a forward hook on the output rows",
         "hsr_plugin/ablation.py",
-        '        ("o", "forward_pre", _scale_input(spans, eps)),',
-        '        ("o", "forward", _scale_output(spans, eps)),',
+        '        (output, "forward_pre", _scale_input(spans(output_band), eps)),',
+        '        (output, "forward", _scale_output(spans(output_band), eps)),',
         MATH,
     ),
     Mutant(
