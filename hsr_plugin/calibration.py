@@ -11,12 +11,15 @@ A set is named by one string, resolved in this order:
 
 Our JSONL row:
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}],
-     "image": "optional path relative to the file"}
+     "image": "optional path relative to the file, or a data:image/...;base64, URI"}
 The last assistant turn is the response whose tokens are scored.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import random
 from collections.abc import Iterable
@@ -51,7 +54,7 @@ ROLES = ("system", "user", "assistant")
 @dataclass(frozen=True)
 class Conversation:
     messages: tuple[dict, ...]
-    image: Path | None = None
+    image: Path | bytes | None = None  # a picture file, or an embedded picture's encoded bytes
     source: str = ""  # "file:line", for error messages
 
 
@@ -191,6 +194,27 @@ def _flatten_parts(content: Any, where: str) -> tuple[Any, list[Any]]:
     return "\n".join(t for t in texts if t.strip()), pictures
 
 
+def embedded_picture(uri: str, where: str) -> bytes:
+    """The encoded picture of a `data:image/<type>;base64,<data>` URI (checked: it decodes)."""
+    header, comma, data = uri.partition(",")
+    if not (comma and header.startswith("data:image/") and header.endswith(";base64")):
+        raise InvalidInputError(
+            f"{where}: an embedded picture is data:image/<type>;base64,<data>, got {uri[:40]!r}"
+        )
+    try:
+        encoded = base64.b64decode(data, validate=True)
+    except binascii.Error as error:
+        raise InvalidInputError(f"{where}: the embedded picture is not base64: {error}") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidInputError(f"{where}: the embedded picture does not decode: {error}") from None
+    return encoded
+
+
 def parse_conversation(messages: Any, image: Any, root: Path, where: str) -> Conversation:
     """One validated conversation from a row's `messages` (and picture), named by `where`."""
     if not isinstance(messages, list) or not messages:
@@ -234,7 +258,9 @@ def parse_conversation(messages: Any, image: Any, root: Path, where: str) -> Con
     image_path = None
     if image is not None and not isinstance(image, str):
         raise InvalidInputError(f"{where}: 'image' must be a path (a string), got {image!r}")
-    if image:
+    if image and image.startswith("data:"):
+        image_path = embedded_picture(image, where)
+    elif image:
         image_path = (root / image).resolve()
         if not image_path.is_file():
             raise InvalidInputError(f"{where}: image {image_path} does not exist")
@@ -461,7 +487,8 @@ def _render_one(
     if conv.image is not None:
         from PIL import Image
 
-        with Image.open(conv.image) as img:
+        source = io.BytesIO(conv.image) if isinstance(conv.image, bytes) else conv.image
+        with Image.open(source) as img:
             image = img.convert("RGB")
         full = processor(
             text=[full_text], images=[image], return_tensors="pt", add_special_tokens=False

@@ -4,6 +4,7 @@ how they are rendered with each processor, and the errors that name a bad row.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -586,3 +587,53 @@ def test_model_inputs_are_ids_mask_and_extras():
     assert list(inputs) == ["input_ids", "attention_mask", "pixel_values"]
     assert inputs["input_ids"] is ids and inputs["attention_mask"] is mask
     assert inputs["pixel_values"] is pixels
+
+
+@pytest.mark.parametrize("where", ["row", "part"])
+def test_an_embedded_picture_renders_exactly_like_its_file(model_dirs, tmp_path, where):
+    """`"image": "data:image/png;base64,..."` (in the row or in an image part): the file needs
+    no picture beside it."""
+    import base64
+
+    from hsr_plugin.calibration import load_conversations, render_samples
+
+    picture = write_image(tmp_path / "pic.png")
+    uri = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
+    question = {"role": "user", "content": "What is this?"}
+    if where == "part":
+        text = {"type": "text", "text": "What is this?"}
+        question["content"] = [{"type": "image", "image": uri}, text]
+    answer = {"role": "assistant", "content": "A red square."}
+    embedded = {"messages": [question, answer], **({"image": uri} if where == "row" else {})}
+    plain_question = {"role": "user", "content": "What is this?"}
+    on_disk = {"messages": [plain_question, answer], "image": "pic.png"}
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "embedded.jsonl").write_text(json.dumps(embedded) + "\n")
+    (tmp_path / "plain.jsonl").write_text(json.dumps(on_disk) + "\n")
+    processor = load_processor(str(model_dirs["llava"]))
+    (conv,) = load_conversations(str(tmp_path / "elsewhere" / "embedded.jsonl"))
+    assert conv.image == picture.read_bytes()
+    (mine,) = render_samples([conv], processor, 128)
+    (same,) = render_samples(load_conversations(str(tmp_path / "plain.jsonl")), processor, 128)
+    assert torch.equal(mine.input_ids, same.input_ids)
+    assert torch.equal(mine.extra["pixel_values"], same.extra["pixel_values"])
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("data:text/plain;base64,aGk=", "src: an embedded picture is data:image/<type>;base64,"
+         "<data>, got 'data:text/plain;base64,aGk='"),
+        ("data:image/png,rawbytes", "src: an embedded picture is data:image/<type>;base64,<data>, "
+         "got 'data:image/png,rawbytes'"),
+        ("data:image/png;base64,!!!!", "src: the embedded picture is not base64: Only base64 "
+         "data is allowed"),
+        ("data:image/png;base64,aGVsbG8=", "src: the embedded picture does not decode: cannot "
+         "identify image file"),
+    ],
+)  # fmt: skip
+def test_a_bad_embedded_picture_is_one_clear_error(uri, message):
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    with pytest.raises(ValueError) as err:
+        calibration.parse_conversation(messages, uri, Path("."), "src")
+    assert str(err.value).startswith(message)
