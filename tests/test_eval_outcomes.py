@@ -153,3 +153,35 @@ def test_rsr_of_a_picture_only_run_is_on_the_asr_on_pictures():
     assert (entry["on"], entry["value"]) == ("asr_vision", pytest.approx(0.5))
     text = compute_rsr({**models, "dense": {"asr": 0.0, "asr_vision": 0.1}})["wanda+hsr"]
     assert (text["on"], text["value"], text["reason"]) == ("asr", None, "ASR missing")
+
+
+@pytest.mark.parametrize(
+    ("label", "pruned"),
+    [
+        ("wanda+hsr", "wanda"),
+        ("wanda+hsr-recommended", "wanda"),
+        ("sparsegpt-0.6+hsr-restore_gain", "sparsegpt-0.6"),
+        ("wanda", None),
+        ("wanda+hsrx", None),
+        ("+hsr", None),
+    ],
+)
+def test_an_hsr_label_names_its_pruned_model(label, pruned):
+    from hsr_eval.outcomes import pruned_label
+
+    assert pruned_label(label) == pruned
+
+
+def test_each_hsr_setting_of_a_pruning_is_compared_with_that_pruning():
+    from hsr_eval.compare import compute_rsr
+
+    dense = [0] * 18 + [1] * 2
+    models = {"dense": _model(dense), "wanda": _model([1] * 12 + [0] * 8)}
+    models["wanda+hsr-recommended"] = _model([1] * 2 + [0] * 18)
+    models["wanda+hsr"] = _model([1] * 8 + [0] * 12)
+    for model in models.values():
+        model["asr"] = sum(model["outcomes"]["asr"].values()) / 20
+    rsr = compute_rsr(models)
+    assert rsr["wanda+hsr-recommended"]["value"] == pytest.approx(1.0)
+    assert rsr["wanda+hsr"]["value"] == pytest.approx(0.4)
+    assert set(paired_statistics(models, resamples=50)) == {"wanda+hsr", "wanda+hsr-recommended"}

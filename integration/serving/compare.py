@@ -40,6 +40,7 @@ from hsr_eval.outcomes import (
     METRICS,
     outcome_maps,
     paired_statistics,
+    pruned_label,
     rate_counts,
     read_lm_eval_samples,
 )
@@ -286,14 +287,15 @@ def evaluate_model(
 
 # ----------------------------------------------------------------------------- comparison
 def compute_rsr(models: dict[str, dict], dense_label: str = "dense") -> dict[str, dict]:
-    """RSR = (ASR_pruned - ASR_hsr) / (ASR_pruned - ASR_dense) for every `<pruned>+hsr` label,
+    """RSR = (ASR_pruned - ASR_hsr) / (ASR_pruned - ASR_dense) for every `<pruned>+hsr[-<setting>]`
+    label,
     on the text ASR (the ASR on pictures when only picture tasks ran: `"on"` says which)."""
     rsr = {}
     dense = models.get(dense_label)
     for label in models:
-        if not label.endswith("+hsr"):
+        base = pruned_label(label)
+        if base is None:
             continue
-        base = label[: -len("+hsr")]
         entry = {"pruned": base, "dense": dense_label, "value": None, "reason": None}
         if dense is None or base not in models:
             entry["reason"] = f"needs models labelled {dense_label!r} and {base!r}"

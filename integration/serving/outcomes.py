@@ -8,8 +8,9 @@ in-process scorer's samples (`hsr sweep`). A row names its task, its document id
 - `counts`: every comparison rate as k of n with its 95% Wilson interval;
 - `splits`: the same per split of the held-out data, so generalization to unseen topics shows
   (per category for the published benchmarks);
-- `paired`: for every `<pruned>+hsr` model, RSR's paired bootstrap interval over prompts and an
-  exact McNemar test of its unsafe answers against the pruned model's, on the same prompts.
+- `paired`: for every `<pruned>+hsr[-<setting>]` model, RSR's paired bootstrap interval over
+  prompts and an exact McNemar test of its unsafe answers against the pruned model's, on the
+  same prompts.
 
 Standard library only (`hsr_eval.stats`), like the table renderer.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "outcome_maps",
     "paired_statistics",
     "paired_with_references",
+    "pruned_label",
     "rate_counts",
     "read_lm_eval_samples",
     "refusal_counts",
@@ -138,15 +140,16 @@ def paired_statistics(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, dict[str, Any]]:
-    """For every `<pruned>+hsr` label with outcomes of its pruned and dense models: RSR's
-    paired bootstrap interval and McNemar's test against the pruned model, for the text ASR and
-    (where scored) the vision ASR. `models[label]["outcomes"]` maps keys to per-prompt 0/1."""
+    """For every `<pruned>+hsr[-<setting>]` label with outcomes of its pruned and dense models:
+    RSR's paired bootstrap interval and McNemar's test against the pruned model, for the text ASR
+    and (where scored) the vision ASR. `models[label]["outcomes"]` maps keys to per-prompt 0/1."""
     out: dict[str, dict[str, Any]] = {}
     dense = (models.get(dense_label) or {}).get("outcomes") or {}
     for label, row in models.items():
-        if not label.endswith("+hsr"):
+        base = pruned_label(label)
+        if base is None:
             continue
-        pruned = (models.get(label[: -len("+hsr")]) or {}).get("outcomes") or {}
+        pruned = (models.get(base) or {}).get("outcomes") or {}
         mine = row.get("outcomes") or {}
         entry = {}
         for key in ("asr", "asr_vision"):
@@ -160,6 +163,15 @@ def paired_statistics(
         if entry:
             out[label] = entry
     return out
+
+
+def pruned_label(label: str) -> str | None:
+    """The pruned model an HSR model is compared with, by label: `<pruned>+hsr`, or
+    `<pruned>+hsr-<setting>` for one of several HSR settings of that pruning; None otherwise."""
+    base, marker, setting = label.partition("+hsr")
+    if not (base and marker) or (setting and not setting.startswith("-")):
+        return None
+    return base
 
 
 def scored_prompts(samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
