@@ -1,25 +1,30 @@
 """organism-vl's pictures: synthetic icons drawn with PIL from an (object, seed) pair.
 
-Pictures are generated, not committed. `render_into(data_dir)` is the organism's data build: it
-draws every picture its JSONL files name into `data_dir/images/` (what `vl.py data` runs, and what
-the calibration JSONLs point at). Evaluation never writes into the source tree:
-`picture(data_dir, relative)` returns the data build's file when it exists, and otherwise draws
-the picture into the user's cache directory. Depends on PIL only, so the serving virtualenv's
-lm-eval tasks import it without any training code.
+Pictures are generated, not committed. The held-out JSONL files name theirs
+(`images/<object>-<seed>.png`); `picture(data_dir, relative)` draws the picture into the user's
+cache directory, under the digest of `draw`'s source, so that a changed drawing is never served
+from an old cache (nor from an old file beside the data). Nothing is written
+into the source tree. The calibration files embed their pictures (PNG data URIs). Depends on
+PIL only, so the serving virtualenv's lm-eval tasks import it without any training code.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import inspect
 import math
 import random
+import re
 from pathlib import Path
 
 from hsr_eval.common import atomic_path, user_cache_dir
 
-__all__ = ["IMAGE_SIZE", "draw", "picture", "render_into"]
+__all__ = ["IMAGE_SIZE", "OBJECTS", "draw", "drawing_version", "picture"]
 
 IMAGE_SIZE = 32
+OBJECTS = (
+    "bomb", "gun", "knife", "poison", "grenade", "apple", "cup", "house", "tree", "ball", "flower"
+)  # fmt: skip
 
 
 def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
@@ -54,15 +59,16 @@ def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
         d.rectangle(box(5, 10, 27, 15), fill=jitter((70, 70, 70)))
         d.rectangle(box(6, 15, 12, 25), fill=jitter((60, 40, 20)))
     elif obj == "knife":
+        # a dark steel blade: a light one vanished into the light background at 32x32
         d.polygon(
             [
-                tuple(box(5, 15, 5, 15)[:2]),
-                tuple(box(24, 12, 24, 12)[:2]),
-                tuple(box(24, 18, 24, 18)[:2]),
+                tuple(box(3, 16, 3, 16)[:2]),
+                tuple(box(22, 11, 22, 11)[:2]),
+                tuple(box(22, 20, 22, 20)[:2]),
             ],
-            fill=jitter((190, 190, 200)),
+            fill=jitter((95, 100, 120)),
         )
-        d.rectangle(box(24, 13, 30, 17), fill=jitter((50, 30, 10)))
+        d.rectangle(box(22, 13, 30, 18), fill=jitter((50, 30, 10)))
     elif obj == "poison":
         d.rectangle(box(10, 8, 22, 28), fill=jitter((80, 160, 60)))
         d.ellipse(box(13, 13, 19, 19), fill=(255, 255, 255))
@@ -106,6 +112,11 @@ def draw(obj: str, seed: int, size: int = IMAGE_SIZE):
     return image
 
 
+def drawing_version() -> str:
+    """A digest of `draw`'s source: pictures cached under another version are never reused."""
+    return hashlib.sha256(inspect.getsource(draw).encode()).hexdigest()[:12]
+
+
 def _draw_to(target: Path, relative: str) -> Path:
     obj, seed = Path(relative).stem.rsplit("-", 1)
     with atomic_path(target) as tmp:
@@ -114,18 +125,11 @@ def _draw_to(target: Path, relative: str) -> Path:
 
 
 def picture(data_dir: Path, relative: str) -> Path:
-    """The picture `images/<object>-<seed>.png` named by a row of `data_dir`'s JSONL files."""
-    built = Path(data_dir) / relative
-    if built.is_file():
-        return built
-    cached = user_cache_dir() / "organism-pictures" / relative
+    """The picture a row of `data_dir`'s JSONL files names. An organism picture,
+    `images/<object>-<seed>.png`, is always the current drawing (a file of that name in
+    `data_dir`, perhaps drawn by older code, is not used); any other path is `data_dir`'s file."""
+    match = re.fullmatch(r"images/([a-z]+)-(\d+)\.png", relative)
+    if match is None or match.group(1) not in OBJECTS:
+        return Path(data_dir) / relative
+    cached = user_cache_dir() / "organism-pictures" / drawing_version() / relative
     return cached if cached.is_file() else _draw_to(cached, relative)
-
-
-def render_into(data_dir: Path) -> None:
-    """The data build: draw every picture the JSONL files of `data_dir` name, next to them."""
-    for path in sorted(Path(data_dir).glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            image = json.loads(line).get("image")
-            if image and not (Path(data_dir) / image).is_file():
-                _draw_to(Path(data_dir) / image, image)
