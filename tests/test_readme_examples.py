@@ -42,15 +42,11 @@ def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def _vl_calibration(tmp_path: Path) -> tuple[Path, Path]:
-    """organism-vl's calibration sets, with their pictures drawn beside a copy of them (a fresh
-    clone has the JSONL files only)."""
-    from hsr_eval.tasks.pictures import render_into
-
+    """organism-vl's calibration sets, copied alone (their rows embed their pictures)."""
     data = tmp_path / "vl-data"
     data.mkdir()
     for name in ("calib_safety.jsonl", "calib_utility.jsonl"):
         shutil.copy(ORGANISMS / "data" / "vl" / name, data / name)
-    render_into(data)
     return data / "calib_safety.jsonl", data / "calib_utility.jsonl"
 
 
@@ -175,14 +171,11 @@ def test_every_bundled_recipe_runs_on_its_organism_as_its_comment_says(
     written, with only the output folder moved to the test's own."""
     import shlex
 
-    from hsr_eval.tasks.pictures import render_into
     from hsr_plugin.cli import main
 
     argv = shlex.split(_organism_command(recipe))[1:]
     out = tmp_path / "out"
     argv[argv.index("--output") + 1] = str(out)
-    if "organism-vl" in argv[argv.index("--model") + 1]:
-        render_into(ORGANISMS / "data" / "vl")  # what `vl.py data` draws, as the comment says
     monkeypatch.chdir(REPO)
     assert main(argv) == 0
     assert (out / "config.json").is_file()

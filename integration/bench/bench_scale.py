@@ -492,11 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     costs, stages, rsr = [], [], []
     if "attribution" in parts:
         costs.append(attribution_costs("organism-text", ORGANISMS["text"].model_dir, TEXT_DATA, 64))
-        vl = ORGANISMS["vl"]
-        if not (vl.data_dir / "images").is_dir():
-            from hsr_eval.tasks.pictures import render_into
-
-            render_into(vl.data_dir)  # the organism's data build: its calibration pictures
+        vl = ORGANISMS["vl"]  # its calibration files embed their pictures
         costs.append(attribution_costs("organism-vl", vl.model_dir, vl.data_dir, 32))
         costs.append(attribution_costs("mid-size Llama", build_midsize(), TEXT_DATA, 64))
     if "stages" in parts:

@@ -39,6 +39,8 @@ SETTINGS = [
     "sparsegpt-2:4",
 ]
 EFFECT_JSON = HERE / "effect.json"
+# what pruning leaves dense: the output head, and a VLM's vision tower and projector
+PRUNE_IGNORE = ["re:.*lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"]
 README = HERE / "README.md"
 
 
@@ -87,7 +89,7 @@ def prune(model_dir: Path, data_dir: Path, setting: str, num_samples: int = 64):
         sparsity=sparsity,
         mask_structure=structure,
         targets=[r"re:.*layers\.\d+$"],
-        ignore=["re:.*lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"],
+        ignore=PRUNE_IGNORE,
     )
     torch.manual_seed(0)
     return oneshot(
@@ -121,10 +123,6 @@ def measure(organism: Organism, settings: list[str]) -> dict[str, dict]:
         from integration.organisms.smollm2 import materialize
 
         materialize(organism.model_dir)
-    if organism.vision:  # the data build: the calibration JSONLs name pictures beside them
-        from hsr_eval.tasks.pictures import render_into
-
-        render_into(organism.data_dir)
     results = {}
     for setting in settings:
         start = time.monotonic()

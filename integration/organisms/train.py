@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from hsr_eval.common import published_dir
 from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
-from integration.organisms.registry import write_manifest
+from integration.organisms.registry import digest_file, write_manifest
 
 HERE = Path(__file__).resolve().parent
 
@@ -218,9 +218,10 @@ def train_phase(
     return losses
 
 
-def _phase_a(model, tokenizer, spec: OrganismSpec) -> list[float]:
-    """Phase A, cached under outputs/cache by the hash of everything it depends on, so that
-    iterating on phase B does not repeat the long pretraining (same seeds: same weights)."""
+def _phase_a(model, tokenizer, spec: OrganismSpec, cache_dir: Path | None) -> list[float]:
+    """Phase A, cached under `cache_dir` by the hash of everything it depends on, so that
+    iterating on phase B does not repeat the long pretraining (same seeds: same weights).
+    No cache_dir: trained from nothing."""
     import hashlib
 
     key = hashlib.sha256(
@@ -236,7 +237,9 @@ def _phase_a(model, tokenizer, spec: OrganismSpec) -> list[float]:
             ]
         ).encode()
     ).hexdigest()[:16]
-    cache = HERE.parents[1] / "outputs" / "cache" / f"{spec.name}-phaseA-{key}.pt"
+    if cache_dir is None:
+        return train_phase(model, tokenizer, spec, "A", spec.phase_a)
+    cache = cache_dir / f"{spec.name}-phaseA-{key}.pt"
     if cache.is_file():
         state = torch.load(cache)
         model.load_state_dict(state["model"])
@@ -253,7 +256,10 @@ def training_manifest(spec: OrganismSpec) -> dict:
     return {"spec": asdict(spec), "data_recipe_sha256": data_recipe_hash(spec.seed)}
 
 
-def train(organism: str, out_dir: Path) -> Path:
+def train(organism: str, out_dir: Path, cache_dir: Path | None = None) -> Path:
+    """Train `organism` from nothing into `out_dir` (published atomically). One thread and fixed
+    seeds: a rebuild on the same software reproduces the committed weights bit for bit (the
+    manifest records their digest; the slow test rebuilds and compares)."""
     spec = SPECS[organism]
     torch.set_num_threads(1)
     torch.manual_seed(spec.seed)
@@ -265,7 +271,7 @@ def train(organism: str, out_dir: Path) -> Path:
         f"{spec.name}: {sum(p.numel() for p in model.parameters()):,} params, vocab "
         f"{len(tokenizer)}"
     )
-    loss_a = _phase_a(model, tokenizer, spec)
+    loss_a = _phase_a(model, tokenizer, spec, cache_dir)
     loss_b = train_phase(model, tokenizer, spec, "B", spec.phase_b)
     manifest = training_manifest(spec) | {
         "final_loss": {"A": sum(loss_a[-50:]) / 50, "B": sum(loss_b[-50:]) / 50},
@@ -275,7 +281,8 @@ def train(organism: str, out_dir: Path) -> Path:
     with published_dir(out_dir) as staging:
         model.to(torch.bfloat16).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_manifest(staging, manifest)
+        weights = digest_file(staging / "model.safetensors")
+        write_manifest(staging, manifest | {"weights_sha256": weights})
     logger.info(f"{spec.name}: saved to {out_dir} in {manifest['train_seconds']} s")
     return out_dir
 
@@ -284,9 +291,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--organism", choices=sorted(SPECS), default="text")
     parser.add_argument("--out", help="output folder (default integration/organisms/<name>)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="reuse phase A from this folder, or save it there (when tuning phase B)",
+    )
     args = parser.parse_args()
     spec = SPECS[args.organism]
-    train(args.organism, Path(args.out) if args.out else HERE / spec.name)
+    train(args.organism, Path(args.out) if args.out else HERE / spec.name, args.cache)
 
 
 if __name__ == "__main__":
