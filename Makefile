@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench bench-scale bench-gain support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench bench-scale bench-gain bench-gain-vl support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -48,6 +48,10 @@ bench-scale: compress-venv
 # restore_gain, the budget and MLP realignment against the paper's default: ~10 min here
 bench-gain: compress-venv
 	$(VENV)/bin/python -m integration.bench.bench_gain
+
+# the same on organism-vl's pictures, with the ceilings and where the damage sits: ~25 min here
+bench-gain-vl: compress-venv
+	$(VENV)/bin/python -m integration.bench.bench_gain --organism vl --prunings wanda:0.5
 
 # every model family x every HSR setting, end to end on tiny models; rewrites README's table
 support-matrix: compress-venv

@@ -42,28 +42,30 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def run_recipe(organism: Organism, method: str, hsr: dict | None, sparsity: float = 0.5):
-    """(model, tokenizer, HSR report or None) of one `oneshot` run: prune, then maybe HSR."""
+    """(model, processor, HSR report or None) of one `oneshot` run: prune, then maybe HSR.
+
+    The language model's decoder layers are pruned; a VLM's vision tower and projector are not
+    (as in `integration/organisms/effect.py`)."""
     from llmcompressor import oneshot
     from llmcompressor.core import active_session
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hsr_plugin import HSRModifier
     from hsr_plugin.oneshot_data import calibration_kwargs
+    from integration.organisms.effect import PRUNE_IGNORE, load
 
-    tokenizer = AutoTokenizer.from_pretrained(organism.model_dir)
+    model, processor = load(organism.model_dir)
     calib = str(organism.data_dir / "calib_utility.jsonl")
-    calibration = calibration_kwargs(calib, tokenizer, 64, 128)
+    calibration = calibration_kwargs(calib, processor, 64, 128)
     cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-    recipe = [cls(sparsity=sparsity, targets=[r"re:.*layers\.\d+$"], ignore=["re:.*lm_head"])]
+    recipe = [cls(sparsity=sparsity, targets=[r"re:.*layers\.\d+$"], ignore=PRUNE_IGNORE)]
     if hsr is not None:
         safety = str(organism.data_dir / "calib_safety.jsonl")
         recipe.append(HSRModifier(safety_data=safety, utility_data=calib, **hsr))
-    model = AutoModelForCausalLM.from_pretrained(organism.model_dir, dtype=torch.float32)
     torch.manual_seed(0)
     model = oneshot(
         model=model,
-        processor=tokenizer,
+        processor=processor,
         recipe=recipe,
         shuffle_calibration_samples=False,
         **calibration,
@@ -72,17 +74,25 @@ def run_recipe(organism: Organism, method: str, hsr: dict | None, sparsity: floa
     if hsr is not None:
         modifiers = active_session().lifecycle.recipe.modifiers
         report = next(m for m in modifiers if isinstance(m, HSRModifier)).report
-    return model, tokenizer, report
+    return model, processor, report
 
 
-def pruned_attention_positions(pruned, dense) -> list[tuple[str, int]]:
+def pruned_positions(pruned, dense, scope: tuple[str, ...] | None = ATTENTION) -> list:
+    """(parameter, flat index) of every weight pruning zeroed in the language model's decoder
+    layers whose name contains one of `scope` (every one of them: None)."""
+    from hsr_eval.common import is_language_weight
+
     dense_params = dict(dense.named_parameters())
     positions = []
     for key, param in pruned.named_parameters():
-        if any(p in key for p in ATTENTION):
+        if is_language_weight(key) and (scope is None or any(p in key for p in scope)):
             mask = (param == 0) & (dense_params[key] != 0)
             positions += [(key, i) for i in mask.flatten().nonzero().flatten().tolist()]
     return positions
+
+
+def pruned_attention_positions(pruned, dense) -> list[tuple[str, int]]:
+    return pruned_positions(pruned, dense, ATTENTION)
 
 
 @torch.no_grad()
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=8, help="HSRModifier.num_heads (default 8)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from transformers import AutoModelForCausalLM
+    from integration.organisms.effect import load
 
     organism = ORGANISMS[args.organism]
     metadata = {"data_dir": str(organism.data_dir)}
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         return row
 
-    dense = AutoModelForCausalLM.from_pretrained(organism.model_dir, dtype=torch.float32)
+    dense, _ = load(organism.model_dir)
     pruned, tokenizer, _ = run_recipe(organism, args.method, None)
     record("dense", dense, tokenizer)
     record(f"{args.method} 50%", pruned, tokenizer)
