@@ -91,10 +91,6 @@ def pruned_positions(pruned, dense, scope: tuple[str, ...] | None = ATTENTION) -
     return positions
 
 
-def pruned_attention_positions(pruned, dense) -> list[tuple[str, int]]:
-    return pruned_positions(pruned, dense, ATTENTION)
-
-
 @torch.no_grad()
 def restore_positions(pruned, dense, positions: list[tuple[str, int]]):
     """A copy of `pruned` with the dense values put back at `positions`."""
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     pruned, tokenizer, _ = run_recipe(organism, args.method, None)
     record("dense", dense, tokenizer)
     record(f"{args.method} 50%", pruned, tokenizer)
-    attention = pruned_attention_positions(pruned, dense)
+    attention = pruned_positions(pruned, dense, ATTENTION)
     reports = {}
     for neuron in ("wanda", "snip"):
         model, _, report = run_recipe(

@@ -353,17 +353,17 @@ def train_model(spec: VLSpec = SPEC, cache: Path | None = None):
     model, processor = build_model(spec)
     rows = build()["train"]
     cached = cache / f"organism-vl-phaseA-{_phase_a_key(spec)}.pt" if cache else None
-    if cached is not None and cached.is_file():
+    reused = cached is not None and cached.is_file()
+    if reused:
         state = torch.load(cached)
         model.load_state_dict(state["model"])
         loss_a = state["losses"]
-        reused = True
         logger.info(f"vl phase A: reused {cached}")
     else:
-        reused = False
         samples = _encode(rows, processor, DATA_DIR, "A", random.Random(spec.seed))
+        order_a = spec.seed + 800  # phase A's batch order, as the committed organism was trained
         loss_a = train_phase(
-            model, samples, spec.steps_a, spec.lr_a, spec, "all", "vl phase A", spec.seed + 800
+            model, samples, spec.steps_a, spec.lr_a, spec, "all", "vl phase A", order_a
         )
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
