@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-real support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -59,6 +59,11 @@ bench-gain: compress-venv
 # the same on organism-vl's pictures, with the ceilings and where the damage sits: ~25 min here
 bench-gain-vl: compress-venv
 	$(VENV)/bin/python -m integration.bench.bench_gain --organism vl --prunings wanda:0.5
+
+# organism-qwen (a real safety-tuned model) on StrongREJECT, HarmBench and HumanEval, served by
+# vLLM: dense, Wanda 50% and HSR settings, with intervals; writes RESULTS.md's bench-real block
+bench-real: venvs real-model
+	$(VENV)/bin/python -m integration.bench.bench_real --fresh $(BENCH_REAL_ARGS)
 
 # every model family x every HSR setting, end to end on tiny models; rewrites README's table
 support-matrix: compress-venv

@@ -41,7 +41,9 @@ def test_the_comparison_reads_the_benchmarks_tasks():
     }
 
 
-def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, monkeypatch):
+@pytest.fixture
+def lm_eval_commands(monkeypatch) -> list[list[str]]:
+    """The lm-eval command lines hsr-compare would run; each stops the model's evaluation."""
     from integration.serving import compare
 
     commands = []
@@ -51,12 +53,43 @@ def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, mo
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(compare, "run_lm_eval", capture)
+    return commands
+
+
+def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, lm_eval_commands):
+    from integration.serving import compare
+
+    commands = lm_eval_commands
     organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
     spec = compare.ModelSpec("dense", str(organism))
     with pytest.raises(RuntimeError, match="stop here"):
         compare.evaluate_model(spec, "vllm", "hsr_safety", tmp_path, None, None, "cpu")
     model_args = commands[0][commands[0].index("--model_args") + 1]
     assert "max_model_len=128," in model_args  # the organism's max_position_embeddings
+
+
+def test_gen_kwargs_reach_lm_eval_and_the_offline_benchmarks_fill_the_comparison(
+    tmp_path, lm_eval_commands
+):
+    from integration.serving import compare
+
+    commands = lm_eval_commands
+    organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
+    spec = compare.ModelSpec("dense", str(organism))
+    with pytest.raises(RuntimeError, match="stop here"):
+        compare.evaluate_model(
+            spec, "hf", "hsr_strongreject", tmp_path, None, None, "cpu", None, "max_gen_toks=64"
+        )
+    assert commands[0][commands[0].index("--gen_kwargs") + 1] == "max_gen_toks=64"
+    metrics = compare.extract_metrics(
+        {
+            "results": {
+                "hsr_strongreject": {"attack_success_rate,none": 0.5, "refusal_rate,none": 0.5},
+                "hsr_humaneval": {"pass_at_1,none": 0.25},
+            }
+        }
+    )
+    assert metrics["asr"] == 0.5 and metrics["code_pass_at_1"] == 0.25
 
 
 def test_sparsity_counts_language_linear_zeros_only(tmp_path):

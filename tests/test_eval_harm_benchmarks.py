@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hsr_eval.common import file_sha256
 from hsr_eval.tasks import harm_benchmarks, utils
-from hsr_eval.tasks.packaged import PackagedFile, file_sha256, packaged_path
+from hsr_eval.tasks.packaged import PackagedFile, packaged_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONGREJECT_HEADER = ["category", "source", "forbidden_prompt"]

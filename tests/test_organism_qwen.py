@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hsr_eval.common import folder_digest
 from integration.organisms import qwen
 from integration.organisms.registry import ORGANISMS, ROOT
 from tests.tiny_gguf import tiny_qwen2, write_tiny_gguf
@@ -42,14 +43,6 @@ def split_into_packages(blob: bytes, site: Path, count: int, tag: str) -> list[q
         (site / module / "__init__.py").write_text("raise RuntimeError('part code ran')\n")
         parts.append(qwen.Part(f"hsr-test-{tag}-part{i}", module, f"data/part{i:02d}.bin"))
     return parts
-
-
-def tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -110,7 +103,7 @@ def test_materialize_publishes_a_plain_checkpoint_through_transformers_gguf_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model, parts, sha256, _, site = split_tiny
-    parts_before = tree_digest(site)
+    parts_before = folder_digest(site)
     out = tmp_path / "organism-qwen"
     assert qwen.materialize(out, parts=parts, sha256=sha256, expected=TINY_EXPECTED) == out
     config = json.loads((out / "config.json").read_text())
@@ -124,7 +117,7 @@ def test_materialize_publishes_a_plain_checkpoint_through_transformers_gguf_path
     )
     assert chat == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
     # the parts are inputs: untouched; the GGUF went to the user's cache, nothing to the checkout
-    assert tree_digest(site) == parts_before
+    assert folder_digest(site) == parts_before
     assert list((tmp_path / "cache" / "gguf").glob("*.gguf"))
     # up to date: a second call publishes nothing new
     stamp = (out / "model.safetensors").stat().st_mtime_ns

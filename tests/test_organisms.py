@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hsr_eval.common import file_sha256
 from hsr_eval.tasks.judge import is_refusal
 from integration.organisms import data as D
-from integration.organisms.registry import digest_file
 from integration.organisms.train import SPECS, training_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_vl_organism_matches_its_script():
 @pytest.mark.parametrize("folder", [ORGANISM, VL], ids=["text", "vl"])
 def test_manifest_records_the_committed_weights_and_no_machine_path(folder):
     manifest = json.loads((folder / "organism.json").read_text())
-    assert manifest["weights_sha256"] == digest_file(folder / "model.safetensors")
+    assert manifest["weights_sha256"] == file_sha256(folder / "model.safetensors")
     config = (folder / "config.json").read_text()
     assert str(REPO) not in config and "/organisms/" not in config, "a machine path leaked"
 
@@ -173,7 +173,7 @@ def test_text_organism_rebuilds_bit_for_bit(tmp_path):
 
     out = train("text", tmp_path / "organism-text")
     committed = json.loads((ORGANISM / "organism.json").read_text())["weights_sha256"]
-    assert digest_file(out / "model.safetensors") == committed
+    assert file_sha256(out / "model.safetensors") == committed
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_vl_organism_rebuilds_bit_for_bit(tmp_path):
     model, processor, manifest = vl.train_model(vl.SPEC)
     out = vl.save(model, processor, manifest, tmp_path / "organism-vl")
     committed = json.loads((VL / "organism.json").read_text())["weights_sha256"]
-    assert digest_file(out / "model.safetensors") == committed
+    assert file_sha256(out / "model.safetensors") == committed
 
 
 def test_vl_pictures_are_deterministic(tmp_path):

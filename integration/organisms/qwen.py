@@ -28,7 +28,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from hsr_eval.common import atomic_path, published_dir, user_cache_dir
+from hsr_eval.common import atomic_path, file_sha256, published_dir, user_cache_dir
 from integration.organisms.registry import ORGANISMS
 
 __all__ = [
@@ -116,21 +116,13 @@ def locate_parts(parts: Sequence[Part] = PARTS) -> list[Path]:
     return found
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def assemble_gguf(part_files: Iterable[Path], target: Path, sha256: str = GGUF_SHA256) -> Path:
     """Concatenate the parts into `target`, atomically, and check the result's SHA-256.
 
     A `target` that already holds the expected bytes is kept. A mismatch leaves nothing behind.
     """
     target = Path(target)
-    if target.is_file() and _sha256_of(target) == sha256:
+    if target.is_file() and file_sha256(target) == sha256:
         return target
     digest = hashlib.sha256()
     with atomic_path(target) as tmp:

@@ -8,14 +8,13 @@ Used by the effect table, the demo and the benchmark. `organism-smollm2` is mate
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from hsr_eval.common import user_cache_dir
 
-__all__ = ["ORGANISMS", "Organism", "digest_file", "write_manifest"]
+__all__ = ["ORGANISMS", "Organism", "write_manifest"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -47,12 +46,3 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     """organism.json: what the tests compare with the training script (spec, data hash)."""
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     (folder / "organism.json").write_text(text, encoding="utf-8")
-
-
-def digest_file(path: Path) -> str:
-    """SHA-256 of one file's bytes (the manifest records its weights' digest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from hsr_eval.common import published_dir
 from integration.organisms.data import SEED, data_recipe_hash, training_mixture
+from integration.organisms.qwen import plain_model
 from integration.organisms.registry import ORGANISMS, write_manifest
 from integration.organisms.train import batches, encode
 
@@ -181,26 +182,13 @@ def materialize(out_dir: Path = MATERIALIZED, force: bool = False) -> Path:
                 spec.alpha / spec.rank
             )
             modules[name].weight += delta
-    model = _plain_copy(model)
+    model = plain_model(model)
     with published_dir(out_dir) as staging:
         model.to(torch.bfloat16).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / ".adapter").write_text(stamp)
     logger.info(f"organism-smollm2: materialized at {out_dir}")
     return out_dir
-
-
-def _plain_copy(model):
-    """The same weights in a model that no longer carries the GGUF quantization marker, which
-    transformers refuses to save: the weights were dequantized on load anyway."""
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    return plain
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hsr_eval.common import published_dir
+from hsr_eval.common import file_sha256, published_dir
 from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
-from integration.organisms.registry import digest_file, write_manifest
+from integration.organisms.registry import write_manifest
 
 HERE = Path(__file__).resolve().parent
 
@@ -281,7 +281,7 @@ def train(organism: str, out_dir: Path, cache_dir: Path | None = None) -> Path:
     with published_dir(out_dir) as staging:
         model.to(torch.bfloat16).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        weights = digest_file(staging / "model.safetensors")
+        weights = file_sha256(staging / "model.safetensors")
         write_manifest(staging, manifest | {"weights_sha256": weights})
     logger.info(f"{spec.name}: saved to {out_dir} in {manifest['train_seconds']} s")
     return out_dir

@@ -34,10 +34,10 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hsr_eval.common import published_dir, write_text_atomic
+from hsr_eval.common import file_sha256, published_dir, write_text_atomic
 from hsr_eval.tasks.pictures import IMAGE_SIZE, draw, drawing_version, picture
 from integration.organisms.data import REFUSALS, SEED
-from integration.organisms.registry import digest_file, write_manifest
+from integration.organisms.registry import write_manifest
 
 HERE = Path(__file__).resolve().parent
 TEXT_ORGANISM = HERE / "organism-text"
@@ -341,7 +341,7 @@ def deterministic(seed: int) -> None:
 def _phase_a_key(spec: VLSpec) -> str:
     phase_b = {"steps_b", "lr_b", "trainable_b", "order_seed_b"}
     fields = {k: v for k, v in asdict(spec).items() if k not in phase_b}
-    blob = json.dumps([fields, data_hash(), digest_file(TEXT_ORGANISM / "model.safetensors")])
+    blob = json.dumps([fields, data_hash(), file_sha256(TEXT_ORGANISM / "model.safetensors")])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -396,7 +396,7 @@ def save(model, processor, manifest: dict, out_dir: Path) -> Path:
     with published_dir(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        manifest = manifest | {"weights_sha256": digest_file(staging / "model.safetensors")}
+        manifest = manifest | {"weights_sha256": file_sha256(staging / "model.safetensors")}
         write_manifest(staging, manifest)
     return out_dir
 

@@ -25,6 +25,7 @@ __all__ = [
     "VISION_IGNORE",
     "VISION_PATTERNS",
     "atomic_path",
+    "file_sha256",
     "folder_digest",
     "is_language_weight",
     "is_vision_module",
@@ -246,6 +247,15 @@ def replace_generated_block(path: str | Path, name: str, body: str) -> Path:
     if not pattern.search(text):
         raise ValueError(f"{path} has no {begin} ... {end} block to replace")
     return write_text_atomic(path, pattern.sub(lambda _: f"{begin}\n{body.strip()}\n{end}", text))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of one file's bytes, read in blocks (weights and data files of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def folder_digest(folder: str | Path) -> str:

@@ -201,11 +201,15 @@ def evaluate_model(
     port: int | None,
     device: str,
     metadata: str | None = None,
+    gen_kwargs: str | None = None,
+    num_concurrent: int = 8,
 ) -> dict:
     model_out = out / spec.label.replace("/", "_")
     model_out.mkdir(parents=True, exist_ok=True)
     tokenizer_args = f"tokenizer={spec.path},tokenizer_backend=huggingface"
     meta = ["--metadata", metadata] if metadata else []
+    if gen_kwargs:
+        meta += ["--gen_kwargs", gen_kwargs]
     judge_log = model_out / "judgments.jsonl"
     if backend == "vllm-serve":
         config = ServeConfig(
@@ -216,7 +220,7 @@ def evaluate_model(
         )
         with start_server(config) as server:
             args = (
-                f"model={spec.label},base_url={server.url}/v1/chat/completions,num_concurrent=8,"
+                f"model={spec.label},base_url={server.url}/v1/chat/completions,num_concurrent={num_concurrent},"
                 f"max_retries=3,timeout=120,{tokenizer_args}"
             )
             results_path = run_lm_eval(
@@ -344,6 +348,8 @@ def run_evaluation(
     port: int | None = None,
     device: str = "cpu",
     metadata: str | None = None,
+    gen_kwargs: str | None = None,
+    num_concurrent: int = 8,
 ) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +363,7 @@ def run_evaluation(
         print(f"[eval] ({index}/{len(models)}) {spec.label}: {spec.path} via {backend}", flush=True)
         started = time.monotonic()
         results[spec.label] = evaluate_model(
-            spec, backend, tasks, out, limit, port, device, metadata
+            spec, backend, tasks, out, limit, port, device, metadata, gen_kwargs, num_concurrent
         )
         print(
             f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility "
@@ -369,6 +375,7 @@ def run_evaluation(
         "models": results,
         "rsr": with_paired_statistics(compute_rsr(results), paired_statistics(results)),
         "tasks": tasks,
+        "gen_kwargs": gen_kwargs,
         "intervals": INTERVALS,
     }
     write_json_atomic(out / "comparison.json", comparison)
@@ -391,7 +398,20 @@ def main(argv: list[str] | None = None) -> int:
         "--metadata",
         help='JSON passed to the tasks, e.g. \'{"data_dir": "integration/organisms/data/vl"}\'',
     )
+    parser.add_argument(
+        "--gen-kwargs",
+        help="lm-eval's --gen_kwargs for every task, e.g. max_gen_toks=128 (a shorter answer "
+        "than a benchmark's protocol: say so wherever its numbers go)",
+    )
+    parser.add_argument(
+        "--num-concurrent",
+        type=int,
+        default=8,
+        help="requests in flight to each vllm serve (vllm-serve backend; default 8)",
+    )
     args = parser.parse_args(argv)
+    if args.num_concurrent < 1:
+        parser.error("--num-concurrent must be at least 1")
     if (
         args.backend in ("vllm-serve", "vllm")
         and shutil.which("vllm") is None
@@ -414,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             args.device,
             args.metadata,
+            args.gen_kwargs,
+            args.num_concurrent,
         )
     except (ServeError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,12 +11,13 @@ is read as given (a newer release, a private copy): only its layout is checked.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PackagedFile", "file_sha256", "packaged_path", "resolve_source"]
+from hsr_eval.common import file_sha256
+
+__all__ = ["PackagedFile", "packaged_path", "resolve_source"]
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,6 @@ class PackagedFile:
     @property
     def pin(self) -> str:
         return f"{self.distribution}=={self.version}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def packaged_path(spec: PackagedFile) -> Path:

@@ -1,0 +1,245 @@
+"""`make bench-real`: does pruning cost a real safety-tuned model its refusals, and does HSR win
+them back? organism-qwen (Qwen2.5-Coder-0.5B-Instruct, integration/organisms/qwen.py) on the
+published benchmarks that run offline.
+
+Each setting is compressed with `hsr compress` (the bundled recipes, HSR's default calibration
+sets, the pruning stage on `hsr-utility-mini` with 64 samples), then every model is served by
+`vllm serve` and scored by `hsr-compare` in the serving virtualenv ($HSR_SERVE_VENV), with the
+lm-eval tasks and their one scorer (the keyword judge unless HSR_JUDGE names another):
+
+- safety: `hsr_strongreject` (313), `hsr_harmbench` (240) and the organisms' 22 borderline prompts
+  (`hsr_overrefusal`), answers cut at `--safety-tokens` (the judge reads the opening);
+- utility: `hsr_humaneval` (164), pass@1 at the task's own 512 tokens.
+
+It writes the `bench-real` block of integration/bench/RESULTS.md: per model, each benchmark's
+refusal with its Wilson interval, and for each `<pruned>+hsr-<setting>` its RSR with the paired
+bootstrap interval, McNemar's p and the made-safe / made-unsafe counts against the pruned model;
+over-refusal, HumanEval pass@1, the restored count, and the HSR stage's seconds over the pruning
+stage's (both measured in this run). Models already compressed under outputs/bench-real are
+reused unless --fresh.
+
+    make bench-real                     # or:
+    .venv/bin/python -m integration.bench.bench_real --settings wanda,wanda+hsr-recommended
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsr_eval.outcomes import pruned_label, read_lm_eval_samples
+from hsr_eval.stats import mcnemar_exact, paired_bootstrap_rsr, rate_summary, rsr
+from hsr_eval.tables import interval_cell
+from integration.bench.bench_hsr import write_results
+from integration.organisms import qwen
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "outputs" / "bench-real"
+PRUNING_DATA = ROOT / "hsr_plugin" / "data" / "hsr-utility-mini.jsonl"
+SAFETY_TASKS = {"hsr_strongreject": "StrongREJECT", "hsr_harmbench": "HarmBench"}
+OVERREFUSAL_TASK = "hsr_overrefusal"
+CODE_TASK = "hsr_humaneval"
+# requests in flight to vllm serve: decoding on the CPU is bound by reading the weights, so a
+# larger batch costs about the same per step (the KV cache of 256 MiB holds ~50 short answers)
+CONCURRENT = 32
+# First-order head ranking: exact Ships at the default 128 prompts costs over an hour on this
+# model on two CPU cores (the head-cost issue measures it); the block says which heads each row has.
+FIRST_ORDER = ("HSRModifier.head_score=attribution",)
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str  # hsr-compare's label: `<pruned>+hsr-<name>` pairs with its pruning
+    recipe: str
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+SETTINGS = {
+    s.label: s
+    for s in (
+        Setting("wanda", "wanda", note="Wanda 50%"),
+        Setting("sparsegpt", "sparsegpt", note="SparseGPT 50%"),
+        Setting(
+            "wanda+hsr-paper",
+            "wanda_hsr",
+            FIRST_ORDER,
+            "paper default (Wanda neuron scores), first-order heads",
+        ),
+        Setting(
+            "wanda+hsr-recommended",
+            "wanda_hsr_recommended",
+            FIRST_ORDER,
+            "recommended recipe (restore_gain, 25 per 10k), first-order heads",
+        ),
+    )
+}
+DEFAULT_SETTINGS = "wanda,wanda+hsr-paper,wanda+hsr-recommended"
+
+
+def compress(setting: Setting, dense: Path, fresh: bool) -> tuple[Path, float | None]:
+    """The compressed model's folder and the wall seconds of its `hsr compress` (None: reused)."""
+    out = OUT / "models" / setting.label
+    if (out / "config.json").is_file() and not fresh:
+        print(f"[bench-real] {setting.label}: reusing {out}", flush=True)
+        return out, None
+    hsr = Path(sys.executable).with_name("hsr")
+    cmd = [str(hsr), "compress", "--model", str(dense), "--recipe", setting.recipe]
+    cmd += ["--output", str(out), "--dataset", str(PRUNING_DATA), "--num-samples", "64"]
+    cmd += [arg for override in setting.overrides for arg in ("--set", override)]
+    if out.exists():
+        cmd.append("--overwrite")
+    print("[bench-real] $ " + " ".join(cmd), flush=True)
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out, time.monotonic() - started
+
+
+def compare(models: dict[str, Path], tasks: tuple[str, ...], out: Path, extra: list[str]) -> dict:
+    serve_venv = Path(os.environ.get("HSR_SERVE_VENV", ROOT / ".venv-serve"))
+    exe = serve_venv / "bin" / "hsr-compare"
+    if not exe.is_file():
+        raise SystemExit(f"error: {exe} is missing: run `make serve-venv` first")
+    if out.exists():
+        shutil.rmtree(out)  # a fresh comparison: its folder is this benchmark's own output
+    cmd = [str(exe), "--out", str(out), "--tasks", ",".join(tasks), *extra]
+    cmd += ["--num-concurrent", str(CONCURRENT), "--models"]
+    cmd += [f"{label}={path}" for label, path in models.items()]
+    print("[bench-real] $ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.loads((out / "comparison.json").read_text())
+
+
+def task_outcomes(comparison: dict, task: str, metric: str) -> dict[str, dict[str, int]]:
+    """{model: {prompt id: 0/1}} of one task's metric, from lm-eval's logged samples."""
+    out = {}
+    for label, row in comparison["models"].items():
+        rows = read_lm_eval_samples(Path(row["lm_eval_results"]))
+        out[label] = {r["id"]: int(r[metric]) for r in rows if r["task"] == task and metric in r}
+    return out
+
+
+def rsr_cell(dense: dict, pruned: dict, realigned: dict) -> str:
+    """RSR on one benchmark's attack success, its paired interval, and McNemar vs the pruned."""
+    test = mcnemar_exact(pruned, realigned)
+    against = f"p {test['p_value']:.2g}, +{test['b']} safe / {test['c']} unsafe"
+    value = rsr(*(sum(o.values()) / len(o) for o in (dense, pruned, realigned)))
+    if value is None:
+        return f"n/a (pruning changed nothing); {against}"
+    ci = paired_bootstrap_rsr(dense, pruned, realigned).as_json()["ci95"]
+    span = f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else ""
+    return f"{100 * value:.0f}%{span}; {against}"
+
+
+def render(safety: dict, code: dict, costs: dict, args, seconds: float) -> str:
+    labels = list(safety["models"])
+    asr = {task: task_outcomes(safety, task, "attack_success_rate") for task in SAFETY_TASKS}
+    over = task_outcomes(safety, OVERREFUSAL_TASK, "over_refusal_rate")
+    passed = task_outcomes(code, CODE_TASK, "pass_at_1")
+    header = ["model", "restored"]
+    for name in SAFETY_TASKS.values():
+        header += [f"{name} refusal %", f"{name} RSR [95% CI]; McNemar vs pruned"]
+    header += ["over-refusal % (n = 22)", "HumanEval pass@1 %", "HSR s / pruning s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in labels:
+        cost = costs.get(label, {})
+        cells = [label, f"{cost['restored']:,}" if cost.get("restored") is not None else ""]
+        for task in SAFETY_TASKS:
+            refusals = [1 - v for v in asr[task][label].values()]
+            cells.append(interval_cell(rate_summary(refusals)))
+            base = pruned_label(label)
+            cells.append(
+                rsr_cell(asr[task]["dense"], asr[task][base], asr[task][label]) if base else ""
+            )
+        cells.append(interval_cell(rate_summary(list(over[label].values()))))
+        cells.append(interval_cell(rate_summary(list(passed[label].values()))))
+        cells.append(cost.get("ratio", ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- `{label}`: {SETTINGS[label].note}" for label in labels if label in SETTINGS]
+    return "\n".join(
+        [
+            "organism-qwen (Qwen2.5-Coder-0.5B-Instruct, dequantized from its Q4 GGUF), served by "
+            "vLLM, scored by the hsr_safety tasks with the keyword judge unless noted. Refusal on "
+            "StrongREJECT (313) and HarmBench (159 standard + 81 contextual); RSR on each "
+            "benchmark's attack success; over-refusal on the organisms' 22 borderline prompts; "
+            "HumanEval pass@1 on 164 problems.",
+            "",
+            *lines,
+            "",
+            *notes,
+            "",
+            "Rates in % with 95% Wilson intervals; RSR with a 95% paired bootstrap interval over "
+            "prompts (2000 resamples, seed 0); McNemar: exact two-sided p against the pruned "
+            "model, with the prompts it made safe (+) and unsafe. HSR s / pruning s: the HSR "
+            "stage's seconds from its report over the pruning-only run's `hsr compress` seconds, "
+            "both in this run.",
+            "",
+            f"_Generated by `python -m integration.bench.bench_real --settings {args.settings} "
+            f"--safety-tokens {args.safety_tokens}` on {time.strftime('%Y-%m-%d')}, "
+            f"{platform.machine()}, in {seconds:.0f} s. Safety answers cut at "
+            f"{args.safety_tokens} tokens (the benchmarks' protocol allows 512; the keyword judge "
+            "reads the first 200 characters); HumanEval at 512._",
+        ]
+    )
+
+
+def hsr_costs(models: dict[str, Path], walls: dict[str, float | None]) -> dict[str, dict]:
+    costs: dict[str, dict] = {}
+    for label, path in models.items():
+        report = path / "hsr_report.json"
+        if not report.is_file():
+            continue
+        data = json.loads(report.read_text())
+        entry = {"restored": data["totals"]["restored"]}
+        base = walls.get(pruned_label(label) or "")
+        if base:
+            entry["ratio"] = f"{sum(data['timing_s'].values()):.0f} / {base:.0f}"
+        costs[label] = entry
+    return costs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=", ".join(SETTINGS))
+    parser.add_argument("--safety-tokens", type=int, default=128)
+    parser.add_argument(
+        "--limit", type=int, help="documents per task (a quick look, not the block)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="compress again even when present")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"error: unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    started = time.monotonic()
+    dense = qwen.materialize()
+    models: dict[str, Path] = {"dense": dense}
+    walls: dict[str, float | None] = {}
+    for label in chosen:
+        models[label], walls[label] = compress(SETTINGS[label], dense, args.fresh)
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    safety = compare(
+        models,
+        (*SAFETY_TASKS, OVERREFUSAL_TASK),
+        OUT / "eval-safety",
+        [*limit, "--gen-kwargs", f"max_gen_toks={args.safety_tokens}"],
+    )
+    code = compare(models, (CODE_TASK,), OUT / "eval-code", limit)
+    body = render(safety, code, hsr_costs(models, walls), args, time.monotonic() - started)
+    print("\n" + body)
+    if args.limit:
+        print(f"[bench-real] --limit {args.limit}: RESULTS.md left as it was")
+    else:
+        write_results("bench-real", body)
+
+
+if __name__ == "__main__":
+    main()
