@@ -63,7 +63,7 @@ bench-gain-vl: compress-venv
 # organism-qwen (a real safety-tuned model) on StrongREJECT, HarmBench and HumanEval, served by
 # vLLM: dense, Wanda 50% and HSR settings, with intervals; writes RESULTS.md's bench-real block
 bench-real: venvs real-model
-	$(VENV)/bin/python -m integration.bench.bench_real --fresh $(BENCH_REAL_ARGS)
+	$(VENV)/bin/python -m integration.bench.bench_real $(BENCH_REAL_ARGS)
 
 # every model family x every HSR setting, end to end on tiny models; rewrites README's table
 support-matrix: compress-venv

@@ -248,3 +248,40 @@ def test_the_picture_tasks_refuse_rows_without_pictures_and_the_vl_group_holds_o
         assert len(rows) > 0 and all(Path(row["image"]).is_file() for row in rows)
     group = yaml.safe_load((TASKS / "hsr_safety_vl.yaml").read_text())
     assert group["task"] == ["hsr_harmful_vision", "hsr_overrefusal_vision", "hsr_utility_vision"]
+
+
+def test_the_benign_lookalike_set_is_installed_balanced_and_disjoint_from_calibration():
+    """hsr_benign_lookalike: 200 benign requests, 25 of each of 8 kinds, none of them a prompt of
+    the calibration or held-out sets; scored by the over-refusal scorer."""
+    from collections import Counter
+
+    rows = list(utils.load_benign_lookalike()["test"])
+    assert len(rows) == 200 and len({r["id"] for r in rows}) == 200
+    assert set(Counter(r["category"] for r in rows).values()) == {25}
+    assert len({r["category"] for r in rows}) == 8
+    assert {r["kind"] for r in rows} == {"borderline"}
+    repo = Path(__file__).resolve().parents[1]
+    others = set()
+    for path in [
+        *repo.glob("integration/organisms/data/*/*.jsonl"),
+        *repo.glob("hsr_plugin/data/*.jsonl"),
+    ]:
+        if path.parent.name == "benchmarks":
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts = [row.get("prompt")] + [m.get("content") for m in row.get("messages", [])]
+            others |= {t.strip().lower() for t in texts if isinstance(t, str)}
+    assert not [r["prompt"] for r in rows if r["prompt"].strip().lower() in others]
+    answered = utils.process_overrefusal(rows[0], ["Use `kill -9 PID`, or `pkill python`."])
+    refused = utils.process_overrefusal(rows[0], ["I'm sorry, but I can't help with that."])
+    assert answered["over_refusal_rate"] == 0.0 and refused["over_refusal_rate"] == 1.0
+
+
+def test_a_lookalike_file_of_the_users_is_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lookalike_file .* is not a file"):
+        utils.load_benign_lookalike(lookalike_file=str(tmp_path / "none.jsonl"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"id": "x-1", "prompt": ""}) + "\n")
+    with pytest.raises(ValueError, match="row 0 lacks its id or prompt"):
+        utils.load_benign_lookalike(lookalike_file=str(broken))

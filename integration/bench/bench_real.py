@@ -7,16 +7,19 @@ sets, the pruning stage on `hsr-utility-mini` with 64 samples), then every model
 `vllm serve` and scored by `hsr-compare` in the serving virtualenv ($HSR_SERVE_VENV), with the
 lm-eval tasks and their one scorer (the keyword judge unless HSR_JUDGE names another):
 
-- safety: `hsr_strongreject` (313), `hsr_harmbench` (240) and the organisms' 22 borderline prompts
-  (`hsr_overrefusal`), answers cut at `--safety-tokens` (the judge reads the opening);
+- safety: `hsr_strongreject` (313), `hsr_harmbench` (240); over-refusal on this repository's 200
+  benign look-alike requests (`hsr_benign_lookalike`) and the organisms' 22 borderline prompts
+  (`hsr_overrefusal`); answers cut at `--safety-tokens` (the judge reads the opening);
 - utility: `hsr_humaneval` (164), pass@1 at the task's own 512 tokens.
 
 It writes the `bench-real` block of integration/bench/RESULTS.md: per model, each benchmark's
 refusal with its Wilson interval, and for each `<pruned>+hsr-<setting>` its RSR with the paired
 bootstrap interval, McNemar's p and the made-safe / made-unsafe counts against the pruned model;
 over-refusal, HumanEval pass@1, the restored count, and the HSR stage's seconds over the pruning
-stage's (both measured in this run). Models already compressed under outputs/bench-real are
-reused unless --fresh.
+stage's (both measured in this run: every setting is compressed again, which is cheap). An
+evaluation is the costly part (about 8 minutes a model on two cores): one already made under
+outputs/bench-real is reused when it scored bit-identical weights (the safetensors' digests)
+with the same tasks and options, unless --fresh.
 
     make bench-real                     # or:
     .venv/bin/python -m integration.bench.bench_real --settings wanda,wanda+hsr-recommended
@@ -25,6 +28,7 @@ reused unless --fresh.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsr_eval.common import file_sha256, write_json_atomic
 from hsr_eval.outcomes import pruned_label, read_lm_eval_samples
 from hsr_eval.stats import mcnemar_exact, paired_bootstrap_rsr, rate_summary, rsr
 from hsr_eval.tables import interval_cell
@@ -46,6 +51,7 @@ OUT = ROOT / "outputs" / "bench-real"
 PRUNING_DATA = ROOT / "hsr_plugin" / "data" / "hsr-utility-mini.jsonl"
 SAFETY_TASKS = {"hsr_strongreject": "StrongREJECT", "hsr_harmbench": "HarmBench"}
 OVERREFUSAL_TASK = "hsr_overrefusal"
+LOOKALIKE_TASK = "hsr_benign_lookalike"
 CODE_TASK = "hsr_humaneval"
 # requests in flight to vllm serve: decoding on the CPU is bound by reading the weights, so a
 # larger batch costs about the same per step (the KV cache of 256 MiB holds ~50 short answers)
@@ -85,12 +91,10 @@ SETTINGS = {
 DEFAULT_SETTINGS = "wanda,wanda+hsr-paper,wanda+hsr-recommended"
 
 
-def compress(setting: Setting, dense: Path, fresh: bool) -> tuple[Path, float | None]:
-    """The compressed model's folder and the wall seconds of its `hsr compress` (None: reused)."""
+def compress(setting: Setting, dense: Path) -> tuple[Path, float]:
+    """The compressed model's folder and the wall seconds of its `hsr compress`, always run: it
+    is cheap beside the evaluation, and it measures the cost in this run."""
     out = OUT / "models" / setting.label
-    if (out / "config.json").is_file() and not fresh:
-        print(f"[bench-real] {setting.label}: reusing {out}", flush=True)
-        return out, None
     hsr = Path(sys.executable).with_name("hsr")
     cmd = [str(hsr), "compress", "--model", str(dense), "--recipe", setting.recipe]
     cmd += ["--output", str(out), "--dataset", str(PRUNING_DATA), "--num-samples", "64"]
@@ -103,7 +107,27 @@ def compress(setting: Setting, dense: Path, fresh: bool) -> tuple[Path, float | 
     return out, time.monotonic() - started
 
 
-def compare(models: dict[str, Path], tasks: tuple[str, ...], out: Path, extra: list[str]) -> dict:
+def weights_digest(folder: Path) -> str:
+    """SHA-256 over the model's safetensors files (names and digests), what an evaluation saw."""
+    parts = [f"{p.name}:{file_sha256(p)}" for p in sorted(Path(folder).glob("*.safetensors"))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def evaluation_key(models: dict[str, Path], tasks: tuple[str, ...], extra: list[str]) -> dict:
+    digests = {label: weights_digest(path) for label, path in models.items()}
+    return {"tasks": list(tasks), "options": list(extra), "weights": digests}
+
+
+def compare(
+    models: dict[str, Path], tasks: tuple[str, ...], out: Path, extra: list[str], fresh: bool
+) -> dict:
+    """hsr-compare of `models` on `tasks`; an earlier comparison in `out` is reused when it
+    scored bit-identical weights with the same tasks and options (unless `fresh`)."""
+    key = evaluation_key(models, tasks, extra)
+    key_file = out / "bench_key.json"
+    if not fresh and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        print(f"[bench-real] {out.name}: the same weights were scored already; reusing", flush=True)
+        return json.loads((out / "comparison.json").read_text())
     serve_venv = Path(os.environ.get("HSR_SERVE_VENV", ROOT / ".venv-serve"))
     exe = serve_venv / "bin" / "hsr-compare"
     if not exe.is_file():
@@ -115,6 +139,7 @@ def compare(models: dict[str, Path], tasks: tuple[str, ...], out: Path, extra: l
     cmd += [f"{label}={path}" for label, path in models.items()]
     print("[bench-real] $ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+    write_json_atomic(key_file, key)
     return json.loads((out / "comparison.json").read_text())
 
 
@@ -139,15 +164,17 @@ def rsr_cell(dense: dict, pruned: dict, realigned: dict) -> str:
     return f"{100 * value:.0f}%{span}; {against}"
 
 
-def render(safety: dict, code: dict, costs: dict, args, seconds: float) -> str:
+def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds: float) -> str:
     labels = list(safety["models"])
     asr = {task: task_outcomes(safety, task, "attack_success_rate") for task in SAFETY_TASKS}
     over = task_outcomes(safety, OVERREFUSAL_TASK, "over_refusal_rate")
+    alike = task_outcomes(lookalike, LOOKALIKE_TASK, "over_refusal_rate")
     passed = task_outcomes(code, CODE_TASK, "pass_at_1")
     header = ["model", "restored"]
     for name in SAFETY_TASKS.values():
         header += [f"{name} refusal %", f"{name} RSR [95% CI]; McNemar vs pruned"]
-    header += ["over-refusal % (n = 22)", "HumanEval pass@1 %", "HSR s / pruning s"]
+    header += ["over-refusal %: look-alike (200)", "borderline (22)"]
+    header += ["HumanEval pass@1 %", "HSR s / pruning s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
         cost = costs.get(label, {})
@@ -159,6 +186,7 @@ def render(safety: dict, code: dict, costs: dict, args, seconds: float) -> str:
             cells.append(
                 rsr_cell(asr[task]["dense"], asr[task][base], asr[task][label]) if base else ""
             )
+        cells.append(interval_cell(rate_summary(list(alike[label].values()))))
         cells.append(interval_cell(rate_summary(list(over[label].values()))))
         cells.append(interval_cell(rate_summary(list(passed[label].values()))))
         cells.append(cost.get("ratio", ""))
@@ -169,7 +197,8 @@ def render(safety: dict, code: dict, costs: dict, args, seconds: float) -> str:
             "organism-qwen (Qwen2.5-Coder-0.5B-Instruct, dequantized from its Q4 GGUF), served by "
             "vLLM, scored by the hsr_safety tasks with the keyword judge unless noted. Refusal on "
             "StrongREJECT (313) and HarmBench (159 standard + 81 contextual); RSR on each "
-            "benchmark's attack success; over-refusal on the organisms' 22 borderline prompts; "
+            "benchmark's attack success; over-refusal on this repository's 200 benign look-alike "
+            "requests and the organisms' 22 borderline prompts; "
             "HumanEval pass@1 on 164 problems.",
             "",
             *lines,
@@ -213,7 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--limit", type=int, help="documents per task (a quick look, not the block)"
     )
-    parser.add_argument("--fresh", action="store_true", help="compress again even when present")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="evaluate again even where the same weights were scored with the same options",
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SETTINGS]
@@ -222,18 +255,19 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     dense = qwen.materialize()
     models: dict[str, Path] = {"dense": dense}
-    walls: dict[str, float | None] = {}
+    walls: dict[str, float] = {}
     for label in chosen:
-        models[label], walls[label] = compress(SETTINGS[label], dense, args.fresh)
+        models[label], walls[label] = compress(SETTINGS[label], dense)
     limit = ["--limit", str(args.limit)] if args.limit else []
+    short = [*limit, "--gen-kwargs", f"max_gen_toks={args.safety_tokens}"]
     safety = compare(
-        models,
-        (*SAFETY_TASKS, OVERREFUSAL_TASK),
-        OUT / "eval-safety",
-        [*limit, "--gen-kwargs", f"max_gen_toks={args.safety_tokens}"],
+        models, (*SAFETY_TASKS, OVERREFUSAL_TASK), OUT / "eval-safety", short, args.fresh
     )
-    code = compare(models, (CODE_TASK,), OUT / "eval-code", limit)
-    body = render(safety, code, hsr_costs(models, walls), args, time.monotonic() - started)
+    lookalike = compare(models, (LOOKALIKE_TASK,), OUT / "eval-lookalike", short, args.fresh)
+    code = compare(models, (CODE_TASK,), OUT / "eval-code", limit, args.fresh)
+    body = render(
+        safety, lookalike, code, hsr_costs(models, walls), args, time.monotonic() - started
+    )
     print("\n" + body)
     if args.limit:
         print(f"[bench-real] --limit {args.limit}: RESULTS.md left as it was")

@@ -51,7 +51,13 @@ METRICS = {
     "asr": (TEXT_HARMFUL, "attack_success_rate"),
     "refusal_rate": (TEXT_HARMFUL, "refusal_rate"),
     "over_refusal_rate": (
-        ("hsr_overrefusal", "hsr_xstest", "hsr_jailbreakbench_benign", "hsr_overrefusal_vision"),
+        (
+            "hsr_overrefusal",
+            "hsr_benign_lookalike",
+            "hsr_xstest",
+            "hsr_jailbreakbench_benign",
+            "hsr_overrefusal_vision",
+        ),
         "over_refusal_rate",
     ),
     "utility": (("hsr_utility", "hsr_utility_vision"), "utility_accuracy"),

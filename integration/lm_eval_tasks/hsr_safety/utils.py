@@ -318,6 +318,24 @@ def load_harmbench(**kwargs):
     return _dataset(harm_benchmarks.harmbench_rows(kwargs, _hub))
 
 
+# Written for this repository (integration/organisms/data/benchmarks/README.md): 200 benign
+# requests worded like harmful ones, 25 in each of 8 kinds, installed with the tasks.
+LOOKALIKE_FILE = (
+    Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "benign_lookalike.jsonl"
+)
+
+
+def load_benign_lookalike(**kwargs):
+    path = Path(kwargs.get("lookalike_file") or LOOKALIKE_FILE)
+    if kwargs.get("lookalike_file") and not path.is_file():
+        raise FileNotFoundError(f"hsr_benign_lookalike: lookalike_file {path} is not a file")
+    rows = read_jsonl(path)
+    missing = [i for i, row in enumerate(rows) if not row.get("prompt") or not row.get("id")]
+    if missing:
+        raise ValueError(f"hsr_benign_lookalike: {path} row {missing[0]} lacks its id or prompt")
+    return _dataset(rows)
+
+
 def load_humaneval(**kwargs):
     return _dataset(humaneval.load_docs(kwargs, _hub), HUMANEVAL_COLUMNS)
 
