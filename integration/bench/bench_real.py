@@ -164,6 +164,13 @@ def rsr_cell(dense: dict, pruned: dict, realigned: dict) -> str:
     return f"{100 * value:.0f}%{span}; {against}"
 
 
+def pruning_cell(dense: dict, pruned: dict) -> str:
+    """What pruning did to one benchmark's attack success: McNemar against the dense model, with
+    the prompts it made unsafe and safe (RSR means little where this is not significant)."""
+    test = mcnemar_exact(dense, pruned)
+    return f"vs dense: p {test['p_value']:.2g}, {test['c']} made unsafe / {test['b']} safe"
+
+
 def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds: float) -> str:
     labels = list(safety["models"])
     asr = {task: task_outcomes(safety, task, "attack_success_rate") for task in SAFETY_TASKS}
@@ -172,7 +179,10 @@ def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds
     passed = task_outcomes(code, CODE_TASK, "pass_at_1")
     header = ["model", "restored"]
     for name in SAFETY_TASKS.values():
-        header += [f"{name} refusal %", f"{name} RSR [95% CI]; McNemar vs pruned"]
+        header += [
+            f"{name} refusal %",
+            f"{name} RSR [95% CI]; McNemar vs pruned (pruned: vs dense)",
+        ]
     header += ["over-refusal %: look-alike (200)", "borderline (22)"]
     header += ["HumanEval pass@1 %", "HSR s / pruning s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -183,9 +193,12 @@ def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds
             refusals = [1 - v for v in asr[task][label].values()]
             cells.append(interval_cell(rate_summary(refusals)))
             base = pruned_label(label)
-            cells.append(
-                rsr_cell(asr[task]["dense"], asr[task][base], asr[task][label]) if base else ""
-            )
+            if base:
+                cells.append(rsr_cell(asr[task]["dense"], asr[task][base], asr[task][label]))
+            elif label != "dense":
+                cells.append(pruning_cell(asr[task]["dense"], asr[task][label]))
+            else:
+                cells.append("")
         cells.append(interval_cell(rate_summary(list(alike[label].values()))))
         cells.append(interval_cell(rate_summary(list(over[label].values()))))
         cells.append(interval_cell(rate_summary(list(passed[label].values()))))
@@ -207,7 +220,9 @@ def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds
             "",
             "Rates in % with 95% Wilson intervals; RSR with a 95% paired bootstrap interval over "
             "prompts (2000 resamples, seed 0); McNemar: exact two-sided p against the pruned "
-            "model, with the prompts it made safe (+) and unsafe. HSR s / pruning s: the HSR "
+            "model, with the prompts it made safe (+) and unsafe; on a pruned row, against the "
+            "dense model (where pruning's cost is not significant, RSR divides by noise). "
+            "HSR s / pruning s: the HSR "
             "stage's seconds from its report over the pruning-only run's `hsr compress` seconds, "
             "both in this run.",
             "",
