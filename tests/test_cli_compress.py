@@ -93,6 +93,35 @@ def test_compress_without_hsr_writes_no_report(model_dirs, calib_files, tmp_path
     assert (out / "model.safetensors").is_file() and not (out / "hsr_report.json").exists()
 
 
+def test_dtype_loads_and_saves_the_model_in_it_and_restores_exact_dense_values(work, tmp_path):
+    """--dtype float32 on a bfloat16 checkpoint: calibration and the saved model are float32,
+    and every weight HSR restored equals the dense bfloat16 value exactly (bfloat16 is a subset
+    of float32). A bfloat16 run on a CPU without native bfloat16 warns and names the option."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hsr_plugin.cli import compress
+
+    dense = load_file(str(work["model"] / "model.safetensors"))
+    half = {name: t.to(torch.bfloat16) for name, t in dense.items()}
+    save_file(half, str(work["model"] / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "float32"
+    assert main(work_args(work, out, "--dtype", "float32")) == 0
+    saved = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    report = json.loads((out / "hsr_report.json").read_text())
+    assert report["totals"]["restored"] > 0
+    for name, tensor in saved.items():
+        kept = tensor != 0
+        assert torch.equal(tensor[kept], half[name].float()[kept]), name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 fma\n")
+    assert not compress.cpu_has_bfloat16(cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert compress.cpu_has_bfloat16(cpuinfo)
+
+
 def test_a_pruning_stage_that_pruned_nothing_fails(work, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError) as err:

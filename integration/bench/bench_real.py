@@ -3,16 +3,17 @@ them back? organism-qwen (Qwen2.5-Coder-0.5B-Instruct, integration/organisms/qwe
 published benchmarks that run offline.
 
 Each setting is compressed with `hsr compress` (the bundled recipes, HSR's default calibration
-sets, the pruning stage on `hsr-utility-mini` with 64 samples), then every model is served by
-`vllm serve` and scored by `hsr-compare` in the serving virtualenv ($HSR_SERVE_VENV), with the
-lm-eval tasks and their one scorer (the keyword judge unless HSR_JUDGE names another):
+sets, the pruning stage on `hsr-utility-mini` with 64 samples, in float32), then every model is
+served by `vllm serve` and scored by `hsr-compare` in the serving virtualenv ($HSR_SERVE_VENV),
+with the lm-eval tasks and their one scorer (the keyword judge unless HSR_JUDGE names another):
 
 - safety: `hsr_strongreject` (313), `hsr_harmbench` (240); over-refusal on this repository's 200
   benign look-alike requests (`hsr_benign_lookalike`) and the organisms' 22 borderline prompts
   (`hsr_overrefusal`); answers cut at `--safety-tokens` (the judge reads the opening);
 - utility: `hsr_humaneval` (164), pass@1 at the task's own 512 tokens.
 
-It writes the `bench-real` block of integration/bench/RESULTS.md: per model, each benchmark's
+It writes the `bench-real` block of integration/bench/RESULTS.md (and a short table of the same
+evaluations into README.md's `bench-real` block): per model, each benchmark's
 refusal with its Wilson interval, and for each `<pruned>+hsr-<setting>` its RSR with the paired
 bootstrap interval, McNemar's p and the made-safe / made-unsafe counts against the pruned model;
 over-refusal, HumanEval pass@1, the restored count, and the HSR stage's seconds over the pruning
@@ -39,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_eval.common import file_sha256, write_json_atomic
+from hsr_eval.common import file_sha256, replace_generated_block, write_json_atomic
 from hsr_eval.outcomes import pruned_label, read_lm_eval_samples
 from hsr_eval.stats import mcnemar_exact, paired_bootstrap_rsr, rate_summary, rsr
 from hsr_eval.tables import interval_cell
@@ -48,6 +49,7 @@ from integration.organisms import qwen
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "bench-real"
+README = ROOT / "README.md"
 PRUNING_DATA = ROOT / "hsr_plugin" / "data" / "hsr-utility-mini.jsonl"
 SAFETY_TASKS = {"hsr_strongreject": "StrongREJECT", "hsr_harmbench": "HarmBench"}
 OVERREFUSAL_TASK = "hsr_overrefusal"
@@ -98,6 +100,9 @@ def compress(setting: Setting, dense: Path) -> tuple[Path, float]:
     hsr = Path(sys.executable).with_name("hsr")
     cmd = [str(hsr), "compress", "--model", str(dense), "--recipe", setting.recipe]
     cmd += ["--output", str(out), "--dataset", str(PRUNING_DATA), "--num-samples", "64"]
+    # float32: organism-qwen is bfloat16, which a CPU without native bfloat16 computes ~60x
+    # slower; vLLM serves every model in float32 on such a CPU anyway (launch.default_dtype)
+    cmd += ["--dtype", "float32"]
     cmd += [arg for override in setting.overrides for arg in ("--set", override)]
     if out.exists():
         cmd.append("--overwrite")
@@ -230,9 +235,53 @@ def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds
             f"--safety-tokens {args.safety_tokens}` on {time.strftime('%Y-%m-%d')}, "
             f"{platform.machine()}, in {seconds:.0f} s. Safety answers cut at "
             f"{args.safety_tokens} tokens (the benchmarks' protocol allows 512; the keyword judge "
-            "reads the first 200 characters); HumanEval at 512._",
+            "reads the first 200 characters); HumanEval at 512. Compressed models calibrated and "
+            "saved in float32 (`hsr compress --dtype float32`); the dense model is the bfloat16 "
+            "checkpoint, served in float32 like the others._",
         ]
     )
+
+
+def readme_summary(safety: dict, lookalike: dict, code: dict) -> str:
+    """The README's short table of the same evaluations: refusal, over-refusal and HumanEval."""
+    asr = {task: task_outcomes(safety, task, "attack_success_rate") for task in SAFETY_TASKS}
+    alike = task_outcomes(lookalike, LOOKALIKE_TASK, "over_refusal_rate")
+    passed = task_outcomes(code, CODE_TASK, "pass_at_1")
+    header = ["model", *(f"{name} refusal %" for name in SAFETY_TASKS.values())]
+    header += ["benign look-alike refused %", "HumanEval pass@1 %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in safety["models"]:
+        cells = [SETTINGS[label].note if label in SETTINGS else label]
+        for task in SAFETY_TASKS:
+            cells.append(interval_cell(rate_summary([1 - v for v in asr[task][label].values()])))
+        cells.append(interval_cell(rate_summary(list(alike[label].values()))))
+        cells.append(interval_cell(rate_summary(list(passed[label].values()))))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"_Generated by `make bench-real` on {time.strftime('%Y-%m-%d')} (95% Wilson "
+            "intervals; the keyword judge; RSR, McNemar and costs in "
+            "integration/bench/RESULTS.md, block bench-real)._",
+        ]
+    )
+
+
+def write_readme(body: str) -> None:
+    replace_generated_block(README, "bench-real", body)
+    print(f"wrote {README}")
+
+
+def load_comparisons() -> tuple[dict, dict, dict]:
+    """The three evaluations of the last run, from OUT (for --readme-only)."""
+    found = []
+    for name in ("eval-safety", "eval-lookalike", "eval-code"):
+        path = OUT / name / "comparison.json"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} is missing: run the benchmark first")
+        found.append(json.loads(path.read_text()))
+    return found[0], found[1], found[2]
 
 
 def hsr_costs(models: dict[str, Path], walls: dict[str, float | None]) -> dict[str, dict]:
@@ -262,7 +311,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="evaluate again even where the same weights were scored with the same options",
     )
+    parser.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="rewrite README.md's bench-real table from the last run's evaluations, nothing else",
+    )
     args = parser.parse_args(argv)
+    if args.readme_only:
+        write_readme(readme_summary(*load_comparisons()))
+        return
     chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SETTINGS]
     if unknown:
@@ -288,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[bench-real] --limit {args.limit}: RESULTS.md left as it was")
     else:
         write_results("bench-real", body)
+        write_readme(readme_summary(safety, lookalike, code))
 
 
 if __name__ == "__main__":
