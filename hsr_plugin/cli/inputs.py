@@ -7,8 +7,6 @@ every local calibration file is read once here, so a bad one is one line before 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -105,19 +103,9 @@ def input_paths(args: argparse.Namespace, recipe: dict) -> list[tuple[str, Path]
 
 def check_output(output: Path, overwrite: bool, inputs: list[tuple[str, Path]]) -> None:
     """Refuse, before any work, an output that would write into, over or above an input."""
-    for label, path in inputs:
-        if output == path:
-            raise SystemExit(f"error: --output {output} is the input {label}: choose a new folder")
-        if output in path.parents:
-            raise SystemExit(
-                f"error: --output {output} contains the input {label} ({path}): replacing it "
-                "would delete that input; choose a new folder"
-            )
-        if path in output.parents:
-            raise SystemExit(
-                f"error: --output {output} lies inside the input {label} ({path}): the input is "
-                "never written into; choose a folder outside it"
-            )
+    from hsr_eval.output_rules import check_apart_from_inputs
+
+    check_apart_from_inputs(output, inputs)
     if output.exists() and not output.is_dir():
         raise SystemExit(f"error: --output {output} exists and is not a folder")
     if output.exists() and any(output.iterdir()):
@@ -161,21 +149,10 @@ def dataset_kwargs(args: argparse.Namespace) -> dict:
     return {"dataset": spec}
 
 
-@contextmanager
-def stop_cleanly_on_sigterm(command: str) -> Iterator[None]:
+def stop_cleanly_on_sigterm(command: str):
     """SIGTERM unwinds like Ctrl-C, so the staging folder is removed and nothing is published."""
-    import signal
-    import threading
+    from hsr_eval.interrupts import sigterm_unwinds
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, _frame):
-        raise SystemExit(f"error: hsr {command} stopped by signal {signum}; nothing was written")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return sigterm_unwinds(
+        f"error: hsr {command} stopped by signal {{signum}}; nothing was written"
+    )

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -73,8 +74,28 @@ class Steps:
 
 
 def run(cmd: list[str], env: dict | None = None) -> None:
+    """Run one step; when the demo is stopped (Ctrl-C, SIGTERM), the step gets SIGTERM and time
+    to stop its own servers and staging folders, instead of subprocess.run's SIGKILL."""
     print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, env=env)
+    with subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env) as child:
+        try:
+            code = child.wait()
+        except BaseException:
+            stop_child(child)
+            raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def stop_child(child: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM (hsr compress and hsr-compare unwind on it), then SIGKILL after `grace_s`."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def compress(
@@ -153,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
-    run(cmd)
+    # the demo owns OUT/eval: a second demo replaces the first one's evaluation
+    run([*cmd, "--overwrite"])
 
     step("report: table, plots, summary")
     run(
@@ -200,4 +222,7 @@ def update_readme(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hsr_eval.interrupts import sigterm_unwinds
+
+    with sigterm_unwinds("error: the demo was stopped by signal {signum}, and its running step"):
+        sys.exit(main())

@@ -29,10 +29,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsr_eval.common import language_sparsity_counts, write_json_atomic, write_text_atomic
+from hsr_eval.compare_checks import (
+    LABEL_PATTERN,
+    check_backend,
+    check_judges,
+    check_model_folder,
+    check_task_data,
+    leaf_tasks,
+    parse_metadata,
+    read_task_files,
+)
+from hsr_eval.interrupts import sigterm_unwinds
 from hsr_eval.launch import (
     ServeConfig,
     ServeError,
+    check_model_dir,
     free_port,
+    log_summary,
     model_max_len,
     start_server,
 )
@@ -44,6 +57,7 @@ from hsr_eval.outcomes import (
     rate_counts,
     read_lm_eval_samples,
 )
+from hsr_eval.output_rules import check_apart_from_inputs, foreign_entries
 from hsr_eval.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from hsr_eval.tables import comparison_table
 from hsr_eval.tasks import TASKS_DIR
@@ -70,6 +84,11 @@ def parse_models(items: list[str]) -> list[ModelSpec]:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             raise SystemExit(f"error: --models takes LABEL=DIR pairs, got {item!r}")
+        if not LABEL_PATTERN.fullmatch(label):
+            raise SystemExit(
+                f"error: --models label {label!r}: use letters, digits and . _ + - (it names the "
+                "model's folder under --out)"
+            )
         if label in {s.label for s in specs}:
             raise SystemExit(f"error: label {label!r} given twice")
         specs.append(ModelSpec(label, path))
@@ -146,8 +165,7 @@ def run_lm_eval(cmd: list[str], log_path: Path, judge_log: Path | None = None) -
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
         ).returncode
     if code != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise RuntimeError(f"lm-eval failed with code {code} (log {log_path}):\n{tail}")
+        raise RuntimeError(f"lm-eval failed with code {code}:\n{log_summary(log_path)}")
     results = [p for p in out_dir.rglob("results_*.json") if p.stat().st_mtime >= started - 1]
     if not results:
         raise RuntimeError(f"lm-eval wrote no results_*.json under {out_dir} (log {log_path})")
@@ -196,7 +214,7 @@ def evaluate_model(
     spec: ModelSpec,
     backend: str,
     tasks: str,
-    out: Path,
+    model_out: Path,
     limit: int | None,
     port: int | None,
     device: str,
@@ -204,7 +222,8 @@ def evaluate_model(
     gen_kwargs: str | None = None,
     num_concurrent: int = 8,
 ) -> dict:
-    model_out = out / spec.label.replace("/", "_")
+    """Serve (or load) one model and score it on `tasks`; everything it writes goes into
+    `model_out`, the model's own folder of the comparison."""
     model_out.mkdir(parents=True, exist_ok=True)
     tokenizer_args = f"tokenizer={spec.path},tokenizer_backend=huggingface"
     meta = ["--metadata", metadata] if metadata else []
@@ -339,6 +358,123 @@ def comparison_markdown(comparison: dict) -> str:
     return comparison_table(comparison) + "\n"
 
 
+# ----------------------------------------------------------------------------- the output folder
+MARKER = "hsr_compare_run.json"  # marks a folder hsr-compare wrote, with the run's settings
+RESULT = "result.json"  # in a model's folder: it finished
+PARTIAL = ".partial"  # a model's folder while it is evaluated; renamed when it finishes
+
+
+class ModelFailed(RuntimeError):
+    """One model's server or lm-eval run failed; its logs stay in `folder`."""
+
+    def __init__(self, label: str, folder: Path, cause: Exception):
+        super().__init__(f"{label}: {cause}")
+        self.label, self.folder, self.cause = label, folder, cause
+
+
+def run_settings(
+    backend: str,
+    tasks: str,
+    limit: int | None,
+    metadata: str | None,
+    gen_kwargs: str | None,
+) -> dict:
+    """What makes two evaluations of the same weights comparable (and a finished one reusable)."""
+    return {
+        "backend": backend,
+        "tasks": tasks,
+        "limit": limit,
+        "metadata": json.loads(metadata) if metadata else None,
+        "gen_kwargs": gen_kwargs,
+        "judge": describe_judges(),
+    }
+
+
+def weights_fingerprint(path: str) -> list:
+    """Name, size and modification time of each weight file: a changed model is evaluated again."""
+    folder = Path(path)
+    return [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.glob("*.safetensors"))
+    ]
+
+
+def _own_entries(labels: set[str]) -> set[str]:
+    return {MARKER, "comparison.json", "comparison.md"} | labels | {lab + PARTIAL for lab in labels}
+
+
+def inputs_of(models: list[ModelSpec], metadata: dict | None = None) -> list[tuple[str, str]]:
+    """The local folders and files a comparison reads: each model, and every path --metadata
+    names (the tasks' data)."""
+    found = [(f"--models {s.label}", s.path) for s in models]
+    for key, value in (metadata or {}).items():
+        if isinstance(value, str):
+            found.append((f"--metadata {key}", value))
+    return [(label, path) for label, path in found if Path(path).expanduser().exists()]
+
+
+def prepare_output(
+    out: Path, inputs: list[tuple[str, str]], labels: set[str], overwrite: bool, resume: bool
+) -> set[str]:
+    """Check `--out` before any work: never an input, inside one or holding one; a folder with
+    files hsr-compare did not write is refused; an earlier comparison needs --resume (keep its
+    finished models) or --overwrite (start again). Returns the labels of the earlier run."""
+    check_apart_from_inputs(out, inputs, option="--out")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} exists and is not a folder")
+    entries = foreign_entries(out, ())
+    if not entries:
+        return set()
+    if not (out / MARKER).is_file():
+        raise SystemExit(
+            f"error: --out {out} holds files hsr-compare did not write ({', '.join(entries[:3])}"
+            f"{', ...' if len(entries) > 3 else ''}): choose a new or empty folder"
+        )
+    try:
+        earlier = set(json.loads((out / MARKER).read_text())["models"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(f"error: --out {out}: {MARKER} is not hsr-compare's ({err})") from None
+    foreign = foreign_entries(out, _own_entries(earlier | labels))
+    if foreign:
+        raise SystemExit(
+            f"error: --out {out} holds files hsr-compare did not write ({', '.join(foreign[:3])}): "
+            "choose a new folder"
+        )
+    if not (overwrite or resume):
+        raise SystemExit(
+            f"error: --out {out} holds an earlier comparison: pass --resume to keep the models it "
+            "finished, or --overwrite to replace it"
+        )
+    return earlier
+
+
+def _clear(out: Path, labels: set[str]) -> None:
+    for name in _own_entries(labels):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def finished_result(folder: Path, spec: ModelSpec, settings: dict) -> dict | None:
+    """A model's earlier result, when it scored the same weights with the same settings."""
+    try:
+        saved = json.loads((folder / RESULT).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = (
+        saved.get("settings") == settings
+        and saved.get("resolved_path") == str(Path(spec.path).expanduser().resolve())
+        and saved.get("weights") == weights_fingerprint(spec.path)
+    )
+    if not same:
+        return None
+    result = saved["result"]
+    result["lm_eval_results"] = str(folder / result["lm_eval_results"])
+    return result
+
+
 def run_evaluation(
     models: list[ModelSpec],
     out: str | Path,
@@ -350,24 +486,74 @@ def run_evaluation(
     metadata: str | None = None,
     gen_kwargs: str | None = None,
     num_concurrent: int = 8,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict:
-    out = Path(out)
+    """Evaluate every model into OUT/<label>/ (written as OUT/<label>.partial/ and renamed when
+    the model finishes), then write OUT/comparison.json and .md atomically. A failure stops the
+    run with ModelFailed; the models finished before it stay, for --resume."""
+    out = Path(out).expanduser().resolve()
+    labels = {s.label for s in models}
+    inputs = inputs_of(models, json.loads(metadata) if metadata else None)
+    earlier = prepare_output(out, inputs, labels, overwrite, resume)
+    settings = run_settings(backend, tasks, limit, metadata, gen_kwargs)
+    if overwrite:
+        _clear(out, earlier | labels)
     out.mkdir(parents=True, exist_ok=True)
-    for spec in models:
-        if not (Path(spec.path) / "config.json").is_file():
-            raise SystemExit(
-                f"error: {spec.label}: {spec.path} is not a model directory (no config.json)"
-            )
+    write_json_atomic(
+        out / MARKER,
+        {
+            "written_by": "hsr-compare",
+            "models": sorted(earlier | labels),
+            "settings": settings,
+        },
+    )
     results = {}
     for index, spec in enumerate(models, start=1):
+        final, partial = out / spec.label, out / (spec.label + PARTIAL)
+        reused = finished_result(final, spec, settings) if resume else None
+        if reused is not None:
+            print(
+                f"[eval] ({index}/{len(models)}) {spec.label}: finished earlier; kept", flush=True
+            )
+            results[spec.label] = reused
+            continue
         print(f"[eval] ({index}/{len(models)}) {spec.label}: {spec.path} via {backend}", flush=True)
         started = time.monotonic()
-        results[spec.label] = evaluate_model(
-            spec, backend, tasks, out, limit, port, device, metadata, gen_kwargs, num_concurrent
+        if partial.exists():
+            shutil.rmtree(partial)
+        try:
+            result = evaluate_model(
+                spec,
+                backend,
+                tasks,
+                partial,
+                limit,
+                port,
+                device,
+                metadata,
+                gen_kwargs,
+                num_concurrent,
+            )
+        except (ServeError, RuntimeError) as err:
+            raise ModelFailed(spec.label, partial, err) from err
+        result["lm_eval_results"] = str(Path(result["lm_eval_results"]).relative_to(partial))
+        write_json_atomic(
+            partial / RESULT,
+            {
+                "settings": settings,
+                "resolved_path": str(Path(spec.path).expanduser().resolve()),
+                "weights": weights_fingerprint(spec.path),
+                "result": result,
+            },
         )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        result["lm_eval_results"] = str(final / result["lm_eval_results"])
+        results[spec.label] = result
         print(
-            f"[eval] {spec.label}: ASR {results[spec.label].get('asr')} utility "
-            f"{results[spec.label].get('utility')} "
+            f"[eval] {spec.label}: ASR {result.get('asr')} utility {result.get('utility')} "
             f"({time.monotonic() - started:.0f} s)",
             flush=True,
         )
@@ -385,10 +571,36 @@ def run_evaluation(
     return comparison
 
 
+def preflight(args: argparse.Namespace, models: list[ModelSpec]) -> None:
+    """Every input checked before the first server starts; SystemExit with one line on the first
+    bad one (main turns it into exit code 2)."""
+    metadata = parse_metadata(args.metadata)
+    for spec in models:
+        check_model_folder(spec.label, spec.path)
+        if args.backend == "vllm-serve" and Path(spec.path).expanduser().is_dir():
+            try:
+                check_model_dir(str(Path(spec.path).expanduser()))
+            except ServeError as err:
+                raise SystemExit(f"error: --models {spec.label}: {err}") from None
+    out = Path(args.out).expanduser().resolve()
+    labels = {s.label for s in models}
+    prepare_output(out, inputs_of(models, metadata), labels, args.overwrite, args.resume)
+    ours = read_task_files()
+    leaves = leaf_tasks(args.tasks.split(","), ours)
+    check_backend(args.backend, leaves, ours)
+    check_task_data(leaves, ours, metadata)
+    check_judges()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", required=True, metavar="LABEL=DIR")
-    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="a new or empty folder, or one an earlier hsr-compare wrote (with --resume or "
+        "--overwrite); never a model folder or a folder inside one",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="vllm-serve")
     parser.add_argument("--tasks", default="hsr_safety")
     parser.add_argument("--limit", type=int)
@@ -409,9 +621,23 @@ def main(argv: list[str] | None = None) -> int:
         default=8,
         help="requests in flight to each vllm serve (vllm-serve backend; default 8)",
     )
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="in an --out an earlier hsr-compare wrote: keep the models it finished with the "
+        "same weights and settings, evaluate the rest",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="in an --out an earlier hsr-compare wrote: delete its results and start again",
+    )
     args = parser.parse_args(argv)
     if args.num_concurrent < 1:
         parser.error("--num-concurrent must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
     if (
         args.backend in ("vllm-serve", "vllm")
         and shutil.which("vllm") is None
@@ -425,21 +651,49 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        run_evaluation(
-            parse_models(args.models),
-            args.out,
-            args.backend,
-            args.tasks,
-            args.limit,
-            args.port,
-            args.device,
-            args.metadata,
-            args.gen_kwargs,
-            args.num_concurrent,
+        models = parse_models(args.models)
+        preflight(args, models)
+    except SystemExit as stop:
+        print(stop.code if isinstance(stop.code, str) else f"error: {stop.code}", file=sys.stderr)
+        return 2
+    out = Path(args.out).expanduser().resolve()
+    message = "error: hsr-compare stopped by signal {signum}: its servers are stopped"
+    try:
+        with sigterm_unwinds(message):
+            run_evaluation(
+                models,
+                out,
+                args.backend,
+                args.tasks,
+                args.limit,
+                args.port,
+                args.device,
+                args.metadata,
+                args.gen_kwargs,
+                args.num_concurrent,
+                args.overwrite,
+                args.resume,
+            )
+    except ModelFailed as failed:
+        print(f"error: model {failed.label} failed: {failed.cause}", file=sys.stderr)
+        print(
+            f"error: its logs are in {failed.folder}; the models finished before it are kept in "
+            f"{out}: run again with --resume to skip them",
+            file=sys.stderr,
         )
-    except (ServeError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            f"error: hsr-compare interrupted: its servers are stopped; finished models are kept "
+            f"in {out} (--resume skips them)",
+            file=sys.stderr,
+        )
+        return 130
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # SIGTERM
+            print(f"{stop.code}; finished models are kept in {out} (--resume)", file=sys.stderr)
+            return 143
+        raise
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ __all__ = [
     "ServeError",
     "check_model_dir",
     "port_in_use",
+    "root_cause",
     "start_server",
     "stop_pid",
 ]
@@ -212,6 +214,37 @@ def _looks_like_hub_id(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
 
 
+# vLLM prefixes its log lines ("(EngineCore_DP0 pid=7) ERROR 12-02 10:00:01 [core.py:708] ...")
+_LOG_PREFIX = re.compile(r"^(?:\([^)]*\)\s+)?(?:[A-Z]+\s+\d\d-\d\d \S+ \[[^\]]*\]\s?)?")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit)\b(?::.*)?$")
+
+
+def root_cause(log_text: str, limit: int = 6) -> list[str]:
+    """The lines of a failed process's log that say why it failed: the exception lines of its
+    tracebacks, without vLLM's prefixes and without repeats, the last `limit` of them. A vLLM
+    engine that fails to start logs the cause in its own traceback, above the API server's
+    generic "Engine core initialization failed. See root cause above"; both are kept. A log
+    without a traceback gives its last non-empty lines."""
+    lines = [_LOG_PREFIX.sub("", line).rstrip() for line in log_text.splitlines()]
+    causes: list[str] = []
+    for line in lines:
+        if _EXCEPTION_LINE.match(line) and line not in causes:
+            causes.append(line)
+    if not causes:
+        causes = [line for line in lines if line.strip()]
+    return causes[-limit:]
+
+
+def log_summary(log_path: Path) -> str:
+    """A failed process's root-cause lines, indented, and where its whole log is."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return f"  (no log at {log_path})"
+    cause = "\n".join(f"  {line}" for line in root_cause(text)) or "  (the log is empty)"
+    return f"{cause}\n  full log: {log_path}"
+
+
 @dataclass
 class Server:
     config: ServeConfig
@@ -232,12 +265,6 @@ class Server:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
     def stop(self, timeout_s: float = 30.0) -> None:
         stop_pid(self.pid, timeout_s)
@@ -262,7 +289,8 @@ def _vllm_executable() -> str:
 
 
 def start_server(config: ServeConfig, quiet: bool = False) -> Server:
-    """Start `vllm serve` and wait for /health; on failure, stop it and raise with its log tail."""
+    """Start `vllm serve` and wait for /health; on failure, stop it and raise with the root cause
+    from its log (and the log's path)."""
     check_model_dir(config.model)
     if port_in_use(config.host, config.port):
         raise ServeError(
@@ -279,13 +307,23 @@ def start_server(config: ServeConfig, quiet: bool = False) -> Server:
     )
     log.close()
     server = Server(config, process, log_path)
+    try:
+        return _wait_healthy(server, config, quiet)
+    except BaseException:
+        # a failed start, Ctrl-C or SIGTERM while waiting: the server never outlives its caller
+        server.stop()
+        raise
+
+
+def _wait_healthy(server: Server, config: ServeConfig, quiet: bool) -> Server:
+    process = server.process
     deadline = time.monotonic() + config.startup_timeout_s
     start = time.monotonic()
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServeError(
-                f"vllm serve exited with code {process.returncode} before it was "
-                f"healthy:\n{server.log_tail()}"
+                f"vllm serve exited with code {process.returncode} before it was healthy:\n"
+                f"{log_summary(server.log_path)}"
             )
         if server.healthy():
             if not quiet:
@@ -296,14 +334,23 @@ def start_server(config: ServeConfig, quiet: bool = False) -> Server:
                 )
             return server
         time.sleep(1.0)
-    server.stop()
     raise ServeError(
-        f"vllm serve was not healthy within {config.startup_timeout_s:.0f} s:\n{server.log_tail()}"
+        f"vllm serve was not healthy within {config.startup_timeout_s:.0f} s:\n"
+        f"{log_summary(server.log_path)}"
     )
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
-    """SIGTERM the server's process group, then SIGKILL if it lingers."""
+    """SIGTERM the server's process group, then SIGKILL if it lingers. A Ctrl-C or SIGTERM
+    that arrives meanwhile is held until the server is gone, so it cannot leave an orphan."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        _stop_group(pid, timeout_s)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _stop_group(pid: int, timeout_s: float) -> None:
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
