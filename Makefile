@@ -61,7 +61,8 @@ bench-gain-vl: compress-venv
 	$(VENV)/bin/python -m integration.bench.bench_gain --organism vl --prunings wanda:0.5
 
 # organism-qwen (a real safety-tuned model) on StrongREJECT, HarmBench and HumanEval, served by
-# vLLM: dense, Wanda 50% and HSR settings, with intervals; writes RESULTS.md's bench-real block
+# vLLM: dense, Wanda 50% and HSR settings, with intervals; writes the bench-real blocks of
+# integration/bench/RESULTS.md and README.md (over an hour on two cores)
 bench-real: venvs real-model
 	$(VENV)/bin/python -m integration.bench.bench_real $(BENCH_REAL_ARGS)
 

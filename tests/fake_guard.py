@@ -75,9 +75,12 @@ XSTEST = re.compile(r'QUESTION: "(?P<prompt>.*)"\n\nRESPONSE: "(?P<response>.*)"
 class FakeGuard:
     """`with FakeGuard("llamaguard") as guard:` serves at `guard.url` (the /v1 base)."""
 
-    def __init__(self, mode: str, delay_s: float = 0.0) -> None:
+    def __init__(
+        self, mode: str, delay_s: float = 0.0, served: str = "meta-llama/Llama-Guard-3-8B"
+    ) -> None:
         self.mode = mode
         self.delay_s = delay_s
+        self.served = served  # the model id GET /v1/models lists, as vLLM's server does
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -146,6 +149,19 @@ class FakeGuard:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # quiet
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path != "/v1/models":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                listed = {"object": "list", "data": [{"id": guard.served, "object": "model"}]}
+                payload = json.dumps(listed).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 length = int(self.headers.get("Content-Length", 0))

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from hsr_eval.common import folder_digest
+from tests.fake_guard import FakeGuard
 from tests.helpers import serve_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +149,12 @@ def test_the_judge_settings_and_server_are_checked_before_any_server(model, tmp_
         HSR_JUDGE_TRIES="1",
         HSR_JUDGE_TIMEOUT="5",
     )
-    refused(compare(*args, env=closed), "the judge guard at http://127.0.0.1:9/v1", root=tmp_path)
+    refused(compare(*args, env=closed), "judge model 'guard' at http://127.0.0.1:9/v1 did not "
+            "answer", root=tmp_path)  # fmt: skip
+    with FakeGuard("llamaguard") as guard:
+        wrong = _env(HSR_JUDGE="llamaguard", HSR_JUDGE_URL=guard.url, HSR_JUDGE_MODEL="guard-x")
+        refused(compare(*args, env=wrong), "the server serves", "not this one", root=tmp_path)
+        assert guard.requests == []  # no judging request was spent on the check
 
 
 def _no_tokenizer(model: Path) -> None:

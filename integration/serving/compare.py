@@ -221,6 +221,7 @@ def evaluate_model(
     metadata: str | None = None,
     gen_kwargs: str | None = None,
     num_concurrent: int = 8,
+    request_timeout: float = 600.0,
 ) -> dict:
     """Serve (or load) one model and score it on `tasks`; everything it writes goes into
     `model_out`, the model's own folder of the comparison."""
@@ -240,7 +241,7 @@ def evaluate_model(
         with start_server(config) as server:
             args = (
                 f"model={spec.label},base_url={server.url}/v1/chat/completions,num_concurrent={num_concurrent},"
-                f"max_retries=3,timeout=120,{tokenizer_args}"
+                f"max_retries=3,timeout={request_timeout:g},{tokenizer_args}"
             )
             results_path = run_lm_eval(
                 lm_eval_command(
@@ -488,6 +489,7 @@ def run_evaluation(
     num_concurrent: int = 8,
     overwrite: bool = False,
     resume: bool = False,
+    request_timeout: float = 600.0,
 ) -> dict:
     """Evaluate every model into OUT/<label>/ (written as OUT/<label>.partial/ and renamed when
     the model finishes), then write OUT/comparison.json and .md atomically. A failure stops the
@@ -534,6 +536,7 @@ def run_evaluation(
                 metadata,
                 gen_kwargs,
                 num_concurrent,
+                request_timeout,
             )
         except (ServeError, RuntimeError) as err:
             raise ModelFailed(spec.label, partial, err) from err
@@ -621,6 +624,14 @@ def main(argv: list[str] | None = None) -> int:
         default=8,
         help="requests in flight to each vllm serve (vllm-serve backend; default 8)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds one request to vllm serve may take (default 600): all --num-concurrent "
+        "requests share the engine, and on a slow CPU a shorter limit times every one of them "
+        "out, so that lm-eval retries them forever",
+    )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",
@@ -636,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_concurrent < 1:
         parser.error("--num-concurrent must be at least 1")
+    if args.request_timeout <= 0:
+        parser.error("--request-timeout must be positive")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if (
@@ -673,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.num_concurrent,
                 args.overwrite,
                 args.resume,
+                args.request_timeout,
             )
     except ModelFailed as failed:
         print(f"error: model {failed.label} failed: {failed.cause}", file=sys.stderr)

