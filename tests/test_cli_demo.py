@@ -42,3 +42,40 @@ def test_demo_outside_a_checkout_says_how_to_get_one(monkeypatch, tmp_path):
         "error: `hsr demo` runs from a checkout of the hsr-plugin repository "
         "(integration/demo/run_demo.py was not found); clone it and run `make demo`"
     )
+
+
+@pytest.mark.subprocess
+def test_a_stopped_demo_stops_its_running_step_and_leaves_no_staging(tmp_path):
+    """SIGTERM to the demo while `hsr compress` runs its first step: the step gets SIGTERM in
+    turn (not subprocess.run's SIGKILL), so it removes its staging folder before the demo exits;
+    no step outlives the demo."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers import serve_bin
+
+    checkout = Path(__file__).resolve().parents[1]
+    serve_venv = serve_bin("hsr-compare").parents[1]  # the demo checks for it before starting
+    out = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "integration.demo.run_demo", "--out", str(out)],
+        cwd=checkout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, HSR_SERVE_VENV=str(serve_venv)),
+    )
+    deadline = time.monotonic() + 180
+    while not list(out.glob(".wanda.pid*")) and time.monotonic() < deadline:
+        assert demo.poll() is None, demo.communicate()[1][-2000:]
+        time.sleep(0.05)
+    assert list(out.glob(".wanda.pid*")), "the first step never started writing"
+    step = int(next(out.glob(".wanda.pid*")).name.split(".pid", 1)[1].split(".", 1)[0])
+    demo.send_signal(signal.SIGTERM)
+    _, stderr = demo.communicate(timeout=120)
+    assert demo.returncode != 0
+    assert "the demo was stopped by signal 15" in stderr
+    assert not list(out.glob(".*pid*")) and not (out / "wanda").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(step, 0)
