@@ -99,11 +99,11 @@ def compress(args: argparse.Namespace) -> Path:
 def cpu_has_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it, PyTorch's
     bfloat16 matmul on the CPU is emulated (measured here on an AVX2 CPU: 60x float32's time)."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
+    from hsr_eval.launch import cpu_flag
+
+    if not Path(cpuinfo).is_file():
         return True  # unknown: say nothing
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return cpu_flag("avx512_bf16", cpuinfo) or cpu_flag("amx_bf16", cpuinfo)
 
 
 def warn_if_slow_dtype(model) -> None:
