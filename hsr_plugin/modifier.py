@@ -125,6 +125,11 @@ class HSRModifier(HSRSettings):
         processor = load_processor(model_name_or_path(model), self.processor)
         safety = self._render(self.safety_data, processor, "safety_data")
         utility = self._render(self.utility_data, processor, "utility_data")
+        benign = (
+            None
+            if self.benign_data is None
+            else self._render(self.benign_data, processor, "benign_data")
+        )
         run.timing["data"] = time.perf_counter() - start
         run.model_info = model_info(model, blocks)
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
@@ -146,7 +151,7 @@ class HSRModifier(HSRSettings):
                 model, blocks, placed.device, self, self.batch_size, pad_id, memory,
                 "cpu" if self.offload_statistics else placed.device,
             )  # fmt: skip
-            self._score_and_plan(ctx, scorer, safety, utility)
+            self._score_and_plan(ctx, scorer, safety, utility, benign)
         return True
 
     def on_calibration_end(self, state: State, event: Event, **kwargs):
@@ -172,7 +177,9 @@ class HSRModifier(HSRSettings):
         logger.info(f"HSR {field}: {len(samples)} samples from {spec}")
         return samples
 
-    def _score_and_plan(self, ctx: ScoringContext, scorer: HeadScorer, safety, utility) -> None:
+    def _score_and_plan(
+        self, ctx: ScoringContext, scorer: HeadScorer, safety, utility, benign=None
+    ) -> None:
         run = self._run
         start = time.perf_counter()
         cost = AttributionCost()
@@ -196,7 +203,7 @@ class HSRModifier(HSRSettings):
 
         start = time.perf_counter()
         run.policy = self.restoration_policy()
-        run.policy.prepare(ctx, plans, safety, utility)
+        run.policy.prepare(ctx, plans, safety, utility, benign)
         run.plans = plans
         run.timing["neuron_scoring"] = time.perf_counter() - start
         if run.dense is None:

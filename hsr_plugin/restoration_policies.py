@@ -7,7 +7,8 @@ their dense values back.
 - `RestoreGainRestoration` (`neuron_score: restore_gain`): after pruning, the pruned weights of
   the planned units ranked by the first-order drop of the refusal NLL that restoring them
   brings on the PRUNED model, without raising the utility NLL by more than a tolerance; the
-  budget may be spent in rounds that re-score in between.
+  budget may be spent in rounds that re-score in between. With benign look-alike requests, the
+  gain is net of what restoring brings to refusing them.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class RestorationPolicy(Protocol):
         plans: dict[str, UnitPlan],
         safety: list[CalibrationSample],
         utility: list[CalibrationSample],
+        benign: list[CalibrationSample] | None = None,
     ) -> None:
-        """On the dense model, in `on_initialize`: whatever the policy needs later."""
+        """On the dense model, in `on_initialize`: whatever the policy needs later. `benign`:
+        benign requests worded like harmful ones, with the refusal they must not get."""
 
     def restore(
         self, model: nn.Module, plans: dict[str, UnitPlan], dense: dict, cap: int | None, hooks
@@ -69,7 +72,9 @@ class ImportanceRestoration:
     preserve_nm: str | None = None
     budgeted: bool = False  # a max_restored_per_10k is set
 
-    def prepare(self, ctx, plans, safety, utility) -> None:
+    def prepare(self, ctx, plans, safety, utility, benign=None) -> None:
+        if benign is not None:  # the settings refuse benign_data outside restore_gain
+            raise ValueError("the paper's neuron level takes no benign look-alike requests")
         modules = {name: plan.module for name, plan in plans.items()}
         stats_s, stats_u = (
             collect_statistics(
@@ -128,15 +133,21 @@ class RestoreGainRestoration:
     rounds: int = 1
     preserve_nm: str | None = None
     offload_statistics: bool = False
+    benign_weight: float = 1.0
     _samples: tuple | None = None
+    _benign_given: bool = False
 
-    def prepare(self, ctx, plans, safety, utility) -> None:
+    def prepare(self, ctx, plans, safety, utility, benign=None) -> None:
         # candidates are chosen after pruning, on the pruned model
-        self._samples = (safety, utility)
+        self._samples = (safety, utility, benign)
+        self._benign_given = benign is not None
 
     def restore(self, model, plans, dense, cap, hooks) -> dict[str, RestoreStats]:
         """Candidates scored on the PRUNED model by first-order safety gain; `rounds` re-scores."""
-        safety, utility = self._samples
+        safety, utility, benign = self._samples
+        sets = [("safety", safety), ("utility", utility)]
+        if benign is not None:
+            sets.append(("benign look-alike refusal", benign))
         modules = {name: plan.module for name, plan in plans.items()}
         nm = parse_nm(self.preserve_nm)
         restored = {name: 0 for name in plans}
@@ -158,7 +169,7 @@ class RestoreGainRestoration:
                         hooks=hooks,
                         stats_device="cpu" if self.offload_statistics else placed.device,
                     )
-                    for which, samples in (("safety", safety), ("utility", utility))
+                    for which, samples in sets
                 ]
                 masks, gains = {}, {}
                 for name, plan in plans.items():
@@ -171,6 +182,8 @@ class RestoreGainRestoration:
                         grads[1].pop(name),
                         self.utility_tolerance,
                         nm,
+                        grads[2].pop(name) if benign is not None else None,
+                        self.benign_weight,
                     )
                     first.setdefault(name, stats)
                 if remaining is not None:
@@ -191,5 +204,12 @@ class RestoreGainRestoration:
         return (
             "no pruned weight of the selected units would lower the refusal NLL without "
             f"raising the utility NLL by more than utility_tolerance "
-            f"({self.utility_tolerance}). Raise utility_tolerance or select more heads."
+            f"({self.utility_tolerance})"
+            + (
+                f", net of benign look-alike refusals (benign_weight {self.benign_weight}). "
+                "Raise utility_tolerance, lower benign_weight"
+                if self._benign_given
+                else ". Raise utility_tolerance"
+            )
+            + " or select more heads."
         )

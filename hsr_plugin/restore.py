@@ -15,6 +15,7 @@ from torch import nn
 
 from hsr_plugin.selection import (
     apply_restore,
+    benign_penalized_gains,
     nm_compatible_mask,
     pruned_mask,
     restore_gains,
@@ -104,11 +105,15 @@ def restore_gain_mask(
     grad_utility: torch.Tensor,
     utility_tolerance: float = 0.0,
     preserve_nm: tuple[int, int] | None = None,
+    grad_benign: torch.Tensor | None = None,
+    benign_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, RestoreStats]:
     """`restore_gain` for one matrix of the pruned model: (R, safety gain, counts).
 
     Candidates: pruned weights inside the slices whose restoration lowers the safety loss
     (gain > 0) and raises the utility loss by at most `utility_tolerance`, to first order.
+    With `grad_benign` (the refusal NLL's gradient on benign look-alike requests), the gain is
+    the net one, less `benign_weight` times what restoring brings to refusing those.
     """
     with align_module_device(module):
         current = module.weight.detach()
@@ -118,6 +123,10 @@ def restore_gain_mask(
         gain, harm = restore_gains(
             dense, grad_safety.to(current.device), grad_utility.to(current.device)
         )
+        if grad_benign is not None:
+            gain = benign_penalized_gains(
+                gain, dense, grad_benign.to(current.device), benign_weight
+            )
         candidates = pruned & inside & (gain > 0) & (harm <= utility_tolerance)
         mask = candidates
         if preserve_nm is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "apply_restore",
     "nm_compatible_mask",
     "restore_gains",
+    "benign_penalized_gains",
 ]
 
 
@@ -189,3 +190,22 @@ def restore_gains(
         )
     dense = dense_weight.double()
     return -(grad_safety.double() * dense), grad_utility.double() * dense
+
+
+def benign_penalized_gains(
+    gain: torch.Tensor, dense_weight: torch.Tensor, grad_benign: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """The safety gain less `weight` times the gain that restoring each weight brings to the
+    refusal NLL of benign requests worded like harmful ones (-g_b * w, to first order).
+
+    A weight that makes every request likelier to be refused gains about as much on the benign
+    look-alikes as on the harmful requests and nets about zero; one that separates the two
+    keeps its gain. Restoring on the net gain stops buying refusals with over-refusal.
+    """
+    if not gain.shape == dense_weight.shape == grad_benign.shape:
+        raise ValueError(
+            f"shapes differ: gain {tuple(gain.shape)}, dense {tuple(dense_weight.shape)}, "
+            f"benign gradient {tuple(grad_benign.shape)}"
+        )
+    benign_gain = -(grad_benign.double() * dense_weight.double())
+    return gain.double() - weight * benign_gain

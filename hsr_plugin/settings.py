@@ -53,6 +53,12 @@ class HSRSettings(Modifier):
     :param safety_data: harmful requests with refusals: a bundled set name, a local JSONL or
         VLGuard `train.json[:split]` path, or a Hugging Face dataset id (`id[:split]`)
     :param utility_data: benign requests with helpful answers, same forms
+    :param benign_data: `restore_gain` only, optional: benign requests worded like harmful
+        ones, each with the refusal it must NOT get (same forms; bundled: `hsr-benign-mini`).
+        A weight's gain is then net of what restoring it brings to refusing these, so the
+        restoration stops buying refusals with over-refusal
+    :param benign_weight: how much a unit of benign look-alike refusal gain costs against a
+        unit of safety gain (with `benign_data`)
     :param num_samples: samples drawn from each set (seeded)
     :param max_seq_length: longest rendered conversation, in tokens
     :param batch_size: prompts (or conversations) per forward pass of head attribution and of
@@ -96,6 +102,8 @@ class HSRSettings(Modifier):
     head_slicing: Literal["exact", "reference"] = "exact"
     safety_data: str = "hsr-safety-mini"
     utility_data: str = "hsr-utility-mini"
+    benign_data: str | None = None
+    benign_weight: float = Field(default=1.0, ge=0.0)
     num_samples: int = Field(default=128, ge=1)
     max_seq_length: int = Field(default=512, ge=8)
     batch_size: int = Field(default=8, ge=1)
@@ -144,9 +152,11 @@ class HSRSettings(Modifier):
         parse_nm(value)
         return value
 
-    @field_validator("safety_data", "utility_data")
+    @field_validator("safety_data", "utility_data", "benign_data")
     @classmethod
-    def _non_empty(cls, value: str):
+    def _non_empty(cls, value: str | None, info):
+        if value is None and info.field_name == "benign_data":
+            return value
         if not value or not value.strip():
             raise InvalidInputError(
                 "calibration data must name a bundled set, a path or a dataset id"
@@ -175,6 +185,8 @@ class HSRSettings(Modifier):
             lambda m: m.neuron_score == "restore_gain",
         ),
         "num_mlp_channels": ("units: [heads, mlp]", lambda m: "mlp" in m.units),
+        "benign_data": ("neuron_score: restore_gain", lambda m: m.neuron_score == "restore_gain"),
+        "benign_weight": ("benign_data", lambda m: m.benign_data is not None),
     }
 
     @model_validator(mode="after")
@@ -219,7 +231,11 @@ class HSRSettings(Modifier):
         """The restoration policy these fields choose."""
         if self.neuron_score == "restore_gain":
             return RestoreGainRestoration(
-                self.utility_tolerance, self.rounds, self.preserve_nm, self.offload_statistics
+                self.utility_tolerance,
+                self.rounds,
+                self.preserve_nm,
+                self.offload_statistics,
+                self.benign_weight,
             )
         return ImportanceRestoration(
             self.neuron_score, self.safety_top, self.utility_top, self.utility_max,

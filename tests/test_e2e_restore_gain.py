@@ -225,3 +225,41 @@ def test_restore_gain_restoring_nothing_says_what_to_change(model_dirs, calib_fi
         "NLL without raising the utility NLL by more than utility_tolerance (0.0). Raise "
         "utility_tolerance or select more heads."
     ) in lines, lines
+
+
+def test_benign_lookalikes_that_are_the_harmful_requests_cancel_every_gain(model_dirs, calib_files):
+    """`benign_data` nets out what restoring brings to refusing benign look-alikes: with the
+    harmful requests themselves as the look-alikes and weight 1, every gain nets to exactly zero,
+    nothing is restored, and the warning says which knob to turn."""
+    import llmcompressor  # noqa: F401  (its first import resets loguru's sinks)
+
+    extra = (
+        "      neuron_score: restore_gain\n"
+        f"      benign_data: {calib_files['safety']}\n"
+        "      benign_weight: 1.0\n"
+    )
+    with log_messages("WARNING") as lines:
+        _, report = _run(model_dirs["llama"], calib_files, extra)
+    assert report["totals"]["restored"] == 0
+    assert (
+        "HSR restored no weights: no pruned weight of the selected units would lower the refusal "
+        "NLL without raising the utility NLL by more than utility_tolerance (0.0), net of benign "
+        "look-alike refusals (benign_weight 1.0). Raise utility_tolerance, lower benign_weight "
+        "or select more heads."
+    ) in lines, lines
+
+
+def test_benign_weight_zero_restores_exactly_what_restore_gain_alone_does(model_dirs, calib_files):
+    plain, plain_report = _run(
+        model_dirs["llama"], calib_files, "      neuron_score: restore_gain\n"
+    )
+    weighted, report = _run(
+        model_dirs["llama"],
+        calib_files,
+        "      neuron_score: restore_gain\n"
+        "      benign_data: hsr-benign-mini\n"
+        "      benign_weight: 0.0\n",
+    )
+    assert report["totals"]["restored"] == plain_report["totals"]["restored"] > 0
+    state = weighted.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())

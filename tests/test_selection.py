@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from hsr_plugin.selection import (
     apply_restore,
+    benign_penalized_gains,
     candidate_mask,
     nm_compatible_mask,
     pruned_mask,
@@ -194,3 +195,16 @@ def test_restore_gains_are_first_order_loss_changes():
     assert harm.tolist() == [[1.0, 0.0], [-0.5, 3.0]]
     with pytest.raises(ValueError, match="shapes differ"):
         restore_gains(dense, g_s[:1], g_u)
+
+
+def test_benign_penalized_gains_subtract_the_weighted_gain_on_benign_refusals():
+    dense = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    gain = torch.tensor([[2.0, 1.0], [-2.0, 0.5]], dtype=torch.float64)
+    g_b = torch.tensor([[-1.0, 0.0], [2.0, -0.5]])
+    # benign refusal gain -g_b * w = [[2, 0], [-1, 1.5]]; a weight raising refusals of benign
+    # look-alikes as much as of harmful requests nets zero
+    assert benign_penalized_gains(gain, dense, g_b, 1.0).tolist() == [[0.0, 1.0], [-1.0, -1.0]]
+    assert benign_penalized_gains(gain, dense, g_b, 0.5).tolist() == [[1.0, 1.0], [-1.5, -0.25]]
+    assert torch.equal(benign_penalized_gains(gain, dense, g_b, 0.0), gain)
+    with pytest.raises(ValueError, match="shapes differ"):
+        benign_penalized_gains(gain, dense, g_b[:1], 1.0)

@@ -66,6 +66,12 @@ class _Block:
                 "utility_data", "calibration data must name a bundled set, a path or a dataset id"
             ),
         ),
+        (
+            {"benign_data": " ", "neuron_score": "restore_gain"},
+            _VALUE.format(
+                "benign_data", "calibration data must name a bundled set, a path or a dataset id"
+            ),
+        ),
         ({"unknown_field": 1}, "HSRModifier: unknown_field: Extra inputs are not permitted"),
     ],
 )
@@ -92,6 +98,8 @@ def test_bad_hyperparameters_are_rejected_by_the_config(kwargs, message):
         ("utility_max", 0.8, {"neuron_score": "restore_gain"}, "the paper's neuron level"),
         ("utility_tolerance", 0.1, {}, "neuron_score: restore_gain"),
         ("num_mlp_channels", 8, {}, "units: [heads, mlp]"),
+        ("benign_data", "hsr-benign-mini", {}, "neuron_score: restore_gain"),
+        ("benign_weight", 0.5, {"neuron_score": "restore_gain"}, "benign_data"),
     ],
 )
 def test_a_field_the_chosen_mode_ignores_is_refused_naming_the_mode(field, value, settings, mode):
