@@ -88,6 +88,13 @@ SETTINGS = {
             FIRST_ORDER,
             "recommended recipe (restore_gain, 25 per 10k), first-order heads",
         ),
+        Setting(
+            "wanda+hsr-recommended-benign",
+            "wanda_hsr_recommended",
+            (*FIRST_ORDER, "HSRModifier.benign_data=hsr-benign-mini"),
+            "recommended recipe, first-order heads, gains net of the 64 bundled benign "
+            "look-alikes' refusals (`benign_data: hsr-benign-mini`, weight 1)",
+        ),
     )
 }
 DEFAULT_SETTINGS = "wanda,wanda+hsr-paper,wanda+hsr-recommended"
@@ -118,34 +125,41 @@ def weights_digest(folder: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def evaluation_key(models: dict[str, Path], tasks: tuple[str, ...], extra: list[str]) -> dict:
-    digests = {label: weights_digest(path) for label, path in models.items()}
-    return {"tasks": list(tasks), "options": list(extra), "weights": digests}
+def evaluation_key(path: Path, tasks: tuple[str, ...], extra: list[str]) -> dict:
+    return {"tasks": list(tasks), "options": list(extra), "weights": weights_digest(path)}
 
 
 def compare(
     models: dict[str, Path], tasks: tuple[str, ...], out: Path, extra: list[str], fresh: bool
 ) -> dict:
-    """hsr-compare of `models` on `tasks`; an earlier comparison in `out` is reused when it
-    scored bit-identical weights with the same tasks and options (unless `fresh`)."""
-    key = evaluation_key(models, tasks, extra)
-    key_file = out / "bench_key.json"
-    if not fresh and key_file.is_file() and json.loads(key_file.read_text()) == key:
-        print(f"[bench-real] {out.name}: the same weights were scored already; reusing", flush=True)
-        return json.loads((out / "comparison.json").read_text())
+    """hsr-compare of each model on `tasks`, one folder a model (`out/<label>`), so that adding
+    a setting evaluates only that setting: a model's earlier evaluation is reused when it scored
+    bit-identical weights with the same tasks and options (unless `fresh`). Returns the
+    comparison's shape, {"models": {label: row}}, over all of `models`."""
     serve_venv = Path(os.environ.get("HSR_SERVE_VENV", ROOT / ".venv-serve"))
     exe = serve_venv / "bin" / "hsr-compare"
     if not exe.is_file():
         raise SystemExit(f"error: {exe} is missing: run `make serve-venv` first")
-    if out.exists():
-        shutil.rmtree(out)  # a fresh comparison: its folder is this benchmark's own output
-    cmd = [str(exe), "--out", str(out), "--tasks", ",".join(tasks), *extra]
-    cmd += ["--num-concurrent", str(CONCURRENT), "--models"]
-    cmd += [f"{label}={path}" for label, path in models.items()]
-    print("[bench-real] $ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    write_json_atomic(key_file, key)
-    return json.loads((out / "comparison.json").read_text())
+    rows = {}
+    for label, path in models.items():
+        folder = out / label
+        key = evaluation_key(path, tasks, extra)
+        key_file = folder / "bench_key.json"
+        if not fresh and key_file.is_file() and json.loads(key_file.read_text()) == key:
+            print(
+                f"[bench-real] {out.name}/{label}: these weights were scored already; reusing",
+                flush=True,
+            )
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)  # a fresh evaluation: this benchmark's own output
+            cmd = [str(exe), "--out", str(folder), "--tasks", ",".join(tasks), *extra]
+            cmd += ["--num-concurrent", str(CONCURRENT), "--models", f"{label}={path}"]
+            print("[bench-real] $ " + " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            write_json_atomic(key_file, key)
+        rows[label] = json.loads((folder / "comparison.json").read_text())["models"][label]
+    return {"models": rows}
 
 
 def task_outcomes(comparison: dict, task: str, metric: str) -> dict[str, dict[str, int]]:
@@ -277,10 +291,13 @@ def load_comparisons() -> tuple[dict, dict, dict]:
     """The three evaluations of the last run, from OUT (for --readme-only)."""
     found = []
     for name in ("eval-safety", "eval-lookalike", "eval-code"):
-        path = OUT / name / "comparison.json"
-        if not path.is_file():
-            raise SystemExit(f"error: {path} is missing: run the benchmark first")
-        found.append(json.loads(path.read_text()))
+        paths = sorted((OUT / name).glob("*/comparison.json"))
+        if not paths:
+            raise SystemExit(f"error: {OUT / name} holds no evaluation: run the benchmark first")
+        rows = {}
+        for path in paths:
+            rows.update(json.loads(path.read_text())["models"])
+        found.append({"models": rows})
     return found[0], found[1], found[2]
 
 
