@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-real support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-real support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -44,6 +44,10 @@ real-model: compress-venv
 
 demo-smollm2: venvs smollm2
 	$(VENV)/bin/hsr demo --out outputs/demo-smollm2 --organism smollm2
+
+# the demo on organism-qwen (a real safety-tuned model) with the published benchmarks
+demo-real: venvs real-model
+	$(VENV)/bin/hsr demo --out outputs/demo-real --organism qwen
 
 bench: compress-venv
 	$(VENV)/bin/python -m integration.bench.bench_hsr

