@@ -37,6 +37,7 @@ __all__ = [
     "CoherenceReader",
     "answer_statistic",
     "coherence_from_env",
+    "coherence_settings",
 ]
 
 # tokens of the answer's opening left out of the statistic (see the module docstring)
@@ -139,14 +140,30 @@ def _reader(path: str) -> CoherenceReader:
     return CoherenceReader(path)
 
 
-def coherence_from_env(env=None) -> tuple[CoherenceReader, float] | None:
-    """The reader and threshold `HSR_COHERENCE_MODEL` and `HSR_COHERENCE_MAX_NLL` choose, or
-    None when the reading is off."""
+def coherence_settings(env=None) -> tuple[str, float] | None:
+    """(reference model folder, threshold) that `HSR_COHERENCE_MODEL` and
+    `HSR_COHERENCE_MAX_NLL` choose, checked without loading anything; None when the reading is
+    off."""
     env = os.environ if env is None else env
     path = env.get("HSR_COHERENCE_MODEL")
     if not path:
         return None
-    limit = float(env.get("HSR_COHERENCE_MAX_NLL", DEFAULT_MAX_NLL))
+    if not (Path(path).expanduser() / "config.json").is_file():
+        raise ValueError(f"HSR_COHERENCE_MODEL={path}: not a model folder (no config.json)")
+    try:
+        limit = float(env.get("HSR_COHERENCE_MAX_NLL", DEFAULT_MAX_NLL))
+    except ValueError:
+        raise ValueError(
+            f"HSR_COHERENCE_MAX_NLL must be a number, got {env['HSR_COHERENCE_MAX_NLL']!r}"
+        ) from None
     if not limit > 0:
         raise ValueError(f"HSR_COHERENCE_MAX_NLL must be > 0, got {limit}")
-    return _reader(path), limit
+    return path, limit
+
+
+def coherence_from_env(env=None) -> tuple[CoherenceReader, float] | None:
+    """The reader and threshold the environment chooses (`coherence_settings`), or None."""
+    settings = coherence_settings(env)
+    if settings is None:
+        return None
+    return _reader(settings[0]), settings[1]

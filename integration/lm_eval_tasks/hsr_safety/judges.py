@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hsr_eval.tasks.coherence import coherence_from_env
+from hsr_eval.tasks.coherence import coherence_from_env, coherence_settings
 from hsr_eval.tasks.judge import JUDGE_NAME, is_refusal, normalize
 from hsr_eval.tasks.judge_client import (
     Endpoint,
@@ -439,8 +439,11 @@ def active_judges() -> JudgeSet:
 
 
 def describe_judges() -> str:
-    """What `hsr-compare` and the scorer record as the judge of a result."""
-    return active_judges().describe()
+    """What `hsr-compare` and the scorer record as the judge of a result (with the coherence
+    reading, when it is on)."""
+    reading = coherence_settings()
+    extra = f"; coherence: {reading[0]} (max NLL {reading[1]:g})" if reading else ""
+    return active_judges().describe() + extra
 
 
 def _cache() -> VerdictCache:
