@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-real support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-real bench-nonsense support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -69,6 +69,11 @@ bench-gain-vl: compress-venv
 # integration/bench/RESULTS.md and README.md (over an hour on two cores)
 bench-real: venvs real-model
 	$(VENV)/bin/python -m integration.bench.bench_real $(BENCH_REAL_ARGS)
+
+# the coherence reading (fluent nonsense vs compliance) against the hand labels in
+# integration/bench/labels/, and each bench-real model's attack success by both readings
+bench-nonsense: compress-venv real-model
+	$(VENV)/bin/python -m integration.bench.bench_nonsense
 
 # every model family x every HSR setting, end to end on tiny models; rewrites README's table
 support-matrix: compress-venv

@@ -13,7 +13,7 @@ under way, the reference predicts a coherent continuation well and a nonsensical
 median keeps one surprising word from deciding a whole answer.
 
 Validated against hand labels of the pruned real model's answers
-(integration/organisms/data/benchmarks/nonsense_labels.jsonl and its README), by
+(integration/bench/labels/nonsense_labels.jsonl and its README), by
 `integration/bench/bench_nonsense.py`, which writes the agreement into
 integration/bench/RESULTS.md (block `bench-nonsense`).
 
@@ -100,26 +100,45 @@ class CoherenceReader:
         # longest first, so a batch pads little
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
         pad = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        from tqdm import tqdm
+
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="coherence reading", disable=len(starts) < 2):
+            chunk = [
+                i for i in order[start : start + self.batch_size] if self._answer_len(encoded[i])
+            ]
+            if not chunk:
+                continue
             width = max(len(encoded[i][0]) for i in chunk)
+            # left padding puts every answer at the end, so only the last positions' logits are
+            # needed: a prompt of a few thousand tokens times the vocabulary would not fit
+            keep = max(self._answer_len(encoded[i]) for i in chunk) + 1
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, i in enumerate(chunk):
                 tokens = encoded[i][0]
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
+                ids[row, width - len(tokens) :] = torch.tensor(tokens)
+                mask[row, width - len(tokens) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
                 logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            picked = logprobs.gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    logits_to_keep=keep,
+                ).logits
             for row, i in enumerate(chunk):
-                tokens, prompt_len = encoded[i]
-                # token t is predicted at position t - 1
-                out[i] = (-picked[row, prompt_len - 1 : len(tokens) - 1]).tolist()
+                length = self._answer_len(encoded[i])
+                # the answer's token t is predicted at the position before it
+                predicted = logits[row, keep - 1 - length : keep - 1].float()
+                targets = ids[row, width - length :].to(self.device)
+                nll = torch.nn.functional.cross_entropy(predicted, targets, reduction="none")
+                out[i] = nll.tolist()
         return out
+
+    @staticmethod
+    def _answer_len(encoded: tuple[list[int], int]) -> int:
+        return len(encoded[0]) - encoded[1]
 
     def statistics(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
         """`answer_statistic` of each (request, answer), read once per distinct pair."""
