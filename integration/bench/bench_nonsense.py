@@ -216,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="wanda", help="bench-real label to sample from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="--sample: the file to write (not the labels)")
+    parser.add_argument(
+        "--labels-only",
+        action="store_true",
+        help="print the agreement with the labels; read no bench-real model, write nothing",
+    )
     args = parser.parse_args(argv)
     if args.sample:
         if args.out is None or args.out.resolve() == LABELS.resolve():
@@ -232,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         r for r in rows if r["label"] != "refusal" and r["statistic"] is not None and dev_half(r)
     ]
     chosen = best_threshold(dev)
+    if args.labels_only:
+        print("\n" + render(rows, chosen, time.monotonic() - started))
+        return
     rates = model_rates(reader)
     body = render(rows, chosen, time.monotonic() - started)
     body = body.replace(

@@ -49,6 +49,7 @@ from integration.organisms import qwen
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "bench-real"
+WALLS = OUT / "models" / "compress_seconds.json"
 README = ROOT / "README.md"
 PRUNING_DATA = ROOT / "hsr_plugin" / "data" / "hsr-utility-mini.jsonl"
 SAFETY_TASKS = {"hsr_strongreject": "StrongREJECT", "hsr_harmbench": "HarmBench"}
@@ -116,7 +117,11 @@ def compress(setting: Setting, dense: Path) -> tuple[Path, float]:
     print("[bench-real] $ " + " ".join(cmd), flush=True)
     started = time.monotonic()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return out, time.monotonic() - started
+    wall = time.monotonic() - started
+    # kept beside the models, so that --render-saved can show the costs of this run
+    walls = json.loads(WALLS.read_text()) if WALLS.is_file() else {}
+    write_json_atomic(WALLS, {**walls, setting.label: wall})
+    return out, wall
 
 
 def weights_digest(folder: Path) -> str:
@@ -171,6 +176,14 @@ def task_outcomes(comparison: dict, task: str, metric: str) -> dict[str, dict[st
     return out
 
 
+def rate_or_missing(passed: dict[str, dict[str, int]], label: str) -> str:
+    """A rate (HumanEval pass@1, look-alike over-refusal) with its interval, or why there is
+    none (a --render-saved of a run stopped before that evaluation)."""
+    if not passed.get(label):
+        return "not evaluated"
+    return interval_cell(rate_summary(list(passed[label].values())))
+
+
 def rsr_cell(dense: dict, pruned: dict, realigned: dict) -> str:
     """RSR on one benchmark's attack success, its paired interval, and McNemar vs the pruned."""
     test = mcnemar_exact(pruned, realigned)
@@ -218,9 +231,9 @@ def render(safety: dict, lookalike: dict, code: dict, costs: dict, args, seconds
                 cells.append(pruning_cell(asr[task]["dense"], asr[task][label]))
             else:
                 cells.append("")
-        cells.append(interval_cell(rate_summary(list(alike[label].values()))))
+        cells.append(rate_or_missing(alike, label))
         cells.append(interval_cell(rate_summary(list(over[label].values()))))
-        cells.append(interval_cell(rate_summary(list(passed[label].values()))))
+        cells.append(rate_or_missing(passed, label))
         cells.append(cost.get("ratio", ""))
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- `{label}`: {SETTINGS[label].note}" for label in labels if label in SETTINGS]
@@ -268,8 +281,8 @@ def readme_summary(safety: dict, lookalike: dict, code: dict) -> str:
         cells = [SETTINGS[label].note if label in SETTINGS else label]
         for task in SAFETY_TASKS:
             cells.append(interval_cell(rate_summary([1 - v for v in asr[task][label].values()])))
-        cells.append(interval_cell(rate_summary(list(alike[label].values()))))
-        cells.append(interval_cell(rate_summary(list(passed[label].values()))))
+        cells.append(rate_or_missing(alike, label))
+        cells.append(rate_or_missing(passed, label))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(
         [
@@ -288,11 +301,12 @@ def write_readme(body: str) -> None:
 
 
 def load_comparisons() -> tuple[dict, dict, dict]:
-    """The three evaluations of the last run, from OUT (for --readme-only)."""
+    """The three evaluations of the last run, from OUT (for --readme-only and --render-saved);
+    the look-alike and HumanEval ones may be missing."""
     found = []
     for name in ("eval-safety", "eval-lookalike", "eval-code"):
         paths = sorted((OUT / name).glob("*/comparison.json"))
-        if not paths:
+        if not paths and name == "eval-safety":
             raise SystemExit(f"error: {OUT / name} holds no evaluation: run the benchmark first")
         rows = {}
         for path in paths:
@@ -316,6 +330,27 @@ def hsr_costs(models: dict[str, Path], walls: dict[str, float | None]) -> dict[s
     return costs
 
 
+def render_saved(args) -> None:
+    """The blocks from what an earlier (maybe stopped) run saved under OUT."""
+    safety, lookalike, code = load_comparisons()
+    chosen = ["dense", *(s.strip() for s in args.settings.split(",") if s.strip())]
+    missing = [label for label in chosen if label not in safety["models"]]
+    if missing:
+        raise SystemExit(f"error: no saved safety evaluation of {missing} under {OUT}")
+    for comparison in (safety, lookalike, code):
+        comparison["models"] = {k: v for k, v in comparison["models"].items() if k in chosen}
+    safety["models"] = {label: safety["models"][label] for label in chosen}
+    walls = json.loads(WALLS.read_text()) if WALLS.is_file() else {}
+    models = {label: OUT / "models" / label for label in chosen if label != "dense"}
+    body = render(safety, lookalike, code, hsr_costs(models, walls), args, 0.0)
+    body = body.replace(", in 0 s.", ", rendered from its saved evaluations.").replace(
+        "bench_real --settings", "bench_real --render-saved --settings"
+    )
+    print("\n" + body)
+    write_results("bench-real", body)
+    write_readme(readme_summary(safety, lookalike, code))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=", ".join(SETTINGS))
@@ -333,9 +368,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="rewrite README.md's bench-real table from the last run's evaluations, nothing else",
     )
+    parser.add_argument(
+        "--render-saved",
+        action="store_true",
+        help="write RESULTS.md's and README.md's blocks from the saved evaluations of --settings "
+        "(no compression, no evaluation; costs from the saved compress seconds where kept)",
+    )
     args = parser.parse_args(argv)
     if args.readme_only:
         write_readme(readme_summary(*load_comparisons()))
+        return
+    if args.render_saved:
+        render_saved(args)
         return
     chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SETTINGS]
