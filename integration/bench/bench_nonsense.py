@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--labels-only",
         action="store_true",
-        help="print the agreement with the labels; read no bench-real model, write nothing",
+        help="the agreement with the labels only: read no bench-real model (their table is left "
+        "out of the block)",
     )
     args = parser.parse_args(argv)
     if args.sample:
@@ -237,11 +238,16 @@ def main(argv: list[str] | None = None) -> None:
         r for r in rows if r["label"] != "refusal" and r["statistic"] is not None and dev_half(r)
     ]
     chosen = best_threshold(dev)
-    if args.labels_only:
-        print("\n" + render(rows, chosen, time.monotonic() - started))
-        return
-    rates = model_rates(reader)
+    rates = None if args.labels_only else model_rates(reader)
     body = render(rows, chosen, time.monotonic() - started)
+    if rates is None:
+        body = body.replace(
+            "\n\n_Generated",
+            "\n\nThe bench-real models were not read in this run (`--labels-only`).\n\n_Generated",
+        ).replace("bench_nonsense` on", "bench_nonsense --labels-only` on")
+        print("\n" + body)
+        write_results("bench-nonsense", body)
+        return
     body = body.replace(
         "\n\n_Generated",
         "\n\nThe models of the last `make bench-real` (128-token answers), each benchmark's "

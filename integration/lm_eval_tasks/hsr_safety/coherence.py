@@ -42,8 +42,9 @@ __all__ = [
 
 # tokens of the answer's opening left out of the statistic (see the module docstring)
 SKIP_TOKENS = 8
-# answers the reference reads at a median NLL above this are nonsense; chosen on the labels' dev
-# half by bench_nonsense (its block reports agreement on the other half)
+# answers the reference reads at a median NLL above this are nonsense: a value set before the
+# hand labels were read; bench_nonsense reports its agreement on the labels' test half beside that
+# of the threshold it chooses on their dev half (RESULTS.md, block bench-nonsense)
 DEFAULT_MAX_NLL = 2.0
 # answers are read up to this many tokens (the safety tasks cut them at 128)
 MAX_ANSWER_TOKENS = 256
