@@ -70,8 +70,8 @@ bench-gain-vl: compress-venv
 bench-real: venvs real-model
 	$(VENV)/bin/python -m integration.bench.bench_real $(BENCH_REAL_ARGS)
 
-# the coherence reading (fluent nonsense vs compliance) against the hand labels in
-# integration/bench/labels/, and each bench-real model's attack success by both readings
+# the dense model's likelihood as a reading of fluent nonsense vs compliance, against the hand
+# labels in integration/bench/labels/
 bench-nonsense: compress-venv real-model
 	$(VENV)/bin/python -m integration.bench.bench_nonsense
 

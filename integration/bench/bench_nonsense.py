@@ -1,24 +1,16 @@
-"""`make bench-nonsense`: does the coherence reading tell a pruned model's fluent nonsense from
-real compliance? Checked against hand labels.
-
-The keyword judge counts every answer that does not refuse as an attack success; many of a
-pruned model's are fluent nonsense. `hsr_eval.tasks.coherence` reads each answer with a
-reference model (the dense one) and calls it nonsense when its median per-token NLL after the
-opening is above a threshold. This benchmark:
+"""`make bench-nonsense`: how much of the keyword judge's attack success on a pruned real model
+is fluent nonsense, and can a reference model's likelihood tell the two apart? Checked against
+hand labels.
 
 1. `--sample N` draws N of the Wanda-pruned organism-qwen's answers to StrongREJECT and HarmBench
    that the keyword judge counts as attack successes (seeded, from `make bench-real`'s logged
-   samples) into a file for hand labelling; the labels then go, with their rule, to
+   samples) into a file for hand labelling; the labels then went, with their rule, to
    integration/bench/labels/nonsense_labels.jsonl (README.md beside it).
-2. By default: reads every labelled answer with the dense model, splits the labels into two
-   halves by a hash of their id, chooses the threshold on the dev half (the best balanced
-   accuracy), and reports the agreement on the other half, at that threshold and at the shipped
-   default, with the threshold-free AUROC over all labels.
-3. Then reads the answers of every model of the last `make bench-real` with the shipped
-   threshold, as the harmful tasks do with `HSR_COHERENCE_MODEL` set to the dense model, and
-   reports each benchmark's attack success by the keyword judge and by the coherence reading.
-
-It writes the `bench-nonsense` block of integration/bench/RESULTS.md.
+2. By default: reads every labelled answer with the dense model (integration/bench/
+   likelihood_reading.py), splits the labels into two halves by a hash of their id, chooses the
+   threshold on the dev half (the best balanced accuracy), and reports the agreement on the
+   other half, at that threshold and at the one set before the labels, with the threshold-free
+   AUROC over all labels. It writes the `bench-nonsense` block of integration/bench/RESULTS.md.
 
     .venv/bin/python -m integration.bench.bench_nonsense
 """
@@ -34,9 +26,9 @@ from pathlib import Path
 
 from hsr_eval.stats import rate_summary
 from hsr_eval.tables import interval_cell
-from hsr_eval.tasks.coherence import DEFAULT_MAX_NLL, SKIP_TOKENS, CoherenceReader
 from hsr_eval.tasks.judge import is_refusal
 from integration.bench.bench_hsr import write_results
+from integration.bench.likelihood_reading import DEFAULT_MAX_NLL, SKIP_TOKENS, LikelihoodReader
 from integration.organisms import qwen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,8 +128,11 @@ def render(rows: list[dict], chosen: float, seconds: float) -> str:
         "compliance recall % |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, value in ((f"{chosen:.2f}, chosen on the dev half", chosen),
-                        (f"{DEFAULT_MAX_NLL:.2f}, shipped default", DEFAULT_MAX_NLL)):  # fmt: skip
+    thresholds = {
+        f"{chosen:.2f}, chosen on the dev half": chosen,
+        f"{DEFAULT_MAX_NLL:.2f}, set before the labels": DEFAULT_MAX_NLL,
+    }
+    for name, value in thresholds.items():
         found = agreement(test, value)
         lines.append(
             f"| {name} | {len(test)} | {cell(found['agreement'])} | "
@@ -157,7 +152,8 @@ def render(rows: list[dict], chosen: float, seconds: float) -> str:
             f"{counts['refusal']} refusal by the labels' rule; "
             "integration/bench/labels/nonsense_labels.jsonl). Reading: the dense "
             f"model's median per-token NLL of each answer after its first {SKIP_TOKENS} tokens "
-            "(hsr_eval.tasks.coherence); above the threshold, nonsense.",
+            "(integration/bench/likelihood_reading.py); above the threshold, nonsense. An AUROC "
+            "below 0.5 means nonsense reads as MORE likely than compliance.",
             "",
             *lines,
             "",
@@ -175,33 +171,6 @@ def render(rows: list[dict], chosen: float, seconds: float) -> str:
     )
 
 
-def model_rates(reader: CoherenceReader) -> str:
-    """Keyword and coherent attack success of each bench-real model on each benchmark."""
-    models = sorted(p.name for p in BENCH_REAL.iterdir() if (p / "comparison.json").is_file())
-    models.sort(key=lambda m: (m != "dense", m))
-    header = ["model"]
-    for task in TASKS:
-        name = task.removeprefix("hsr_")
-        header += [f"{name}: keyword ASR %", f"{name}: coherent ASR %"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in models:
-        rows = logged_answers(model)
-        cells = [model]
-        for task in TASKS:
-            mine = [r for r in rows if r["task"] == task]
-            success = [not is_refusal(r["answer"]) for r in mine]
-            values = reader.statistics(
-                [(r["request"], r["answer"]) for r, hit in zip(mine, success, strict=True) if hit]
-            )
-            readings = iter(values)
-            coherent = [
-                hit and ((v := next(readings)) is None or v <= DEFAULT_MAX_NLL) for hit in success
-            ]
-            cells += [cell(rate_summary(success)), cell(rate_summary(coherent))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -216,12 +185,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="wanda", help="bench-real label to sample from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="--sample: the file to write (not the labels)")
-    parser.add_argument(
-        "--labels-only",
-        action="store_true",
-        help="the agreement with the labels only: read no bench-real model (their table is left "
-        "out of the block)",
-    )
     args = parser.parse_args(argv)
     if args.sample:
         if args.out is None or args.out.resolve() == LABELS.resolve():
@@ -230,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     started = time.monotonic()
     rows = load_labels()
-    reader = CoherenceReader(str(qwen.materialize()))
+    reader = LikelihoodReader(str(qwen.materialize()))
     values = reader.statistics([(r["request"], r["answer"]) for r in rows])
     for row, value in zip(rows, values, strict=True):
         row["statistic"] = value
@@ -238,22 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         r for r in rows if r["label"] != "refusal" and r["statistic"] is not None and dev_half(r)
     ]
     chosen = best_threshold(dev)
-    rates = None if args.labels_only else model_rates(reader)
     body = render(rows, chosen, time.monotonic() - started)
-    if rates is None:
-        body = body.replace(
-            "\n\n_Generated",
-            "\n\nThe bench-real models were not read in this run (`--labels-only`).\n\n_Generated",
-        ).replace("bench_nonsense` on", "bench_nonsense --labels-only` on")
-        print("\n" + body)
-        write_results("bench-nonsense", body)
-        return
-    body = body.replace(
-        "\n\n_Generated",
-        "\n\nThe models of the last `make bench-real` (128-token answers), each benchmark's "
-        f"attack success by the keyword judge and by the coherence reading at {DEFAULT_MAX_NLL:g}"
-        " (the shipped threshold; 95% Wilson intervals):\n\n" + rates + "\n\n_Generated",
-    )
     print("\n" + body)
     write_results("bench-nonsense", body)
 

@@ -8,5 +8,8 @@ OUT="${1:-dist}"
 PYTHON="${PYTHON:-python3}"
 mkdir -p "$OUT"
 rm -f "$OUT"/hsr_plugin-*.whl "$OUT"/hsr_eval-*.whl
+# setuptools copies sources into build/ and never removes what the checkout no longer has: a
+# deleted or moved module would ship on in the next wheel
+rm -rf build integration/build
 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$OUT" . ./integration
 ls "$OUT"/hsr_plugin-*.whl "$OUT"/hsr_eval-*.whl

@@ -200,13 +200,11 @@ def check_backend(backend: str, leaves: list[str], ours: dict[str, TaskFile]) ->
 def check_judges(ping: bool = True) -> str:
     """The judges HSR_JUDGE and its settings select; each server they need answers and serves
     the model named (one GET of its model list, no judging request)."""
-    from hsr_eval.tasks.coherence import coherence_settings
     from hsr_eval.tasks.judge_client import JudgeError
     from hsr_eval.tasks.judges import JudgeSet
 
     try:
         judges = JudgeSet.from_env()
-        coherence_settings()
     except ValueError as err:
         raise fail(f"judge settings: {err}") from None
     if ping:
