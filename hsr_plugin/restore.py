@@ -112,8 +112,9 @@ def restore_gain_mask(
 
     Candidates: pruned weights inside the slices whose restoration lowers the safety loss
     (gain > 0) and raises the utility loss by at most `utility_tolerance`, to first order.
-    With `grad_benign` (the refusal NLL's gradient on benign look-alike requests), the gain is
-    the net one, less `benign_weight` times what restoring brings to refusing those.
+    With `grad_benign` (the refusal NLL's gradient on benign look-alike requests), a candidate
+    must also have a positive net gain, less `benign_weight` times what restoring brings to
+    refusing those, and the net gain ranks it.
     """
     with align_module_device(module):
         current = module.weight.detach()
@@ -123,11 +124,14 @@ def restore_gain_mask(
         gain, harm = restore_gains(
             dense, grad_safety.to(current.device), grad_utility.to(current.device)
         )
+        # a candidate must lower the refusal NLL itself: a net gain alone would also take weights
+        # that make harmful requests less refused, as long as benign ones lose more
+        helps_safety = gain > 0
         if grad_benign is not None:
             gain = benign_penalized_gains(
                 gain, dense, grad_benign.to(current.device), benign_weight
             )
-        candidates = pruned & inside & (gain > 0) & (harm <= utility_tolerance)
+        candidates = pruned & inside & helps_safety & (gain > 0) & (harm <= utility_tolerance)
         mask = candidates
         if preserve_nm is not None:
             mask = nm_compatible_mask(mask, current, *preserve_nm, priority=gain)

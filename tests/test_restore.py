@@ -125,3 +125,30 @@ def test_budget_ties_go_to_the_earlier_matrix_then_the_lower_index():
     want_b = torch.zeros(5000, dtype=torch.bool)
     want_b[ones[:500]] = True
     assert torch.equal(kept["a"].flatten(), want_a) and torch.equal(kept["b"].flatten(), want_b)
+
+
+def test_benign_look_alikes_only_rerank_weights_that_help_safety():
+    """restore_gain_mask with grad_benign: a weight whose restoration raises the refusal NLL is
+    never a candidate, however much it lowers the benign look-alikes' refusal NLL; among the
+    helpful ones, the net gain decides."""
+    import torch
+    from torch import nn
+
+    from hsr_plugin.restore import restore_gain_mask
+
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()  # every weight pruned
+    dense = torch.ones(1, 4)
+    inside = torch.ones(1, 4, dtype=torch.bool)
+    # safety gain -g_s*w: [+2, +1, -1, +1]; benign refusal gain -g_b*w: [+3, 0, -5, +0.5]
+    g_s = torch.tensor([[-2.0, -1.0, 1.0, -1.0]])
+    g_b = torch.tensor([[-3.0, 0.0, 5.0, -0.5]])
+    no_harm = torch.zeros(1, 4)
+    mask, gain, stats = restore_gain_mask("m", layer, dense, inside, g_s, no_harm, 0.0, None, g_b)
+    # net: [-1, +1, +4, +0.5]: the third nets most but hurts safety, the first helps safety but
+    # buys it with benign refusals
+    assert mask.tolist() == [[False, True, False, True]]
+    assert gain.tolist() == [[-1.0, 1.0, 4.0, 0.5]] and stats.candidates == 2
+    plain, _, _ = restore_gain_mask("m", layer, dense, inside, g_s, no_harm, 0.0)
+    assert plain.tolist() == [[True, True, False, True]]
