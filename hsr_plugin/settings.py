@@ -55,8 +55,9 @@ class HSRSettings(Modifier):
     :param utility_data: benign requests with helpful answers, same forms
     :param benign_data: `restore_gain` only, optional: benign requests worded like harmful
         ones, each with the refusal it must NOT get (same forms; bundled: `hsr-benign-mini`).
-        A weight's gain is then net of what restoring it brings to refusing these, so the
-        restoration stops buying refusals with over-refusal
+        A candidate must still lower the refusal NLL and must keep a positive gain net of what
+        restoring it brings to refusing these, which then ranks it: the restoration stops
+        buying refusals with over-refusal
     :param benign_weight: how much a unit of benign look-alike refusal gain costs against a
         unit of safety gain (with `benign_data`)
     :param num_samples: samples drawn from each set (seeded)
