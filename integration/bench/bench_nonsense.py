@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -172,11 +173,7 @@ def render(rows: list[dict], chosen: float, seconds: float) -> str:
 
 
 def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return statistics.median(values) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
