@@ -7,8 +7,9 @@ their dense values back.
 - `RestoreGainRestoration` (`neuron_score: restore_gain`): after pruning, the pruned weights of
   the planned units ranked by the first-order drop of the refusal NLL that restoring them
   brings on the PRUNED model, without raising the utility NLL by more than a tolerance; the
-  budget may be spent in rounds that re-score in between. With benign look-alike requests, the
-  gain is net of what restoring brings to refusing them.
+  budget may be spent in rounds that re-score in between. With benign look-alike requests, a
+  candidate must also keep a positive gain net of what restoring brings to refusing them, and
+  that net gain ranks it.
 """
 
 from __future__ import annotations
