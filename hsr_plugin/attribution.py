@@ -24,8 +24,10 @@ Text-only prompts are batched with left padding; prompts with images run one at 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -41,6 +43,7 @@ from hsr_plugin.architecture import (
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.checks import all_finite
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
+from hsr_plugin.distributed import Collective, balanced_shares
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
 from hsr_plugin.hooks import hooks_mixin
@@ -88,11 +91,13 @@ class AttributionCost:
     `unit` is the work of one intact forward pass of the whole model over the safety prompts, so
     `forward_equivalents` compares directly with the naive loop's (heads + 1) full passes. A
     backward pass that computes activation gradients only (no weight gradients) counts as one
-    forward pass.
+    forward pass. Under torchrun, `work` is the sum over ranks and `ranks` holds each rank's
+    share: its layers, its work and its seconds.
     """
 
     work: float = 0.0
     unit: float = 0.0
+    ranks: list[dict] = field(default_factory=list)
 
     @property
     def forward_equivalents(self) -> float:
@@ -219,6 +224,7 @@ def score_heads(
     device: torch.device | None = None,
     memory_budget: int | None = None,
     cost: AttributionCost | None = None,
+    collective: Collective | None = None,
 ) -> list[HeadScore]:
     """Score every head (every KV group in reference mode) of `blocks` on the safety prompts.
 
@@ -227,6 +233,8 @@ def score_heads(
     128 MiB on the CPU, by default). `cost`, if given, receives the work done.
     Every pass runs inside `HooksMixin.disable_hooks`, keeping only HSR's own hooks (owned by
     `hooks`, the HSRModifier; a bare `HooksMixin` when called on its own).
+    With `collective` (torchrun), the exact scores are shared out by layer and the first-order
+    passes by batch; either way every rank gets the scores a single process computes.
     """
     if not samples:
         raise InvalidInputError("head attribution needs at least one safety prompt")
@@ -235,8 +243,56 @@ def score_heads(
     cost = cost if cost is not None else AttributionCost()
     if method == "attribution":
         return _first_order_scores(
-            model, blocks, samples, batch_size, pad_id, device, owner, progress, cost
+            model, blocks, samples, batch_size, pad_id, device, owner, progress, cost, collective
         )
+    run = partial(
+        _exact_scores, model, samples=samples, method=method, eps=eps,
+        subspace_rank=subspace_rank, batch_size=batch_size, pad_id=pad_id, device=device,
+        owner=owner, memory_budget=memory_budget,
+    )  # fmt: skip
+    if collective is None:
+        return run(blocks=blocks, cost=cost, progress=progress)
+    return _exact_scores_shared(run, blocks, method, cost, progress, collective)
+
+
+def _exact_scores_shared(run, blocks, method, cost, progress, collective) -> list[HeadScore]:
+    """Each rank scores the heads of its share of the layers, balanced by cost (a head of layer
+    l re-runs l..L-1), on the full safety set; every rank gets every score."""
+    depth = max(b.layer for b in blocks) + 1
+    mode = "reference" if method == "reference" else "exact"
+    costs = [len(ablation_units(b, mode)) * (depth - b.layer) for b in blocks]
+    share = balanced_shares(costs, collective.world_size)[collective.rank]
+    mine = [blocks[i] for i in share]
+
+    def score_mine():
+        local = AttributionCost()
+        start = time.perf_counter()
+        scores = run(blocks=mine, cost=local, progress=progress and collective.rank == 0)
+        seconds = time.perf_counter() - start
+        return (
+            scores,
+            {"layers": [b.layer for b in mine], "work": local.work, "seconds": seconds},
+            local.unit,
+        )
+
+    by_layer: dict[int, list[HeadScore]] = {}
+    for rank, (scores, share_info, unit) in enumerate(
+        collective.gather(f"head scoring ({method})", score_mine)
+    ):
+        for score in scores:
+            by_layer.setdefault(score.layer, []).append(score)
+        cost.work += share_info["work"]
+        cost.unit = max(cost.unit, unit)  # one intact pass over the prompts, on any rank
+        cost.ranks.append({"rank": rank, **share_info})
+    return [score for b in blocks for score in by_layer[b.layer]]
+
+
+def _exact_scores(
+    model, *, blocks, samples, method, eps, subspace_rank, batch_size, pad_id, device, owner,
+    memory_budget, cost, progress,
+) -> list[HeadScore]:  # fmt: skip
+    if not blocks:  # a rank with no layer to score (more ranks than layers)
+        return []
     stack = find_decoder_stack(model, blocks)
     mode = "reference" if method == "reference" else "exact"
     units = {b.layer: ablation_units(b, mode) for b in blocks}
@@ -343,15 +399,16 @@ def _check_rerun(stack: DecoderStack, captured, start: int, model_name: str) -> 
 
 
 def _first_order_scores(
-    model, blocks, samples, batch_size, pad_id, device, owner, progress, cost
+    model, blocks, samples, batch_size, pad_id, device, owner, progress, cost, collective=None
 ) -> list[HeadScore]:
     sites = {}
     for b in blocks:
         module, band = b.site("output")
         sites[b.layer] = (module, band.units, band.width)
     totals = first_order_unit_scores(
-        model, sites, samples, batch_size, pad_id, device, owner, progress, cost, "head scores"
-    )
+        model, sites, samples, batch_size, pad_id, device, owner, progress, cost, "head scores",
+        collective,
+    )  # fmt: skip
     return [
         HeadScore(b.layer, h, b.kv_group(h), float(totals[b.layer][h]))
         for b in blocks
@@ -370,6 +427,7 @@ def first_order_unit_scores(
     progress: bool = True,
     cost: AttributionCost | None = None,
     what: str = "unit scores",
+    collective: Collective | None = None,
 ) -> dict:
     """Attribution patching at the inputs of some Linear layers: one forward and one backward
     pass per batch.
@@ -377,6 +435,8 @@ def first_order_unit_scores(
     `sites` maps a key to (module, units, width): the module's input splits into `units`
     consecutive slices of `width` features (the heads at o_proj, the channels at down_proj).
     Returns, per key, a float64 tensor of <dL/da_u, 0 - a_u> per unit, summed over positions.
+    With `collective`, each rank runs its share of the batches; every batch's contribution is
+    gathered and summed in batch order, as a single process sums them (bit-identical).
     """
     cost = cost if cost is not None else AttributionCost()
     totals = {key: torch.zeros(units, dtype=torch.float64) for key, (_, units, _) in sites.items()}
@@ -403,35 +463,63 @@ def first_order_unit_scores(
         cost.unit += batch["input_ids"].numel()  # the intact pass over the prompts: the unit
     batches = list(prompt_batches(samples, batch_size, pad_id, positions, full=True))
     keys = list(sites)
-    seen = 0
-    try:
-        for batch in tqdm(batches, desc=f"HSR {what} (first order)", disable=not progress):
-            batch = _to(batch, device)
-            labels = batch.pop("labels")
-            rows, width = labels.shape
-            counted = int((labels[:, 1:] != -100).sum())
-            if counted == 0:
-                continue
-            seen += counted
-            with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
-                out = model(**batch, labels=labels, use_cache=False)
-                loss = out.loss * counted  # the summed NLL of the batch's response tokens
-                if not torch.isfinite(loss):
-                    raise InvalidInputError(
-                        f"HSR {what}: the response NLL is not finite; check the calibration data"
-                    )
-                grads = torch.autograd.grad(loss, [probes[k] for k in keys])
-            for key, grad in zip(keys, grads, strict=True):
-                _, units, unit_width = sites[key]
-                change = -(grad.float() * activations[key].float())
-                totals[key] += (
-                    change.reshape(rows, width, units, unit_width).sum(dim=(0, 1, 3)).double().cpu()
+
+    def contribution(batch) -> tuple[int, dict] | None:
+        """(response tokens counted, per key the per-unit change) of one batch."""
+        batch = _to(batch, device)
+        labels = batch.pop("labels")
+        rows, width = labels.shape
+        counted = int((labels[:, 1:] != -100).sum())
+        if counted == 0:
+            return None
+        with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
+            out = model(**batch, labels=labels, use_cache=False)
+            loss = out.loss * counted  # the summed NLL of the batch's response tokens
+            if not torch.isfinite(loss):
+                raise InvalidInputError(
+                    f"HSR {what}: the response NLL is not finite; check the calibration data"
                 )
-            activations.clear()
-            probes.clear()
-            cost.work += 2 * rows * width  # forward + backward over the whole conversations
+            grads = torch.autograd.grad(loss, [probes[k] for k in keys])
+        changes = {}
+        for key, grad in zip(keys, grads, strict=True):
+            _, units, unit_width = sites[key]
+            change = -(grad.float() * activations[key].float())
+            changes[key] = (
+                change.reshape(rows, width, units, unit_width).sum(dim=(0, 1, 3)).double().cpu()
+            )
+        activations.clear()
+        probes.clear()
+        return counted, changes
+
+    def run(indices: list[int], show: bool) -> dict[int, tuple[int, dict] | None]:
+        return {
+            i: contribution(batches[i])
+            for i in tqdm(indices, desc=f"HSR {what} (first order)", disable=not show)
+        }
+
+    try:
+        if collective is None:
+            parts = run(list(range(len(batches))), progress)
+        else:
+            costs = [batch["input_ids"].numel() for batch in batches]
+            share = balanced_shares(costs, collective.world_size)[collective.rank]
+            parts = {}
+            for gathered in collective.gather(
+                f"{what} (first order)", lambda: run(share, progress and collective.rank == 0)
+            ):
+                parts.update(gathered)
     finally:
         owner.remove_hooks(handles)
+    seen = 0
+    for index in sorted(parts):  # batch order: the order a single process adds them in
+        if parts[index] is None:
+            continue
+        counted, changes = parts[index]
+        seen += counted
+        for key in keys:
+            totals[key] += changes[key]
+        rows, width = batches[index]["labels"].shape
+        cost.work += 2 * rows * width  # forward + backward over the whole conversations
     if seen == 0:
         raise InvalidInputError(f"HSR {what}: no response token in the calibration data")
     return totals

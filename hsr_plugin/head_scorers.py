@@ -45,7 +45,7 @@ class AblationHeadScorer:
         return score_heads(
             ctx.model, ctx.blocks, samples, self.method, self.eps, self.subspace_rank,
             ctx.batch_size, ctx.pad_id, hooks=ctx.hooks, device=ctx.device,
-            memory_budget=ctx.memory_budget, cost=cost,
+            memory_budget=ctx.memory_budget, cost=cost, collective=ctx.collective,
         )  # fmt: skip
 
 
@@ -63,7 +63,7 @@ class FirstOrderHeadScorer:
         return score_heads(
             ctx.model, ctx.blocks, samples, "attribution", self.eps, self.subspace_rank,
             ctx.batch_size, ctx.pad_id, hooks=ctx.hooks, device=ctx.device,
-            memory_budget=ctx.memory_budget, cost=cost,
+            memory_budget=ctx.memory_budget, cost=cost, collective=ctx.collective,
         )  # fmt: skip
 
 

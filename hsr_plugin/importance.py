@@ -60,6 +60,13 @@ class InputNormAccumulator:
     def count(self) -> int:
         return self._count
 
+    def totals(self) -> tuple[torch.Tensor, int]:
+        """The running sum and the token count (to combine accumulators across processes)."""
+        return self._sum_sq, self._count
+
+    def set_totals(self, total: torch.Tensor, count: int) -> None:
+        self._sum_sq, self._count = total.to(self._sum_sq), count
+
     def squared_norms(self) -> torch.Tensor:
         if self._count == 0:
             raise ValueError(_EMPTY)
@@ -84,6 +91,13 @@ class HessianAccumulator:
     def count(self) -> int:
         return self._count
 
+    def totals(self) -> tuple[torch.Tensor, int]:
+        """The running sum of x x^T and the token count (to combine across processes)."""
+        return self._sum, self._count
+
+    def set_totals(self, total: torch.Tensor, count: int) -> None:
+        self._sum, self._count = total.to(self._sum), count
+
     def hessian(self) -> torch.Tensor:
         if self._count == 0:
             raise ValueError(_EMPTY)
@@ -91,10 +105,14 @@ class HessianAccumulator:
 
 
 class GradientSaliencyAccumulator:
-    """SNIP saliency: sum over samples of |W * grad| (fp32)."""
+    """SNIP saliency: sum over samples of |W * grad| (fp32). `shape` (the weight's) is needed
+    only to combine with other processes' accumulators before this one has seen a sample."""
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, device: torch.device | str = "cpu", shape: tuple[int, ...] | None = None
+    ) -> None:
         self._device = torch.device(device)
+        self._shape = shape
         self._scores: torch.Tensor | None = None
         self._count = 0
 
@@ -110,6 +128,17 @@ class GradientSaliencyAccumulator:
     @property
     def count(self) -> int:
         return self._count
+
+    def totals(self) -> tuple[torch.Tensor, int]:
+        """The running sum and the sample count (to combine accumulators across processes)."""
+        if self._scores is not None:
+            return self._scores, self._count
+        if self._shape is None:
+            raise ValueError("an empty saliency accumulator needs its weight's shape to combine")
+        return torch.zeros(self._shape, dtype=torch.float32, device=self._device), 0
+
+    def set_totals(self, total: torch.Tensor, count: int) -> None:
+        self._scores, self._count = total.to(self._device, torch.float32), count
 
     def scores(self) -> torch.Tensor:
         if self._scores is None:

@@ -43,6 +43,7 @@ from hsr_plugin.calibration import (
 )
 from hsr_plugin.checks import language_counts, require_finite
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
+from hsr_plugin.distributed import Collective, current_collective
 from hsr_plugin.errors import InvalidInputError, StageOrderError
 from hsr_plugin.head_scorers import HeadScorer
 from hsr_plugin.head_scores import rank_heads, select_top_heads
@@ -74,6 +75,7 @@ class RunState:
     timing: dict[str, float] = field(default_factory=dict)
     scoring: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
+    collective: Collective | None = None  # the ranks, under torchrun
 
 
 class HSRModifier(HSRSettings):
@@ -132,6 +134,7 @@ class HSRModifier(HSRSettings):
         )
         run.timing["data"] = time.perf_counter() - start
         run.model_info = model_info(model, blocks)
+        run.collective = current_collective(self.distributed_timeout_s)
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
         # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
         # context manager does not nest: leaving an inner one would re-enable everyone's).
@@ -142,6 +145,8 @@ class HSRModifier(HSRSettings):
             execution_placement(model) as placed,
         ):
             run.scoring = {"device": str(placed.device), "placement": placed.reason}
+            if run.collective is not None:
+                run.scoring["world_size"] = run.collective.world_size
             memory = (
                 None
                 if self.attribution_memory_gb is None
@@ -149,7 +154,7 @@ class HSRModifier(HSRSettings):
             )
             ctx = ScoringContext(
                 model, blocks, placed.device, self, self.batch_size, pad_id, memory,
-                "cpu" if self.offload_statistics else placed.device,
+                "cpu" if self.offload_statistics else placed.device, run.collective,
             )  # fmt: skip
             self._score_and_plan(ctx, scorer, safety, utility, benign)
         return True
@@ -189,6 +194,10 @@ class HSRModifier(HSRSettings):
         else:
             run.head_scores = scorer.score(ctx, safety, cost)
         run.scoring["head_scoring_forward_equivalents"] = round(cost.forward_equivalents, 4)
+        if cost.ranks:  # under torchrun: each rank's layers, work and seconds
+            run.scoring["head_scoring_ranks"] = [
+                {**share, "seconds": round(share["seconds"], 4)} for share in cost.ranks
+            ]
         ranked = rank_heads({(s.layer, s.head): s.score for s in run.head_scores})
         run.selected = select_top_heads(ranked, self.num_heads)
         run.timing["head_scoring"] = time.perf_counter() - start
@@ -215,6 +224,10 @@ class HSRModifier(HSRSettings):
         run = self._run
         require_pruning_ended(run.earlier_pruning)
         start = time.perf_counter()
+        if run.collective is not None:
+            modules = {name: plan.module for name, plan in run.plans.items()}
+            aligned = run.collective.align_pruned_positions(modules)
+            run.scoring["pruned_positions_aligned_to_rank_0"] = aligned
         language_params, pruned_params = language_counts(model)
         dense = {name: run.dense.get(name) for name in run.plans}
         for name, weight in dense.items():
@@ -252,8 +265,9 @@ class HSRModifier(HSRSettings):
             scoring=run.scoring,
             mlp_selected=run.mlp_selected,
         )
-        run.plans, run.dense, run.policy = {}, None, None  # freed once restored
-        if self.report_path:
+        saves = run.collective is None or run.collective.rank == 0
+        run.plans, run.dense, run.policy, run.collective = {}, None, None, None  # freed
+        if self.report_path and saves:  # under torchrun rank 0 writes it, as it saves the model
             write_json_atomic(self.report_path, self._report)
             logger.info(f"HSR report written to {self.report_path}")
         log_summary(self._report)

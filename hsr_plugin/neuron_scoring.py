@@ -11,13 +11,15 @@ user's parameters never get `requires_grad` or a `.grad`, and offloaded weights 
 copy is not the parameter) work the same. Samples run one at a time (batch 1, no padding), so
 every token mask lines up with the layer inputs.
 Everything runs on the execution device; statistics accumulate there in float32, or on the CPU
-with `stats_device="cpu"`.
+with `stats_device="cpu"`. Under torchrun (a `Collective`), each rank runs its share of the
+samples and the sums and counts are all-reduced (`hsr_plugin.distributed`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from hsr_plugin.architecture import is_multimodal
 from hsr_plugin.attribution import prompt_batches
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.distributed import Collective, balanced_shares, contiguous_share
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import (
@@ -110,6 +113,7 @@ def collect_statistics(
     stats_device: torch.device | str | None = None,
     batch_size: int = 1,
     pad_id: int = 0,
+    collective: Collective | None = None,
 ) -> MatrixStatistics:
     """Per-matrix statistics of `modules` over the response tokens of `samples`.
 
@@ -117,22 +121,58 @@ def collect_statistics(
     statistics accumulate (`device` by default). `hooks` owns the hooks (the HSRModifier; a bare
     `HooksMixin` by default). Wanda and SparseGPT statistics run `batch_size` conversations per
     pass, left-padded (pads are never response tokens, so they never count); SNIP runs one.
+    With `collective`, this rank runs its share of the batches and the statistics are summed
+    over ranks.
     """
     if not samples:
         raise InvalidInputError("neuron scoring needs at least one calibration sample")
     device = device if device is not None else execution_device(model)
     stats_device = stats_device if stats_device is not None else device
     owner = hooks if hooks is not None else hooks_mixin()()
+    progress = progress and (collective is None or collective.rank == 0)
     if method == "snip":
-        return _collect_snip(model, modules, samples, desc, progress, device, stats_device, owner)
-    factory = InputNormAccumulator if method == "wanda" else HessianAccumulator
-    stats = MatrixStatistics(
-        {name: factory(module.in_features, stats_device) for name, module in modules.items()}
-    )
+        stats = MatrixStatistics(
+            {
+                name: GradientSaliencyAccumulator(stats_device, tuple(module.weight.shape))
+                for name, module in modules.items()
+            }
+        )
+        if collective is not None:
+            samples = [samples[i] for i in contiguous_share(len(samples), *_where(collective))]
+        run = partial(_collect_snip, model, modules, samples, stats, desc, progress, device, owner)
+    else:
+        factory = InputNormAccumulator if method == "wanda" else HessianAccumulator
+        stats = MatrixStatistics(
+            {name: factory(module.in_features, stats_device) for name, module in modules.items()}
+        )
+        batches = list(
+            prompt_batches(samples, batch_size, pad_id, not is_multimodal(model), full=True)
+        )
+        if collective is not None:
+            costs = [batch["input_ids"].numel() for batch in batches]
+            share = balanced_shares(costs, collective.world_size)[collective.rank]
+            batches = [batches[i] for i in share]
+        run = partial(
+            _collect_inputs, model, modules, batches, stats, f"{desc} ({method})", progress,
+            device, owner,
+        )  # fmt: skip
+    if collective is None:
+        run()
+    else:
+        collective.settle(f"{desc} ({method})", run)
+        collective.sum_accumulators(stats)
+    require_seen(stats)
+    return stats
+
+
+def _where(collective: Collective) -> tuple[int, int]:
+    return collective.rank, collective.world_size
+
+
+def _collect_inputs(model, modules, batches, stats, desc, progress, device, owner) -> None:
     current = _CurrentSample()
-    batches = list(prompt_batches(samples, batch_size, pad_id, not is_multimodal(model), full=True))
     with torch.no_grad(), _input_hooks(modules, stats, current, owner):
-        for batch in tqdm(batches, desc=f"{desc} ({method})", disable=not progress):
+        for batch in tqdm(batches, desc=desc, disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}
             current.response_mask = batch.pop("labels") != -100
             current.seen = set()
@@ -140,15 +180,9 @@ def collect_statistics(
                 model(**batch, use_cache=False)
             except _EnoughSeen:
                 pass  # every statistic of this batch is in: the later layers would add nothing
-    require_seen(stats)
-    return stats
 
 
-def _collect_snip(
-    model, modules, samples, desc, progress, device, stats_device, owner
-) -> MatrixStatistics:
-    stats = MatrixStatistics({name: GradientSaliencyAccumulator(stats_device) for name in modules})
-
+def _collect_snip(model, modules, samples, stats, desc, progress, device, owner) -> None:
     def accumulate(name: str, module: nn.Linear, grad_weight: torch.Tensor) -> None:
         with align_module_device(module):
             stats[name].update(module.weight, grad_weight.to(module.weight.device))
@@ -156,7 +190,6 @@ def _collect_snip(
     for_each_weight_gradient(
         model, modules, samples, f"{desc} (snip)", progress, device, owner, accumulate
     )
-    return stats
 
 
 def for_each_weight_gradient(
@@ -221,8 +254,10 @@ def mean_weight_gradients(
     device: torch.device | None = None,
     hooks: HooksMixin | None = None,
     stats_device: torch.device | str | None = None,
+    collective: Collective | None = None,
 ) -> dict[str, torch.Tensor]:
-    """dL/dW averaged over `samples` (L: each sample's mean response-token NLL)."""
+    """dL/dW averaged over `samples` (L: each sample's mean response-token NLL). With
+    `collective`, this rank runs its share of the samples and the sums are added over ranks."""
     device = device if device is not None else execution_device(model)
     stats_device = stats_device if stats_device is not None else device
     owner = hooks if hooks is not None else hooks_mixin()()
@@ -232,7 +267,21 @@ def mean_weight_gradients(
         grad_weight = grad_weight.to(stats_device)
         sums[name] = grad_weight if name not in sums else sums[name] + grad_weight
 
-    for_each_weight_gradient(model, modules, samples, desc, progress, device, owner, add)
+    if collective is None:
+        for_each_weight_gradient(model, modules, samples, desc, progress, device, owner, add)
+    else:
+        mine = [samples[i] for i in contiguous_share(len(samples), *_where(collective))]
+        collective.settle(
+            desc,
+            lambda: for_each_weight_gradient(
+                model, modules, mine, desc, progress and collective.rank == 0, device, owner, add
+            ),
+        )
+        for name, module in sorted(modules.items()):
+            local = sums.get(name)
+            if local is None:  # this rank had no sample
+                local = torch.zeros(module.weight.shape, dtype=torch.float32, device=stats_device)
+            sums[name] = collective.all_reduce_sum(local)
     return {name: grad / len(samples) for name, grad in sums.items()}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 from compressed_tensors.utils import align_module_device
@@ -23,6 +24,7 @@ from llmcompressor.utils.helpers import DisableQuantization, eval_context
 from torch import nn
 
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.distributed import Collective
 from hsr_plugin.neuron_scoring import (
     collect_statistics,
     importance_scores,
@@ -42,6 +44,28 @@ from hsr_plugin.selection import stacked_candidate_mask
 from hsr_plugin.unit_plans import UnitPlan
 
 __all__ = ["ImportanceRestoration", "RestorationPolicy", "RestoreGainRestoration"]
+
+
+def in_step(collective: Collective | None, step: str, compute):
+    """`compute()`; under torchrun, returned only once every rank has run it (a rank that
+    raised makes every rank raise)."""
+    if collective is None:
+        return compute()
+    return collective.settle(step, compute)
+
+
+def apply_everywhere(collective: Collective | None, plans, dense, masks) -> None:
+    """Copy the dense values back on `masks`. Under torchrun the ranks may share their CPU
+    weights (compressed-tensors offloads to memory shared across ranks), so every rank must
+    have read the pruned weights before any rank writes (the caller's `in_step`), and all must
+    have written before any reads again: every rank writes the same values, so a rank that
+    holds its own copy ends up with the same model."""
+
+    def write() -> None:
+        for name, plan in plans.items():
+            apply_restoration(plan.module, dense[name], masks[name])
+
+    in_step(collective, "restoration", write)
 
 
 class RestorationPolicy(Protocol):
@@ -72,10 +96,12 @@ class ImportanceRestoration:
     utility_max: float
     preserve_nm: str | None = None
     budgeted: bool = False  # a max_restored_per_10k is set
+    _collective: Collective | None = None
 
     def prepare(self, ctx, plans, safety, utility, benign=None) -> None:
         if benign is not None:  # the settings refuse benign_data outside restore_gain
             raise ValueError("the paper's neuron level takes no benign look-alike requests")
+        self._collective = ctx.collective
         modules = {name: plan.module for name, plan in plans.items()}
         stats_s, stats_u = (
             collect_statistics(
@@ -89,6 +115,7 @@ class ImportanceRestoration:
                 stats_device=ctx.stats_device,
                 batch_size=ctx.batch_size,
                 pad_id=ctx.pad_id,
+                collective=ctx.collective,
             )
             for which, samples in (("safety", safety), ("utility", utility))
         )
@@ -109,15 +136,18 @@ class ImportanceRestoration:
     def restore(self, model, plans, dense, cap, hooks) -> dict[str, RestoreStats]:
         nm = parse_nm(self.preserve_nm)
         masks, stats = {}, {}
-        for name, plan in plans.items():
-            masks[name], stats[name] = restoration_mask(
-                name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
-            )
+
+        def choose() -> None:
+            for name, plan in plans.items():
+                masks[name], stats[name] = restoration_mask(
+                    name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
+                )
+
+        in_step(self._collective, "restoration masks", choose)
         if cap is not None:
             masks = budget_masks(masks, {n: p.priority for n, p in plans.items()}, cap)
             stats = {n: replace(s, restored=int(masks[n].sum())) for n, s in stats.items()}
-        for name, plan in plans.items():
-            apply_restoration(plan.module, dense[name], masks[name])
+        apply_everywhere(self._collective, plans, dense, masks)
         return stats
 
     def nothing_restored_advice(self) -> str:
@@ -137,11 +167,13 @@ class RestoreGainRestoration:
     benign_weight: float = 1.0
     _samples: tuple | None = None
     _benign_given: bool = False
+    _collective: Collective | None = None
 
     def prepare(self, ctx, plans, safety, utility, benign=None) -> None:
         # candidates are chosen after pruning, on the pruned model
         self._samples = (safety, utility, benign)
         self._benign_given = benign is not None
+        self._collective = ctx.collective
 
     def restore(self, model, plans, dense, cap, hooks) -> dict[str, RestoreStats]:
         """Candidates scored on the PRUNED model by first-order safety gain; `rounds` re-scores."""
@@ -169,29 +201,20 @@ class RestoreGainRestoration:
                         device=placed.device,
                         hooks=hooks,
                         stats_device="cpu" if self.offload_statistics else placed.device,
+                        collective=self._collective,
                     )
                     for which, samples in sets
                 ]
-                masks, gains = {}, {}
-                for name, plan in plans.items():
-                    masks[name], gains[name], stats = restore_gain_mask(
-                        name,
-                        plan.module,
-                        dense[name],
-                        plan.slices,
-                        grads[0].pop(name),
-                        grads[1].pop(name),
-                        self.utility_tolerance,
-                        nm,
-                        grads[2].pop(name) if benign is not None else None,
-                        self.benign_weight,
-                    )
-                    first.setdefault(name, stats)
+                masks, gains = in_step(
+                    self._collective,
+                    "restore_gain masks",
+                    partial(self._round_masks, plans, dense, grads, nm, benign is not None, first),
+                )
                 if remaining is not None:
                     share = math.ceil(remaining / (self.rounds - round_index))
                     masks = budget_masks(masks, gains, share)
-                for name, plan in plans.items():
-                    apply_restoration(plan.module, dense[name], masks[name])
+                apply_everywhere(self._collective, plans, dense, masks)
+                for name in plans:
                     restored[name] += int(masks[name].sum())
                 done = sum(int(m.sum()) for m in masks.values())
                 if remaining is not None:
@@ -200,6 +223,26 @@ class RestoreGainRestoration:
                     break
         self._samples = None
         return {name: replace(first[name], restored=restored[name]) for name in plans}
+
+    def _round_masks(self, plans, dense, grads, nm, with_benign, first) -> tuple[dict, dict]:
+        """One round's restoration masks and gains, from its gradients (`first` keeps each
+        matrix's counts of the first round)."""
+        masks, gains = {}, {}
+        for name, plan in plans.items():
+            masks[name], gains[name], stats = restore_gain_mask(
+                name,
+                plan.module,
+                dense[name],
+                plan.slices,
+                grads[0].pop(name),
+                grads[1].pop(name),
+                self.utility_tolerance,
+                nm,
+                grads[2].pop(name) if with_benign else None,
+                self.benign_weight,
+            )
+            first.setdefault(name, stats)
+        return masks, gains
 
     def nothing_restored_advice(self) -> str:
         return (

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hsr_plugin.architecture import AttentionBlock
+from hsr_plugin.distributed import Collective
 
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
@@ -23,7 +24,8 @@ class ScoringContext:
 
     `memory_budget`: bytes of activations one replicated ablation pass may use (None: a
     quarter of the accelerator's free memory, or 128 MiB on the CPU). `stats_device`: where
-    importance statistics accumulate (the CPU with `offload_statistics`)."""
+    importance statistics accumulate (the CPU with `offload_statistics`). `collective`: the
+    ranks under torchrun, which share the scoring out (None in a single process)."""
 
     model: nn.Module
     blocks: list[AttentionBlock]
@@ -33,3 +35,4 @@ class ScoringContext:
     pad_id: int
     memory_budget: int | None = None
     stats_device: Any = None
+    collective: Collective | None = None

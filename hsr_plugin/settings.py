@@ -90,6 +90,9 @@ class HSRSettings(Modifier):
         NLL a restored weight may cause
     :param rounds: `restore_gain` only: spend the budget in this many chunks, re-scoring the
         gradients after each (greedy); needs `max_restored_per_10k`
+    :param distributed_timeout_s: under torchrun, how long one of HSR's collectives waits for
+        the other ranks before the run fails (they all wait for the slowest rank's share of
+        the scoring)
     """
 
     num_heads: int = Field(default=10, ge=1)
@@ -122,6 +125,7 @@ class HSRSettings(Modifier):
     num_mlp_channels: int = Field(default=64, ge=1)
     utility_tolerance: float = Field(default=0.0, ge=0.0)
     rounds: int = Field(default=1, ge=1)
+    distributed_timeout_s: float = Field(default=1800.0, gt=0.0)
 
     # `hsr sweep`'s head-score reuse (documented input, never part of a recipe): the head scores
     # of an earlier run on the same dense model whose SCORING_FIELDS were equal

@@ -97,7 +97,7 @@ def plan_mlp_channels(
     sites = {mlp.layer: (mlp.projection("down"), mlp.intermediate, 1) for mlp in mlps}
     scores = first_order_unit_scores(
         ctx.model, sites, safety, ctx.batch_size, ctx.pad_id, ctx.device, ctx.hooks,
-        what="MLP channel scores",
+        what="MLP channel scores", collective=ctx.collective,
     )  # fmt: skip
     ranked = rank_units(
         {(layer, c): float(v) for layer, t in scores.items() for c, v in enumerate(t)},
