@@ -68,6 +68,45 @@ def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, lm
     assert "max_model_len=128," in model_args  # the organism's max_position_embeddings
 
 
+def test_parallel_sizes_reach_vllm_serve_and_the_offline_engine(
+    tmp_path, lm_eval_commands, monkeypatch
+):
+    """-tp/-dp become `vllm serve`'s flags, and the offline `vllm` backend's model_args, which
+    lm-eval hands to vllm.LLM; they are part of the run's settings (so --resume compares them)."""
+    from integration.serving import compare
+
+    organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
+    spec = compare.ModelSpec("dense", str(organism))
+    parallel = compare.Parallelism(tensor=2, data=3)
+    with pytest.raises(RuntimeError, match="stop here"):
+        compare.evaluate_model(
+            spec, "vllm", "hsr_safety", tmp_path / "a", None, None, "cpu", parallel=parallel
+        )
+    model_args = lm_eval_commands[0][lm_eval_commands[0].index("--model_args") + 1]
+    assert model_args.endswith(",tensor_parallel_size=2,data_parallel_size=3")
+
+    served = []
+
+    class Started(Exception):
+        pass
+
+    def start_server(config):
+        served.append(config.command("vllm"))
+        raise Started
+
+    monkeypatch.setattr(compare, "start_server", start_server)
+    with pytest.raises(Started):
+        compare.evaluate_model(
+            spec, "vllm-serve", "hsr_safety", tmp_path / "b", None, 8011, "cpu", parallel=parallel
+        )
+    (cmd,) = served
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--data-parallel-size") + 1] == "3"
+    settings = compare.run_settings("vllm", "hsr_safety", None, None, None, parallel)
+    assert settings["parallel"] == {"tensor": 2, "data": 3}
+    assert "parallel" not in compare.run_settings("vllm", "hsr_safety", None, None, None)
+
+
 def test_gen_kwargs_reach_lm_eval_and_the_offline_benchmarks_fill_the_comparison(
     tmp_path, lm_eval_commands
 ):

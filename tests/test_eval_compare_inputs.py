@@ -119,8 +119,27 @@ def test_an_earlier_comparison_needs_resume_or_overwrite(model, tmp_path):
             ["task hsr_harmful cannot read its data", "/nonexistent/held-out"],
         ),
         (["--backend", "hf-multimodal"], ["--backend hf-multimodal runs picture tasks"]),
+        (["-tp", "0"], ["--tensor-parallel-size must be at least 1, not 0"]),
+        (
+            ["--backend", "hf", "--data-parallel-size", "2"],
+            ["--data-parallel-size 2 needs --backend vllm-serve or vllm, not hf"],
+        ),
+        # the serving venv has no ray, which lm-eval's offline engine needs for replicas
+        (
+            ["--backend", "vllm", "-dp", "2"],
+            ["--data-parallel-size 2 with --backend vllm needs ray"],
+        ),
     ],
-    ids=["metadata-not-json", "metadata-not-object", "unknown-task", "no-data", "backend"],
+    ids=[
+        "metadata-not-json",
+        "metadata-not-object",
+        "unknown-task",
+        "no-data",
+        "backend",
+        "tensor-parallel-0",
+        "parallel-without-vllm",
+        "data-parallel-without-ray",
+    ],
 )
 def test_task_inputs_are_checked_before_any_server(model, tmp_path, extra, phrases):
     result = compare("--out", tmp_path / "out", "--models", f"dense={model}", *extra)

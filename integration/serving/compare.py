@@ -34,6 +34,7 @@ from hsr_eval.compare_checks import (
     check_backend,
     check_judges,
     check_model_folder,
+    check_parallelism,
     check_task_data,
     leaf_tasks,
     parse_metadata,
@@ -76,6 +77,23 @@ INTERVALS = {
 class ModelSpec:
     label: str
     path: str
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How many devices one model's evaluation spreads over, for the two vLLM backends: `tensor`
+    splits each layer across devices (a model too large for one), `data` runs that many engine
+    replicas that share the prompts (lm-eval's offline `vllm` backend needs ray for it)."""
+
+    tensor: int = 1
+    data: int = 1
+
+    def single(self) -> bool:
+        return self.tensor == 1 and self.data == 1
+
+    def model_args(self) -> str:
+        """The suffix of lm-eval's `--model_args` for its offline `vllm` backend."""
+        return f",tensor_parallel_size={self.tensor},data_parallel_size={self.data}"
 
 
 def parse_models(items: list[str]) -> list[ModelSpec]:
@@ -222,6 +240,7 @@ def evaluate_model(
     gen_kwargs: str | None = None,
     num_concurrent: int = 8,
     request_timeout: float = 600.0,
+    parallel: Parallelism = Parallelism(),
 ) -> dict:
     """Serve (or load) one model and score it on `tasks`; everything it writes goes into
     `model_out`, the model's own folder of the comparison."""
@@ -237,6 +256,8 @@ def evaluate_model(
             port=port or free_port(),
             served_model_name=spec.label,
             log_path=str(model_out / "vllm_serve.log"),
+            tensor_parallel_size=parallel.tensor,
+            data_parallel_size=parallel.data,
         )
         with start_server(config) as server:
             args = (
@@ -285,7 +306,7 @@ def evaluate_model(
         args = (
             f"pretrained={spec.path},dtype=float32,enforce_eager=True,"
             f"max_model_len={model_max_len(spec.path, cap=512)},"
-            f"kv_cache_memory_bytes={256 * 1024 * 1024}"
+            f"kv_cache_memory_bytes={256 * 1024 * 1024}{parallel.model_args()}"
         )
         results_path = run_lm_eval(
             lm_eval_command(args, "vllm", tasks, model_out, limit, batch_size="auto", extra=meta),
@@ -379,9 +400,12 @@ def run_settings(
     limit: int | None,
     metadata: str | None,
     gen_kwargs: str | None,
+    parallel: Parallelism = Parallelism(),
 ) -> dict:
-    """What makes two evaluations of the same weights comparable (and a finished one reusable)."""
-    return {
+    """What makes two evaluations of the same weights comparable (and a finished one reusable).
+    Parallel sizes other than 1 are recorded: a tensor-parallel engine sums in another order, so
+    its greedy answers may differ from a single device's."""
+    settings = {
         "backend": backend,
         "tasks": tasks,
         "limit": limit,
@@ -389,6 +413,9 @@ def run_settings(
         "gen_kwargs": gen_kwargs,
         "judge": describe_judges(),
     }
+    if not parallel.single():
+        settings["parallel"] = {"tensor": parallel.tensor, "data": parallel.data}
+    return settings
 
 
 def weights_fingerprint(path: str) -> list:
@@ -490,6 +517,7 @@ def run_evaluation(
     overwrite: bool = False,
     resume: bool = False,
     request_timeout: float = 600.0,
+    parallel: Parallelism = Parallelism(),
 ) -> dict:
     """Evaluate every model into OUT/<label>/ (written as OUT/<label>.partial/ and renamed when
     the model finishes), then write OUT/comparison.json and .md atomically. A failure stops the
@@ -498,7 +526,7 @@ def run_evaluation(
     labels = {s.label for s in models}
     inputs = inputs_of(models, json.loads(metadata) if metadata else None)
     earlier = prepare_output(out, inputs, labels, overwrite, resume)
-    settings = run_settings(backend, tasks, limit, metadata, gen_kwargs)
+    settings = run_settings(backend, tasks, limit, metadata, gen_kwargs, parallel)
     if overwrite:
         _clear(out, earlier | labels)
     out.mkdir(parents=True, exist_ok=True)
@@ -537,6 +565,7 @@ def run_evaluation(
                 gen_kwargs,
                 num_concurrent,
                 request_timeout,
+                parallel,
             )
         except (ServeError, RuntimeError) as err:
             raise ModelFailed(spec.label, partial, err) from err
@@ -578,6 +607,7 @@ def preflight(args: argparse.Namespace, models: list[ModelSpec]) -> None:
     """Every input checked before the first server starts; SystemExit with one line on the first
     bad one (main turns it into exit code 2)."""
     metadata = parse_metadata(args.metadata)
+    check_parallelism(args.backend, args.tensor_parallel_size, args.data_parallel_size)
     for spec in models:
         check_model_folder(spec.label, spec.path)
         if args.backend == "vllm-serve" and Path(spec.path).expanduser().is_dir():
@@ -623,6 +653,22 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=8,
         help="requests in flight to each vllm serve (vllm-serve backend; default 8)",
+    )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=1,
+        help="devices each model's layers are split across (vllm-serve and vllm backends; "
+        "a model too large for one device)",
+    )
+    parser.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        type=int,
+        default=1,
+        help="engine replicas that share the prompts (vllm-serve and vllm backends; each "
+        "replica takes --tensor-parallel-size devices; the vllm backend needs ray for it)",
     )
     parser.add_argument(
         "--request-timeout",
@@ -687,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.overwrite,
                 args.resume,
                 args.request_timeout,
+                Parallelism(args.tensor_parallel_size, args.data_parallel_size),
             )
     except ModelFailed as failed:
         print(f"error: model {failed.label} failed: {failed.cause}", file=sys.stderr)

@@ -10,6 +10,7 @@ will: the tasks' own loaders with the run's metadata, the judges' own settings.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +26,7 @@ __all__ = [
     "check_backend",
     "check_judges",
     "check_model_folder",
+    "check_parallelism",
     "check_task_data",
     "leaf_tasks",
     "parse_metadata",
@@ -193,6 +195,22 @@ def check_backend(backend: str, leaves: list[str], ours: dict[str, TaskFile]) ->
         raise fail(
             f"--backend hf-multimodal runs picture tasks, and {', '.join(leaves)} has none: use "
             "--backend vllm-serve or hf for text tasks (or --tasks hsr_safety_vl)"
+        )
+
+
+def check_parallelism(backend: str, tensor: int, data: int) -> None:
+    """Parallel sizes the backend can honour: at least 1, only on the vLLM backends, and data
+    parallelism in lm-eval's offline `vllm` backend only where ray is installed (it starts the
+    replicas with ray, and says so only after loading the tasks)."""
+    for flag, size in (("--tensor-parallel-size", tensor), ("--data-parallel-size", data)):
+        if size < 1:
+            raise fail(f"{flag} must be at least 1, not {size}")
+        if size > 1 and backend not in ("vllm-serve", "vllm"):
+            raise fail(f"{flag} {size} needs --backend vllm-serve or vllm, not {backend}")
+    if backend == "vllm" and data > 1 and importlib.util.find_spec("ray") is None:
+        raise fail(
+            f"--data-parallel-size {data} with --backend vllm needs ray (pip install ray in this "
+            "virtualenv), or use --backend vllm-serve, whose server runs the replicas itself"
         )
 
 
