@@ -1,8 +1,8 @@
 """HSR inside llm-compressor's distributed oneshot: one process per device, under torchrun.
 
     torchrun --nproc_per_node 4 integration/distributed/hsr_torchrun.py \\
-        --model Qwen/Qwen2.5-VL-72B-Instruct --recipe recipes/hsr_recommended.yaml \\
-        --dataset hsr-utility-mini --output ./qwen72b-hsr --offload
+        --model Qwen/Qwen2.5-VL-72B-Instruct --recipe qwen2vl_wanda_hsr \\
+        --dataset my_calibration.jsonl --output ./qwen72b-wanda50-hsr --offload
 
 What each rank does, as llm-compressor's distributed oneshot guide lays it out:
 - joins the process group (`compressed_tensors.distributed.init_dist` on accelerators; gloo on a
@@ -30,7 +30,9 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="hub id or local folder")
-    parser.add_argument("--recipe", required=True, type=Path, help="llm-compressor YAML recipe")
+    parser.add_argument(
+        "--recipe", required=True, help="an llm-compressor YAML recipe, or a bundled one by name"
+    )
     parser.add_argument("--output", required=True, type=Path, help="new folder (rank 0 saves)")
     parser.add_argument(
         "--dataset", default="hsr-utility-mini", help="pruning calibration set (HSR's forms)"
@@ -67,18 +69,21 @@ def join_process_group(timeout_s: float) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hsr_eval.output_rules import check_apart_from_inputs
+    from hsr_plugin.errors import MissingInputError
+    from hsr_plugin.recipe_overrides import resolve_recipe
 
     try:
+        recipe = resolve_recipe(args.recipe)
         if args.output.exists():
             raise SystemExit(f"error: --output {args.output} exists; choose a new folder")
         local = [("--model", args.model), ("--dataset", args.dataset)]
         check_apart_from_inputs(
-            args.output,
-            [("--recipe", args.recipe)] + [(k, v) for k, v in local if Path(v).exists()],
+            args.output, [("--recipe", recipe)] + [(k, v) for k, v in local if Path(v).exists()]
         )
-        if not args.recipe.is_file():
-            raise SystemExit(f"error: --recipe {args.recipe} is not a file")
-    except SystemExit as refused:  # one line, before any process group or model
+    except MissingInputError as missing:  # one line, before any process group or model
+        print(f"error: --recipe: {missing}", file=sys.stderr)
+        return 2
+    except SystemExit as refused:
         print(refused.code, file=sys.stderr)
         return 2
     distributed = join_process_group(args.timeout_s)
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         load["device_map"] = "auto_offload"
     with load_offloaded_model(model_class):
         model = model_class.from_pretrained(args.model, **load).eval()
-    recipe = yaml.safe_load(args.recipe.read_text())
+    recipe = yaml.safe_load(recipe.read_text())
     calibration = calibration_kwargs(
         args.dataset, processor, args.num_samples, args.max_seq_length, args.seed
     )
