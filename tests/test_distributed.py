@@ -243,18 +243,23 @@ def _compare(single: Path, double: Path, modes: list[str]) -> None:
                 assert torch.equal(got[key], tensor), f"{mode}: rank {rank} {key} differs"
 
 
+def _one_against_two(folder: Path, modes: list[str], *args: str) -> None:
+    """The worker as one process, then under torchrun with 2 ranks, compared mode by mode."""
+    args = ("--modes", *modes, *args)
+    for name, nproc in (("one", 1), ("two", 2)):
+        proc = _run_worker(nproc, folder / name, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    _compare(folder / "one", folder / "two", modes)
+
+
 @pytest.mark.subprocess
 def test_two_ranks_restore_what_one_process_restores_on_organism_text(tmp_path):
     utility = TEXT_DATA / "calib_utility.jsonl"
     pruned = _pruned_file(ORGANISM, utility, tmp_path / "pruned")
     modes = ["exact", "first_order", "restore_gain", "sparsegpt"]
-    args = ["--model", str(ORGANISM), "--pruned", str(pruned), "--modes", *modes]
+    args = ["--model", str(ORGANISM), "--pruned", str(pruned)]
     args += ["--safety", str(TEXT_DATA / "calib_safety.jsonl"), "--utility", str(utility)]
-    single = _run_worker(1, tmp_path / "one", *args)
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = _run_worker(2, tmp_path / "two", *args)
-    assert double.returncode == 0, double.stderr[-3000:]
-    _compare(tmp_path / "one", tmp_path / "two", modes)
+    _one_against_two(tmp_path, modes, *args)
 
 
 @pytest.mark.subprocess
@@ -264,13 +269,9 @@ def test_two_ranks_restore_what_one_process_restores_on_a_vlm_with_pictures(
     model = model_dirs["llava"]
     pruned = _pruned_file(model, calib_files["utility"], tmp_path / "pruned")
     modes = ["exact", "first_order", "restore_gain"]
-    args = ["--model", str(model), "--pruned", str(pruned), "--modes", *modes, "--num-heads", "2"]
+    args = ["--model", str(model), "--pruned", str(pruned), "--num-heads", "2"]
     args += ["--safety", str(calib_files["safety_vl"]), "--utility", str(calib_files["utility_vl"])]
-    single = _run_worker(1, tmp_path / "one", *args)
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = _run_worker(2, tmp_path / "two", *args)
-    assert double.returncode == 0, double.stderr[-3000:]
-    _compare(tmp_path / "one", tmp_path / "two", modes)
+    _one_against_two(tmp_path, modes, *args)
 
 
 @pytest.mark.subprocess
