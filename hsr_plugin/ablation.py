@@ -25,7 +25,13 @@ from hsr_plugin.hooks import hooks_mixin
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-__all__ = ["AblationMode", "ablate_head", "ablate_heads_per_replica", "ablation_units"]
+__all__ = [
+    "AblationMode",
+    "ablate_head",
+    "ablate_heads_per_position",
+    "ablate_heads_per_replica",
+    "ablation_units",
+]
 
 AblationMode = Literal["exact", "reference"]
 
@@ -37,21 +43,26 @@ def ablation_units(block: AttentionBlock, mode: AblationMode) -> list[tuple[int,
     return [(h, block.kv_group(h)) for h in range(block.num_heads)]
 
 
-def _scale_output(spans: list[tuple[slice, slice]], eps: float) -> Callable:
+# where one replica's head is scaled: the leading index (its rows, or its position) and the
+# head's feature columns
+Span = tuple[tuple, slice]
+
+
+def _scale_output(spans: list[Span], eps: float) -> Callable:
     def hook(_module, _args, output):
         output = output.clone()
-        for rows, cols in spans:
-            output[rows, ..., cols] *= eps
+        for lead, cols in spans:
+            output[(*lead, Ellipsis, cols)] *= eps
         return output
 
     return hook
 
 
-def _scale_input(spans: list[tuple[slice, slice]], eps: float) -> Callable:
+def _scale_input(spans: list[Span], eps: float) -> Callable:
     def hook(_module, args):
         x = args[0].clone()
-        for rows, cols in spans:
-            x[rows, ..., cols] *= eps
+        for lead, cols in spans:
+            x[(*lead, Ellipsis, cols)] *= eps
         return (x, *args[1:])
 
     return hook
@@ -100,21 +111,41 @@ def ablate_heads_per_replica(
     """
     if replica_rows is None and len(heads) != 1:
         raise ValueError("several heads need replica_rows: one replica of the batch per head")
+    leads = [
+        (slice(None),)
+        if replica_rows is None
+        else (slice(r * replica_rows, (r + 1) * replica_rows),)
+        for r in range(len(heads))
+    ]
+    with _ablate(block, heads, leads, eps, mode, hooks) as handles:
+        yield handles
+
+
+@contextmanager
+def ablate_heads_per_position(
+    block: AttentionBlock,
+    heads: Sequence[int],
+    eps: float = 1e-5,
+    mode: AblationMode = "exact",
+    hooks: HooksMixin | None = None,
+) -> Iterator[list[RemovableHandle]]:
+    """Ablate `heads[r]` at position r of every sequence, for a batch whose positions are
+    replicas of one position (`hsr_plugin.frozen_context` re-runs the last prompt position so)."""
+    leads = [(slice(None), r) for r in range(len(heads))]
+    with _ablate(block, heads, leads, eps, mode, hooks) as handles:
+        yield handles
+
+
+@contextmanager
+def _ablate(block, heads, leads, eps, mode, hooks) -> Iterator[list[RemovableHandle]]:
     for head in heads:
         check_unit(block, head, mode)
     mixin = hooks_mixin()
     owner = hooks if hooks is not None else mixin()
 
     def spans(band):
-        return [
-            (
-                slice(None)
-                if replica_rows is None
-                else slice(r * replica_rows, (r + 1) * replica_rows),
-                band.span(head, head),  # in reference mode the unit is the KV group itself
-            )
-            for r, head in enumerate(heads)
-        ]
+        # in reference mode the unit is the KV group itself
+        return [(lead, band.span(head, head)) for lead, head in zip(leads, heads, strict=True)]
 
     query, query_band = block.site("query")
     output, output_band = block.site("output")

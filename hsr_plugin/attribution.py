@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from tqdm import tqdm
 
-from hsr_plugin.ablation import ablate_heads_per_replica, ablation_units
+from hsr_plugin.ablation import ablate_heads_per_position, ablate_heads_per_replica, ablation_units
 from hsr_plugin.architecture import (
     AttentionBlock,
     UnsupportedArchitectureError,
@@ -45,6 +45,7 @@ from hsr_plugin.checks import all_finite
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
 from hsr_plugin.distributed import Collective, balanced_shares
 from hsr_plugin.errors import InvalidInputError
+from hsr_plugin.frozen_context import LastPositionRerun
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.placement import execution_device
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttributionCost",
     "HeadScore",
+    "HeadRerun",
     "HeadScoreMethod",
     "LastTokenOutputs",
     "heads_per_pass",
@@ -65,6 +67,9 @@ __all__ = [
 ]
 
 HeadScoreMethod = Literal["ships_kl", "ships_subspace", "reference", "attribution"]
+# what an exact score re-runs after the ablated layer: every prompt position, or the last one
+# against the intact pass's frozen keys and values (hsr_plugin.frozen_context)
+HeadRerun = Literal["all_positions", "last_position"]
 # bytes of activations one replicated pass may use on the CPU: batching more heads per pass does
 # not cut the CPU's work, and host memory is what the pruning stage needs too
 DEFAULT_CPU_BUDGET = 128 << 20
@@ -225,6 +230,7 @@ def score_heads(
     memory_budget: int | None = None,
     cost: AttributionCost | None = None,
     collective: Collective | None = None,
+    rerun: HeadRerun = "all_positions",
 ) -> list[HeadScore]:
     """Score every head (every KV group in reference mode) of `blocks` on the safety prompts.
 
@@ -235,6 +241,8 @@ def score_heads(
     `hooks`, the HSRModifier; a bare `HooksMixin` when called on its own).
     With `collective` (torchrun), the exact scores are shared out by layer and the first-order
     passes by batch; either way every rank gets the scores a single process computes.
+    `rerun="last_position"`: the exact scores re-run only the last prompt position after the
+    ablated layer, against the intact keys and values of the others (`frozen_context`).
     """
     if not samples:
         raise InvalidInputError("head attribution needs at least one safety prompt")
@@ -248,7 +256,7 @@ def score_heads(
     run = partial(
         _exact_scores, model, samples=samples, method=method, eps=eps,
         subspace_rank=subspace_rank, batch_size=batch_size, pad_id=pad_id, device=device,
-        owner=owner, memory_budget=memory_budget,
+        owner=owner, memory_budget=memory_budget, rerun=rerun,
     )  # fmt: skip
     if collective is None:
         return run(blocks=blocks, cost=cost, progress=progress)
@@ -289,7 +297,7 @@ def _exact_scores_shared(run, blocks, method, cost, progress, collective) -> lis
 
 def _exact_scores(
     model, *, blocks, samples, method, eps, subspace_rank, batch_size, pad_id, device, owner,
-    memory_budget, cost, progress,
+    memory_budget, cost, progress, rerun="all_positions",
 ) -> list[HeadScore]:  # fmt: skip
     if not blocks:  # a rank with no layer to score (more ranks than layers)
         return []
@@ -307,29 +315,44 @@ def _exact_scores(
             batch = _to(batch, device)
             rows, width = batch["input_ids"].shape
             cost.unit += rows * width * len(stack)
+            frozen = rerun == "last_position"
             with stack.capture(owner, set(units)) as captured:
-                out = model(**batch, use_cache=False, output_hidden_states=True)
+                out = model(**batch, use_cache=frozen, output_hidden_states=True)
             cost.work += rows * width * len(stack)
             logits, states = out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()
             _check_finite(logits, states, "the intact model")
             if index == 0:
                 _check_tail(stack, captured.last[0], logits, states, type(model).__name__)
+            if frozen:
+                frozen = LastPositionRerun(
+                    stack, captured, out.past_key_values, width, type(model).__name__
+                )
             if index == 0 or captured.between:  # and wherever the model added between layers
                 _check_rerun(stack, captured, min(units), type(model).__name__)
+            if frozen and index == 0:
+                frozen.check_reproduces(min(units), type(model).__name__)
             dense_cpu = logits.cpu()
             dense_states.append(states.cpu())
             hidden = captured.inputs[min(units)].hidden.shape[-1]
             per_pass = heads_per_pass(
-                budget, rows, width, hidden, _intermediate(model, hidden), blocks[0].num_heads
-            )
-            if not replicable(captured, rows):
+                budget, rows, 1 if frozen else width, hidden, _intermediate(model, hidden),
+                blocks[0].num_heads,
+            )  # fmt: skip
+            if not frozen and not replicable(captured, rows):
                 per_pass = 1
             for block in blocks:
                 layer_units = [h for h, _ in units[block.layer]]
                 for start in range(0, len(layer_units), per_pass):
                     chunk = layer_units[start : start + per_pass]
-                    ablated = _ablated_tail(stack, block, captured, chunk, rows, eps, mode, owner)
-                    cost.work += len(chunk) * rows * width * (len(stack) - block.layer)
+                    if frozen:
+                        with ablate_heads_per_position(block, chunk, eps, mode, owner):
+                            ablated = frozen.final_states(frozen.run_from(block.layer, len(chunk)))
+                    else:
+                        ablated = _ablated_tail(
+                            stack, block, captured, chunk, rows, eps, mode, owner
+                        )
+                    positions = 1 if frozen else width
+                    cost.work += len(chunk) * rows * positions * (len(stack) - block.layer)
                     for r, head in enumerate(chunk):
                         results[(block.layer, head)].add(
                             dense_cpu,

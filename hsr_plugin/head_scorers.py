@@ -37,6 +37,7 @@ class AblationHeadScorer:
     method: str  # ships_subspace | ships_kl | reference
     eps: float = 1e-5
     subspace_rank: int = 1
+    rerun: str = "all_positions"  # or last_position (hsr_plugin.frozen_context)
 
     def units(self, block: AttentionBlock) -> int:
         return block.num_kv_heads if self.method == "reference" else block.num_heads
@@ -46,6 +47,7 @@ class AblationHeadScorer:
             ctx.model, ctx.blocks, samples, self.method, self.eps, self.subspace_rank,
             ctx.batch_size, ctx.pad_id, hooks=ctx.hooks, device=ctx.device,
             memory_budget=ctx.memory_budget, cost=cost, collective=ctx.collective,
+            rerun=self.rerun,
         )  # fmt: skip
 
 
@@ -67,8 +69,10 @@ class FirstOrderHeadScorer:
         )  # fmt: skip
 
 
-def head_scorer(head_score: str, eps: float, subspace_rank: int) -> HeadScorer:
-    """The scorer for a `head_score` setting."""
+def head_scorer(
+    head_score: str, eps: float, subspace_rank: int, rerun: str = "all_positions"
+) -> HeadScorer:
+    """The scorer for a `head_score` setting (`rerun`: what an ablating score re-runs)."""
     if head_score == "attribution":
         return FirstOrderHeadScorer(eps=eps, subspace_rank=subspace_rank)
-    return AblationHeadScorer(head_score, eps, subspace_rank)
+    return AblationHeadScorer(head_score, eps, subspace_rank, rerun)

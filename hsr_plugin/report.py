@@ -96,7 +96,9 @@ def log_summary(report: dict[str, Any]) -> None:
     top = ", ".join(f"L{h['layer']}H{h['head']}={h['score']:.4g}" for h in report["heads"][:5])
     lines = [
         "HSR summary",
-        f"  head score {cfg['head_score']} | neuron score {cfg['neuron_score']} | slicing "
+        f"  head score {cfg['head_score']}"
+        f"{' (last position re-run)' if cfg.get('head_rerun') == 'last_position' else ''} | "
+        f"neuron score {cfg['neuron_score']} | slicing "
         f"{cfg['head_slicing']}",
         f"  top heads: {top}",
         f"  selected ({len(report['selected_heads'])}): "

@@ -38,6 +38,11 @@ class HSRSettings(Modifier):
         (experimental, opt-in: the first-order change of the refusal NLL when a head's output
         is zeroed; one forward and one backward pass per batch instead of one pass per head)
     :param subspace_rank: r, the rank of the subspaces compared by `ships_subspace`
+    :param head_rerun: what an ablating head score re-runs after the ablated head's layer:
+        `all_positions` (exact Ships, the default) or `last_position` (opt-in, beyond the
+        paper: only the last prompt position, which Ships reads, against the intact pass's
+        keys and values of the other positions; about 1/T of the work for T-token prompts, and
+        exact for heads of the last layer)
     :param ablation_eps: factor that ablates a head's query and output
     :param neuron_score: weight importance on the dense model: `wanda`, `sparsegpt` or `snip`
         (the paper's neuron level); or `restore_gain` (opt-in, beyond the paper): after
@@ -98,6 +103,7 @@ class HSRSettings(Modifier):
     num_heads: int = Field(default=10, ge=1)
     head_score: Literal["ships_subspace", "ships_kl", "reference", "attribution"] = "ships_subspace"
     subspace_rank: int = Field(default=1, ge=1)
+    head_rerun: Literal["all_positions", "last_position"] = "all_positions"
     ablation_eps: float = Field(default=1e-5, gt=0.0, lt=1.0)
     neuron_score: Literal["wanda", "sparsegpt", "snip", "restore_gain"] = "wanda"
     safety_top: float = Field(default=0.5, gt=0.0, le=1.0)
@@ -135,6 +141,7 @@ class HSRSettings(Modifier):
     SCORING_FIELDS: ClassVar[tuple[str, ...]] = (
         "head_score",
         "subspace_rank",
+        "head_rerun",
         "ablation_eps",
         "safety_data",
         "num_samples",
@@ -179,6 +186,10 @@ class HSRSettings(Modifier):
     MODE_FIELDS: ClassVar[dict[str, tuple[str, Any]]] = {
         "subspace_rank": ("head_score: ships_subspace", lambda m: m.head_score == "ships_subspace"),
         "ablation_eps": (
+            "an ablating head score (ships_subspace, ships_kl, reference)",
+            lambda m: m.head_score != "attribution",
+        ),
+        "head_rerun": (
             "an ablating head score (ships_subspace, ships_kl, reference)",
             lambda m: m.head_score != "attribution",
         ),
@@ -230,7 +241,7 @@ class HSRSettings(Modifier):
     # ------------------------------------------------------------------ stages chosen once
     def head_scorer(self) -> HeadScorer:
         """The head scorer these fields choose."""
-        return head_scorer(self.head_score, self.ablation_eps, self.subspace_rank)
+        return head_scorer(self.head_score, self.ablation_eps, self.subspace_rank, self.head_rerun)
 
     def restoration_policy(self) -> RestorationPolicy:
         """The restoration policy these fields choose."""
