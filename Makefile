@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-distributed bench-real bench-nonsense support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-distributed bench-heads bench-real bench-nonsense support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -63,6 +63,11 @@ bench-gain: compress-venv
 # the same on organism-vl's pictures, with the ceilings and where the damage sits: ~25 min here
 bench-gain-vl: compress-venv
 	$(VENV)/bin/python -m integration.bench.bench_gain --organism vl --prunings wanda:0.5
+
+# every head-ranking mode against exact Ships on every model at hand (organism-qwen with
+# make real-model first): cost and agreement; ~30 min here with the real model
+bench-heads: compress-venv
+	$(VENV)/bin/python -m integration.bench.bench_heads
 
 # HSR's head scoring under torchrun: 2 ranks against 1 process on the mid-size model: ~10 min here
 bench-distributed: compress-venv
