@@ -32,9 +32,10 @@ from integration.bench.bench_hsr import write_results
 from integration.bench.bench_scale import _ranking, agreement
 from integration.organisms.registry import ORGANISMS
 
-BUNDLED_SAFETY = (
-    Path(__file__).resolve().parents[2] / "hsr_plugin" / "data" / "hsr-safety-mini.jsonl"
-)
+BUNDLED = Path(__file__).resolve().parents[2] / "hsr_plugin" / "data"
+BUNDLED_SAFETY = BUNDLED / "hsr-safety-mini.jsonl"
+BUNDLED_UTILITY = BUNDLED / "hsr-utility-mini.jsonl"
+PRUNING_SAMPLES = 64
 MODES = (  # label, head_score, head_rerun
     ("exact Ships", "ships_subspace", "all_positions"),
     ("last position", "ships_subspace", "last_position"),
@@ -45,6 +46,34 @@ STABILITY_PROMPTS = (16, 32, 64)
 
 def _safety_file(name: str) -> Path:
     return BUNDLED_SAFETY if name == "qwen" else ORGANISMS[name].data_dir / "calib_safety.jsonl"
+
+
+def _utility_file(name: str) -> Path:
+    return BUNDLED_UTILITY if name == "qwen" else ORGANISMS[name].data_dir / "calib_utility.jsonl"
+
+
+def pruning_seconds(name: str) -> float:
+    """The pruning stage the head ranking sits behind, timed in the same run: llm-compressor's
+    Wanda at 50% through `oneshot`, on 64 utility samples, as a user's recipe runs it."""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+
+    from hsr_plugin.calibration import load_processor
+    from hsr_plugin.models import load_model
+    from hsr_plugin.oneshot_data import calibration_kwargs
+
+    folder = ORGANISMS[name].model_dir
+    model = load_model(folder, torch.float32).eval()
+    processor = load_processor(str(folder))
+    calibration = calibration_kwargs(str(_utility_file(name)), processor, PRUNING_SAMPLES, 512)
+    recipe = WandaPruningModifier(
+        sparsity=0.5,
+        targets=[r"re:.*layers\.\d+$"],
+        ignore=["re:.*lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"],
+    )
+    start = time.perf_counter()
+    oneshot(model=model, processor=processor, recipe=recipe, **calibration)
+    return time.perf_counter() - start
 
 
 def _setup(name: str, prompts: int):
@@ -74,6 +103,8 @@ def _score(model, blocks, samples, pad, head_score, rerun):
 
 
 def measure(name: str, prompts: int, stability: bool) -> dict:
+    pruning = pruning_seconds(name)
+    print(f"{name} Wanda 50% pruning stage: {pruning:.1f} s", flush=True)
     model, blocks, samples, pad = _setup(name, prompts)
     rows, exact = [], None
     for label, head_score, rerun in MODES:
@@ -86,6 +117,7 @@ def measure(name: str, prompts: int, stability: bool) -> dict:
                 "seconds": seconds,
                 "fpe_ratio": fpe / exact[1],
                 "seconds_ratio": seconds / exact[2],
+                "pruning_ratio": seconds / pruning,
                 **agreement(scores, exact[0]),
             }
         )
@@ -97,6 +129,7 @@ def measure(name: str, prompts: int, stability: bool) -> dict:
         "prompts": len(samples),
         "mean_prompt_tokens": sum(s.prompt_length for s in samples) / len(samples),
         "rows": rows,
+        "pruning_s": pruning,
     }
     if stability:
         tops = {}
@@ -119,11 +152,12 @@ def render(results: list[dict], skipped: list[str], seconds: float) -> str:
         "the same safety prompts, in one run per model. fpe: forward-pass equivalents (work "
         "over one intact pass of the whole model over the prompts); top-k: how many of exact "
         "Ships' top k heads the mode also ranks in its top k; rho: Spearman's rho over all "
-        "heads.",
+        "heads; s / pruning: seconds over the model's own pruning stage (llm-compressor's "
+        f"Wanda 50% through `oneshot`, {PRUNING_SAMPLES} utility samples), timed in the same run.",
         "",
     ]
-    headers = ["model", "mode", "fpe", "fpe / exact", "s", "s / exact", "top-4", "top-8"]
-    headers += ["top-10", "rho"]
+    headers = ["model", "mode", "fpe", "fpe / exact", "s", "s / exact", "s / pruning"]
+    headers += ["top-4", "top-8", "top-10", "rho"]
     table = []
     for r in results:
         what = (
@@ -134,7 +168,7 @@ def render(results: list[dict], skipped: list[str], seconds: float) -> str:
             top = row["top"]
             table.append(
                 [what, row["mode"], fmt(row["fpe"]), f"{row['fpe_ratio']:.3f}",
-                 fmt(row["seconds"]), f"{row['seconds_ratio']:.3f}",
+                 fmt(row["seconds"]), f"{row['seconds_ratio']:.3f}", f"{row['pruning_ratio']:.2f}",
                  *(f"{top.get(k, 'n/a')}/{k}" for k in (4, 8, 10)), f"{row['rho']:.3f}"]
             )  # fmt: skip
     lines.append(markdown_table(headers, table, numeric_from=2))
