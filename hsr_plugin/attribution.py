@@ -304,6 +304,7 @@ def _exact_scores(
     stack = find_decoder_stack(model, blocks)
     mode = "reference" if method == "reference" else "exact"
     units = {b.layer: ablation_units(b, mode) for b in blocks}
+    last_only = rerun == "last_position"
     results = {(b.layer, h): _UnitResults(method) for b in blocks for h, _ in units[b.layer]}
     budget = activation_memory_budget(device, memory_budget)
     dense_states = []
@@ -314,44 +315,44 @@ def _exact_scores(
         for index, batch in enumerate(batches):
             batch = _to(batch, device)
             rows, width = batch["input_ids"].shape
+            positions = 1 if last_only else width  # re-run after an ablated layer
             cost.unit += rows * width * len(stack)
-            frozen = rerun == "last_position"
             with stack.capture(owner, set(units)) as captured:
-                out = model(**batch, use_cache=frozen, output_hidden_states=True)
+                out = model(**batch, use_cache=last_only, output_hidden_states=True)
             cost.work += rows * width * len(stack)
             logits, states = out.logits[:, -1].float(), out.hidden_states[-1][:, -1].float()
             _check_finite(logits, states, "the intact model")
             if index == 0:
                 _check_tail(stack, captured.last[0], logits, states, type(model).__name__)
-            if frozen:
+            frozen = None
+            if last_only:
                 frozen = LastPositionRerun(
                     stack, captured, out.past_key_values, width, type(model).__name__
                 )
             if index == 0 or captured.between:  # and wherever the model added between layers
                 _check_rerun(stack, captured, min(units), type(model).__name__)
-            if frozen and index == 0:
+            if frozen is not None and index == 0:
                 frozen.check_reproduces(min(units), type(model).__name__)
             dense_cpu = logits.cpu()
             dense_states.append(states.cpu())
             hidden = captured.inputs[min(units)].hidden.shape[-1]
             per_pass = heads_per_pass(
-                budget, rows, 1 if frozen else width, hidden, _intermediate(model, hidden),
+                budget, rows, positions, hidden, _intermediate(model, hidden),
                 blocks[0].num_heads,
             )  # fmt: skip
-            if not frozen and not replicable(captured, rows):
+            if frozen is None and not replicable(captured, rows):
                 per_pass = 1
             for block in blocks:
                 layer_units = [h for h, _ in units[block.layer]]
                 for start in range(0, len(layer_units), per_pass):
                     chunk = layer_units[start : start + per_pass]
-                    if frozen:
+                    if frozen is not None:
                         with ablate_heads_per_position(block, chunk, eps, mode, owner):
                             ablated = frozen.final_states(frozen.run_from(block.layer, len(chunk)))
                     else:
                         ablated = _ablated_tail(
                             stack, block, captured, chunk, rows, eps, mode, owner
                         )
-                    positions = 1 if frozen else width
                     cost.work += len(chunk) * rows * positions * (len(stack) - block.layer)
                     for r, head in enumerate(chunk):
                         results[(block.layer, head)].add(
