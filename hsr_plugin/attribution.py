@@ -20,17 +20,26 @@ cannot reach a response token have a zero gradient). Positive means ablating the
 refusal loss.
 
 Text-only prompts are batched with left padding; prompts with images run one at a time.
+
+With an `AdaptiveStop` (`head_prompts: adaptive`), the exact scores stop early: after every round
+of at least `round_prompts` prompts (whole batches), the scores so far give a top-h set; once that
+set has not moved for `stable_rounds` rounds in a row, the remaining prompts are not scored.
+With `rerun="screened"`, the last-position score screens every head and exact Ships re-scores the
+top candidates on the same prompts (`verified_first`).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from loguru import logger
 from tqdm import tqdm
 
 from hsr_plugin.ablation import ablate_heads_per_position, ablate_heads_per_replica, ablation_units
@@ -46,7 +55,13 @@ from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicabl
 from hsr_plugin.distributed import Collective, balanced_shares
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.frozen_context import LastPositionRerun
-from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
+from hsr_plugin.head_scores import (
+    last_token_kl,
+    principal_angle_score,
+    rank_heads,
+    reference_angle_score,
+    select_top_heads,
+)
 from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.placement import execution_device
 
@@ -54,6 +69,7 @@ if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 __all__ = [
+    "AdaptiveStop",
     "AttributionCost",
     "HeadScore",
     "HeadRerun",
@@ -64,12 +80,14 @@ __all__ = [
     "first_order_unit_scores",
     "prompt_batches",
     "score_heads",
+    "verified_first",
 ]
 
 HeadScoreMethod = Literal["ships_kl", "ships_subspace", "reference", "attribution"]
 # what an exact score re-runs after the ablated layer: every prompt position, or the last one
 # against the intact pass's frozen keys and values (hsr_plugin.frozen_context)
-HeadRerun = Literal["all_positions", "last_position"]
+# (`screened`: the last position for every head, then every position for the top candidates)
+HeadRerun = Literal["all_positions", "last_position", "screened"]
 # bytes of activations one replicated pass may use on the CPU: batching more heads per pass does
 # not cut the CPU's work, and host memory is what the pruning stage needs too
 DEFAULT_CPU_BUDGET = 128 << 20
@@ -97,16 +115,67 @@ class AttributionCost:
     `forward_equivalents` compares directly with the naive loop's (heads + 1) full passes. A
     backward pass that computes activation gradients only (no weight gradients) counts as one
     forward pass. Under torchrun, `work` is the sum over ranks and `ranks` holds each rank's
-    share: its layers, its work and its seconds.
+    share: its layers, its work and its seconds. `prompts`: the safety prompts scored (fewer
+    than offered when an `AdaptiveStop` stopped early; `unit` still covers all offered, so an
+    early stop shows as fewer forward-pass equivalents). `rounds`: with an `AdaptiveStop`, the
+    prompts read and the top set, best first, at the end of each round.
     """
 
     work: float = 0.0
     unit: float = 0.0
+    prompts: int = 0
+    rounds: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
     ranks: list[dict] = field(default_factory=list)
 
     @property
     def forward_equivalents(self) -> float:
         return self.work / self.unit if self.unit else 0.0
+
+
+@dataclass(frozen=True)
+class AdaptiveStop:
+    """When exact head scoring may stop before the last safety prompt: once the top `top` units
+    (heads, or KV groups for `reference`) have not moved for `stable_rounds` rounds in a row
+    (`stable_rounds` + 1 equal top sets), a round being at least `round_prompts` more prompts
+    (whole batches). The prompts are read in a seeded random order, so that each round adds a
+    random draw of the set even when the file is sorted (by category, say)."""
+
+    top: int
+    stable_rounds: int
+    round_prompts: int
+    seed: int = 0
+
+    def __post_init__(self):
+        if min(self.top, self.stable_rounds, self.round_prompts) < 1:
+            raise InvalidInputError(f"{self}: top, stable_rounds and round_prompts must be >= 1")
+
+    def reading_order(self, count: int) -> list[int]:
+        """The order in which the `count` prompts are read."""
+        order = list(range(count))
+        random.Random(self.seed).shuffle(order)
+        return order
+
+
+class _StabilityWatch:
+    """Applies an `AdaptiveStop` to the scores so far, round by round."""
+
+    def __init__(self, stop: AdaptiveStop):
+        self.stop = stop
+        self.checked = 0  # prompts seen at the last check
+        self.previous: set | None = None
+        self.stable = 0
+        self.history: list[tuple[int, list[tuple[int, int]]]] = []  # (prompts, top set)
+
+    def settled(self, seen: int, scores) -> bool:
+        """`scores()`: the current {(layer, unit): score}; read only at the end of a round."""
+        if seen - self.checked < self.stop.round_prompts:
+            return False
+        self.checked = seen
+        ranked = select_top_heads(rank_heads(scores()), self.stop.top)
+        self.history.append((seen, list(ranked)))
+        self.stable = self.stable + 1 if set(ranked) == self.previous else 0
+        self.previous = set(ranked)
+        return self.stable >= self.stop.stable_rounds
 
 
 def prompt_batches(
@@ -231,6 +300,8 @@ def score_heads(
     cost: AttributionCost | None = None,
     collective: Collective | None = None,
     rerun: HeadRerun = "all_positions",
+    stop: AdaptiveStop | None = None,
+    screen: int | None = None,
 ) -> list[HeadScore]:
     """Score every head (every KV group in reference mode) of `blocks` on the safety prompts.
 
@@ -243,24 +314,61 @@ def score_heads(
     passes by batch; either way every rank gets the scores a single process computes.
     `rerun="last_position"`: the exact scores re-run only the last prompt position after the
     ablated layer, against the intact keys and values of the others (`frozen_context`).
+    `stop`: exact scores only, single process: stop early once the top set is stable.
+    `rerun="screened"`: the last-position score screens every head, then the top `screen` are
+    re-scored exactly (every position re-run) on the same prompts (`verified_first`).
     """
     if not samples:
         raise InvalidInputError("head attribution needs at least one safety prompt")
+    if stop is not None and (method == "attribution" or collective is not None):
+        raise InvalidInputError(
+            "head_prompts: adaptive applies to an ablating head score in a single process "
+            "(not to head_score: attribution, nor under torchrun); use head_prompts: all"
+        )
     device = device if device is not None else execution_device(model)
     owner = hooks if hooks is not None else hooks_mixin()()
     cost = cost if cost is not None else AttributionCost()
     if method == "attribution":
+        cost.prompts += len(samples)
         return _first_order_scores(
             model, blocks, samples, batch_size, pad_id, device, owner, progress, cost, collective
         )
-    run = partial(
-        _exact_scores, model, samples=samples, method=method, eps=eps,
-        subspace_rank=subspace_rank, batch_size=batch_size, pad_id=pad_id, device=device,
-        owner=owner, memory_budget=memory_budget, rerun=rerun,
-    )  # fmt: skip
-    if collective is None:
-        return run(blocks=blocks, cost=cost, progress=progress)
-    return _exact_scores_shared(run, blocks, method, cost, progress, collective)
+    if stop is not None:
+        samples = [samples[i] for i in stop.reading_order(len(samples))]
+    if rerun == "screened" and not screen:
+        raise InvalidInputError("head_rerun: screened needs the number of heads to verify")
+
+    def scores(samples, rerun, stop=None, only=None):
+        run = partial(
+            _exact_scores, model, samples=samples, method=method, eps=eps,
+            subspace_rank=subspace_rank, batch_size=batch_size, pad_id=pad_id, device=device,
+            owner=owner, memory_budget=memory_budget, rerun=rerun, stop=stop, only=only,
+        )  # fmt: skip
+        if collective is None:
+            return run(blocks=blocks, cost=cost, progress=progress)
+        cost.prompts += len(samples)
+        return _exact_scores_shared(run, blocks, method, cost, progress, collective)
+
+    if rerun != "screened":
+        return scores(samples, rerun, stop)
+    before = cost.prompts
+    screened = scores(samples, "last_position", stop)
+    read = cost.prompts - before  # the verification reads the prompts the screen read, no more
+    ranked = rank_heads({(s.layer, s.head): s.score for s in screened})
+    keep = set(select_top_heads(ranked, min(screen, len(ranked))))
+    unit = cost.unit  # the unit stays one intact pass; the second one is work
+    verified = scores(samples[:read], "all_positions", only=keep)
+    cost.unit, cost.prompts = unit, before + read
+    return verified_first(screened, verified)
+
+
+def verified_first(screened: list[HeadScore], verified: list[HeadScore]) -> list[HeadScore]:
+    """`head_rerun: screened`'s scores: the exact score of each verified head; every other head
+    keeps its screening score, capped just below the lowest verified score, so that the
+    verified heads rank first and the top-h is chosen among them by their exact scores."""
+    exact = {(v.layer, v.head): v for v in verified}
+    cap = math.nextafter(min(v.score for v in verified), -math.inf)
+    return [exact.get((s.layer, s.head)) or replace(s, score=min(s.score, cap)) for s in screened]
 
 
 def _exact_scores_shared(run, blocks, method, cost, progress, collective) -> list[HeadScore]:
@@ -292,18 +400,26 @@ def _exact_scores_shared(run, blocks, method, cost, progress, collective) -> lis
         cost.work += share_info["work"]
         cost.unit = max(cost.unit, unit)  # one intact pass over the prompts, on any rank
         cost.ranks.append({"rank": rank, **share_info})
-    return [score for b in blocks for score in by_layer[b.layer]]
+    return [score for b in blocks for score in by_layer.get(b.layer, [])]
 
 
 def _exact_scores(
     model, *, blocks, samples, method, eps, subspace_rank, batch_size, pad_id, device, owner,
-    memory_budget, cost, progress, rerun="all_positions",
+    memory_budget, cost, progress, rerun="all_positions", stop=None, only=None,
 ) -> list[HeadScore]:  # fmt: skip
-    if not blocks:  # a rank with no layer to score (more ranks than layers)
+    """`only`: score these (layer, unit) keys alone (all of `blocks`' units by default)."""
+    mode = "reference" if method == "reference" else "exact"
+    units = {
+        b.layer: [
+            (h, g) for h, g in ablation_units(b, mode) if only is None or (b.layer, h) in only
+        ]
+        for b in blocks
+    }
+    blocks = [b for b in blocks if units[b.layer]]
+    if not blocks:  # a rank with no layer to score (more ranks than layers), or none verified
         return []
     stack = find_decoder_stack(model, blocks)
-    mode = "reference" if method == "reference" else "exact"
-    units = {b.layer: ablation_units(b, mode) for b in blocks}
+    units = {b.layer: units[b.layer] for b in blocks}
     last_only = rerun == "last_position"
     results = {(b.layer, h): _UnitResults(method) for b in blocks for h, _ in units[b.layer]}
     budget = activation_memory_budget(device, memory_budget)
@@ -311,6 +427,12 @@ def _exact_scores(
     batches = list(prompt_batches(samples, batch_size, pad_id, positions=not is_multimodal(model)))
     total = len(batches) * sum(len(u) for u in units.values())
     bar = tqdm(total=total, desc=f"HSR head scores ({method})", disable=not progress)
+    watch, seen = (_StabilityWatch(stop) if stop is not None else None), 0
+
+    def scores_so_far():
+        dense = torch.cat(dense_states)
+        return {key: r.score(dense, subspace_rank) for key, r in results.items()}
+
     with torch.no_grad():
         for index, batch in enumerate(batches):
             batch = _to(batch, device)
@@ -363,7 +485,23 @@ def _exact_scores(
                         )
                     bar.update(len(chunk))
             del captured, out
+            seen += rows
+            # checked after the last batch too, for the record of rounds; nothing is left to skip
+            settled = watch is not None and watch.settled(seen, scores_so_far)
+            if settled and index + 1 < len(batches):
+                for rest in batches[index + 1 :]:  # `unit` covers every prompt offered
+                    cost.unit += rest["input_ids"].numel() * len(stack)
+                bar.close()
+                logger.info(
+                    f"HSR head scores: the top {stop.top} came out the same in "
+                    f"{stop.stable_rounds + 1} rounds in a row; stopped after {seen} of "
+                    f"{len(samples)} prompts (head_prompts: adaptive)"
+                )
+                break
     bar.close()
+    cost.prompts += seen
+    if watch is not None:
+        cost.rounds = watch.history
     dense = torch.cat(dense_states)
     return [
         HeadScore(b.layer, h, g, results[(b.layer, h)].score(dense, subspace_rank))

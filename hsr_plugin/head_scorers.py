@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hsr_plugin.architecture import AttentionBlock
-from hsr_plugin.attribution import AttributionCost, HeadScore, score_heads
+from hsr_plugin.attribution import AdaptiveStop, AttributionCost, HeadScore, score_heads
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.scoring_context import ScoringContext
 
@@ -38,6 +38,8 @@ class AblationHeadScorer:
     eps: float = 1e-5
     subspace_rank: int = 1
     rerun: str = "all_positions"  # or last_position (hsr_plugin.frozen_context)
+    stop: AdaptiveStop | None = None  # head_prompts: adaptive
+    screen: int | None = None  # head_rerun: screened: how many heads are verified exactly
 
     def units(self, block: AttentionBlock) -> int:
         return block.num_kv_heads if self.method == "reference" else block.num_heads
@@ -47,7 +49,7 @@ class AblationHeadScorer:
             ctx.model, ctx.blocks, samples, self.method, self.eps, self.subspace_rank,
             ctx.batch_size, ctx.pad_id, hooks=ctx.hooks, device=ctx.device,
             memory_budget=ctx.memory_budget, cost=cost, collective=ctx.collective,
-            rerun=self.rerun,
+            rerun=self.rerun, stop=self.stop, screen=self.screen,
         )  # fmt: skip
 
 
@@ -70,9 +72,16 @@ class FirstOrderHeadScorer:
 
 
 def head_scorer(
-    head_score: str, eps: float, subspace_rank: int, rerun: str = "all_positions"
+    head_score: str,
+    eps: float,
+    subspace_rank: int,
+    rerun: str = "all_positions",
+    stop: AdaptiveStop | None = None,
+    screen: int | None = None,
 ) -> HeadScorer:
-    """The scorer for a `head_score` setting (`rerun`: what an ablating score re-runs)."""
+    """The scorer for a `head_score` setting (`rerun`: what an ablating score re-runs; `stop`:
+    when it may stop before the last prompt; `screen`: with `rerun="screened"`, how many heads
+    the exact re-run verifies)."""
     if head_score == "attribution":
         return FirstOrderHeadScorer(eps=eps, subspace_rank=subspace_rank)
-    return AblationHeadScorer(head_score, eps, subspace_rank, rerun)
+    return AblationHeadScorer(head_score, eps, subspace_rank, rerun, stop, screen)

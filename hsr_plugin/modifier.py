@@ -135,6 +135,11 @@ class HSRModifier(HSRSettings):
         run.timing["data"] = time.perf_counter() - start
         run.model_info = model_info(model, blocks)
         run.collective = current_collective(self.distributed_timeout_s)
+        if run.collective is not None and self.head_prompts == "adaptive":
+            raise InvalidInputError(
+                "head_prompts: adaptive stops on the top set of all heads, which no rank sees "
+                "under torchrun; use head_prompts: all"
+            )
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
         # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
         # context manager does not nest: leaving an inner one would re-enable everyone's).
@@ -194,6 +199,12 @@ class HSRModifier(HSRSettings):
         else:
             run.head_scores = scorer.score(ctx, safety, cost)
         run.scoring["head_scoring_forward_equivalents"] = round(cost.forward_equivalents, 4)
+        if cost.prompts:
+            run.scoring["head_scoring_prompts"] = cost.prompts
+        if cost.rounds:  # head_prompts: adaptive: how the top set settled
+            run.scoring["head_scoring_rounds"] = [
+                {"prompts": n, "top": [list(key) for key in top]} for n, top in cost.rounds
+            ]
         if cost.ranks:  # under torchrun: each rank's layers, work and seconds
             run.scoring["head_scoring_ranks"] = [
                 {**share, "seconds": round(share["seconds"], 4)} for share in cost.ranks

@@ -91,13 +91,19 @@ def totals(restored_rows: list[dict], language_params: int, pruned_params: int) 
     }
 
 
+_RERUN_NOTE = {
+    "last_position": " (last position re-run)",
+    "screened": " (last position screen, exact re-run of the top candidates)",
+}
+
+
 def log_summary(report: dict[str, Any]) -> None:
     cfg, tot = report["config"], report["totals"]
     top = ", ".join(f"L{h['layer']}H{h['head']}={h['score']:.4g}" for h in report["heads"][:5])
     lines = [
         "HSR summary",
         f"  head score {cfg['head_score']}"
-        f"{' (last position re-run)' if cfg.get('head_rerun') == 'last_position' else ''} | "
+        f"{_RERUN_NOTE.get(cfg.get('head_rerun'), '')} | "
         f"neuron score {cfg['neuron_score']} | slicing "
         f"{cfg['head_slicing']}",
         f"  top heads: {top}",

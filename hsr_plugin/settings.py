@@ -10,7 +10,7 @@ from llmcompressor.modifiers import Modifier
 from pydantic import Field, field_validator, model_validator
 
 from hsr_eval.common import VISION_IGNORE
-from hsr_plugin.attribution import HeadScore
+from hsr_plugin.attribution import AdaptiveStop, HeadScore
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scorers import HeadScorer, head_scorer
 from hsr_plugin.restoration_policies import (
@@ -42,7 +42,18 @@ class HSRSettings(Modifier):
         `all_positions` (exact Ships, the default) or `last_position` (opt-in, beyond the
         paper: only the last prompt position, which Ships reads, against the intact pass's
         keys and values of the other positions; about 1/T of the work for T-token prompts, and
-        exact for heads of the last layer)
+        exact for heads of the last layer) or `screened` (opt-in, beyond the paper: the last
+        position screens every head, then the top `head_screen_factor` x `num_heads` are
+        re-scored exactly, and the top `num_heads` are chosen among them by exact Ships)
+    :param head_screen_factor: `head_rerun: screened` only: how many heads, per head selected,
+        the exact re-run verifies
+    :param head_prompts: how many of the safety prompts an ablating head score reads: `all`
+        (the default) or `adaptive` (opt-in, beyond the paper: score batch by batch and stop
+        once the top `num_heads` set has not moved for `head_stable_rounds` rounds in a
+        row, a round being `batch_size` more prompts, read in an order drawn with `seed`;
+        single process only)
+    :param head_stable_rounds: `head_prompts: adaptive` only: k, the rounds in a row the top
+        set must not move before the scoring stops
     :param ablation_eps: factor that ablates a head's query and output
     :param neuron_score: weight importance on the dense model: `wanda`, `sparsegpt` or `snip`
         (the paper's neuron level); or `restore_gain` (opt-in, beyond the paper): after
@@ -103,7 +114,10 @@ class HSRSettings(Modifier):
     num_heads: int = Field(default=10, ge=1)
     head_score: Literal["ships_subspace", "ships_kl", "reference", "attribution"] = "ships_subspace"
     subspace_rank: int = Field(default=1, ge=1)
-    head_rerun: Literal["all_positions", "last_position"] = "all_positions"
+    head_rerun: Literal["all_positions", "last_position", "screened"] = "all_positions"
+    head_screen_factor: int = Field(default=3, ge=1)
+    head_prompts: Literal["all", "adaptive"] = "all"
+    head_stable_rounds: int = Field(default=3, ge=1)
     ablation_eps: float = Field(default=1e-5, gt=0.0, lt=1.0)
     neuron_score: Literal["wanda", "sparsegpt", "snip", "restore_gain"] = "wanda"
     safety_top: float = Field(default=0.5, gt=0.0, le=1.0)
@@ -142,6 +156,9 @@ class HSRSettings(Modifier):
         "head_score",
         "subspace_rank",
         "head_rerun",
+        "head_screen_factor",
+        "head_prompts",
+        "head_stable_rounds",
         "ablation_eps",
         "safety_data",
         "num_samples",
@@ -193,6 +210,12 @@ class HSRSettings(Modifier):
             "an ablating head score (ships_subspace, ships_kl, reference)",
             lambda m: m.head_score != "attribution",
         ),
+        "head_prompts": (
+            "an ablating head score (ships_subspace, ships_kl, reference)",
+            lambda m: m.head_score != "attribution",
+        ),
+        "head_stable_rounds": ("head_prompts: adaptive", lambda m: m.head_prompts == "adaptive"),
+        "head_screen_factor": ("head_rerun: screened", lambda m: m.head_rerun == "screened"),
         "safety_top": ("the paper's neuron level", lambda m: m.neuron_score != "restore_gain"),
         "utility_top": ("the paper's neuron level", lambda m: m.neuron_score != "restore_gain"),
         "utility_max": ("the paper's neuron level", lambda m: m.neuron_score != "restore_gain"),
@@ -241,7 +264,13 @@ class HSRSettings(Modifier):
     # ------------------------------------------------------------------ stages chosen once
     def head_scorer(self) -> HeadScorer:
         """The head scorer these fields choose."""
-        return head_scorer(self.head_score, self.ablation_eps, self.subspace_rank, self.head_rerun)
+        stop = None
+        if self.head_prompts == "adaptive":
+            stop = AdaptiveStop(self.num_heads, self.head_stable_rounds, self.batch_size, self.seed)
+        screen = self.head_screen_factor * self.num_heads if self.head_rerun == "screened" else None
+        return head_scorer(
+            self.head_score, self.ablation_eps, self.subspace_rank, self.head_rerun, stop, screen
+        )
 
     def restoration_policy(self) -> RestorationPolicy:
         """The restoration policy these fields choose."""

@@ -117,7 +117,11 @@ def head_scoring_key(fields: dict) -> str:
     from hsr_plugin.modifier import HSRModifier
 
     hsr = HSRModifier(**fields)
-    return repr([(name, getattr(hsr, name)) for name in HSRModifier.SCORING_FIELDS])
+    names = list(HSRModifier.SCORING_FIELDS)
+    # where the adaptive stop stops, and how many heads a screen verifies, depend on h
+    if hsr.head_prompts == "adaptive" or hsr.head_rerun == "screened":
+        names.append("num_heads")
+    return repr([(name, getattr(hsr, name)) for name in names])
 
 
 def load_sweep_model(path: str):
