@@ -54,7 +54,7 @@ from hsr_plugin.checks import all_finite
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
 from hsr_plugin.distributed import Collective, balanced_shares
 from hsr_plugin.errors import InvalidInputError
-from hsr_plugin.frozen_context import LastPositionRerun
+from hsr_plugin.frozen_context import FrozenContextError, LastPositionRerun
 from hsr_plugin.head_scores import (
     last_token_kl,
     principal_angle_score,
@@ -316,7 +316,8 @@ def score_heads(
     ablated layer, against the intact keys and values of the others (`frozen_context`).
     `stop`: exact scores only, single process: stop early once the top set is stable.
     `rerun="screened"`: the last-position score screens every head, then the top `screen` are
-    re-scored exactly (every position re-run) on the same prompts (`verified_first`).
+    re-scored exactly (every position re-run) on the same prompts (`verified_first`); where the
+    family's cache cannot be frozen for the screen, every head is scored exactly, with a warning.
     """
     if not samples:
         raise InvalidInputError("head attribution needs at least one safety prompt")
@@ -351,8 +352,14 @@ def score_heads(
 
     if rerun != "screened":
         return scores(samples, rerun, stop)
-    before = cost.prompts
-    screened = scores(samples, "last_position", stop)
+    before = (cost.work, cost.unit, cost.prompts, list(cost.rounds))
+    try:
+        screened = scores(samples, "last_position", stop)
+    except FrozenContextError as error:  # a family whose cache cannot be frozen: no screen
+        logger.warning(f"HSR head_rerun: screened: {error}. Scoring every head exactly instead.")
+        cost.work, cost.unit, cost.prompts, cost.rounds = before
+        return scores(samples, "all_positions", stop)
+    before = before[2]
     read = cost.prompts - before  # the verification reads the prompts the screen read, no more
     ranked = rank_heads({(s.layer, s.head): s.score for s in screened})
     keep = set(select_top_heads(ranked, min(screen, len(ranked))))

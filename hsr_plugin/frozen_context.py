@@ -28,6 +28,11 @@ from hsr_plugin.decoder_stack import Captured, DecoderStack, _hidden_of
 __all__ = ["LastPositionRerun", "frozen_mask"]
 
 
+class FrozenContextError(UnsupportedArchitectureError):
+    """This family's cache cannot be frozen for a last-position re-run (the exact re-run of
+    every position still works)."""
+
+
 def frozen_mask(given: torch.Tensor | None, rows: int, context: int, copies: int, device) -> Any:
     """The attention mask of `copies` query positions that each see the first `context` keys (as
     the last prompt position saw them in the intact pass) and their own key, not each other's.
@@ -61,7 +66,7 @@ class LastPositionRerun:
             kinds = sorted({type(layer).__name__ for layer in layers or ()}) or [
                 type(cache).__name__
             ]
-            raise UnsupportedArchitectureError(
+            raise FrozenContextError(
                 f"{model_name}: its key/value cache ({', '.join(kinds)}) is not a plain cache of "
                 "every position, so head_rerun: last_position cannot re-run the last prompt "
                 "position against it; head_rerun: all_positions (the default) re-runs every "
@@ -71,7 +76,7 @@ class LastPositionRerun:
             # a sliding-window layer keeps every position only while the prompt fits its window;
             # a cross-attention layer (Mllama with a picture) keeps the picture's states instead
             if layer.keys is not None and layer.keys.shape[-2] != width:
-                raise UnsupportedArchitectureError(
+                raise FrozenContextError(
                     f"{model_name}: a layer of its key/value cache holds {layer.keys.shape[-2]} "
                     f"entries, not the prompt's {width} positions (a sliding window shorter than "
                     "the prompt, or cross-attention states), so head_rerun: last_position cannot "
@@ -156,7 +161,7 @@ class LastPositionRerun:
             got = again[:, copy : copy + 1].float()
             if not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
                 gap = float((got - want).abs().max())
-                raise UnsupportedArchitectureError(
+                raise FrozenContextError(
                     f"{model_name}: re-running the last prompt position from layer {start} "
                     f"against the intact key/value cache does not reproduce the intact pass (max "
                     f"difference {gap:.3g}), so head_rerun: last_position cannot be used for "

@@ -83,18 +83,19 @@ def test_a_stopped_demo_stops_its_running_step_and_leaves_no_staging(tmp_path):
 
 def test_the_real_model_demo_calibrates_as_a_new_user_would(tmp_path):
     """`--organism qwen`: the pruning stage on HSR's bundled utility set (64 samples), HSR on its
-    bundled sets with first-order heads; float32 on a CPU. The organisms keep their own sets."""
+    bundled sets with screened heads (`head_rerun: screened`); float32 on a CPU. The organisms
+    keep their own sets."""
     from integration.demo import run_demo
 
     data = tmp_path / "text"
     real = run_demo.calibration_args("qwen", data, "recipes/wanda_hsr_recommended.yaml")
     assert real[:4] == ["--dataset", run_demo.BUNDLED_UTILITY, "--num-samples", "64"]
     assert run_demo.BUNDLED_UTILITY.is_file()
-    assert real[-2:] == ["--set", "HSRModifier.head_score=attribution"]
+    assert real[-2:] == ["--set", "HSRModifier.head_rerun=screened"]
     assert ("--dtype" in real) == (not __import__("torch").cuda.is_available())
     assert not any("safety_data" in str(a) for a in real)
     pruning = run_demo.calibration_args("qwen", data, "recipes/wanda.yaml")
-    assert "HSRModifier.head_score=attribution" not in pruning
+    assert "HSRModifier.head_rerun=screened" not in pruning
     organism = run_demo.calibration_args("text", data, "recipes/wanda_hsr.yaml")
     assert organism == [
         "--dataset",

@@ -6,12 +6,15 @@ the top candidates, and the top-h is chosen among them by their exact scores.
 - On a model: the verified heads' scores equal exact Ships' bit for bit; verifying every head
   gives exact Ships; the cost lies between the screen's and exact's; with the adaptive stop the
   verification reads the prompts the screen read.
+- Where the cache cannot be frozen for the screen (Mllama with a picture), every head is scored
+  exactly, with a warning, instead of refusing a recommended recipe.
 - The fields: refused where they mean nothing; the scorer verifies factor x h heads.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +26,7 @@ from hsr_plugin.attribution import (
     verified_first,
 )
 from hsr_plugin.head_scores import rank_heads, select_top_heads
-from tests.helpers import scoring_setup
+from tests.helpers import log_messages, scoring_setup
 
 
 # ---------------------------------------------------------------- the merge
@@ -109,6 +112,30 @@ def test_a_screen_without_a_count_is_refused(model_dirs, calib_files):
     model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
     with pytest.raises(InvalidInputError, match="screened needs the number of heads"):
         _scores(model, blocks, samples, pad, rerun="screened")
+
+
+def test_where_the_screen_cannot_run_every_head_is_scored_exactly(tmp_path):
+    from hsr_plugin.architecture import find_attention_blocks
+    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from hsr_plugin.models import load_model
+    from integration.bench.families import FAMILIES, calibration_files
+
+    folder = FAMILIES["Mllama"].build(tmp_path / "model")
+    files = calibration_files(tmp_path / "calib")
+    model = load_model(folder, torch.float32).eval()
+    processor = load_processor(str(folder))
+    samples = render_samples(load_conversations(str(files["safety_vl"]), 2, 0), processor, 128)
+    blocks = find_attention_blocks(model)
+    cost, exact_cost = AttributionCost(), AttributionCost()
+    with log_messages("WARNING") as warnings:
+        got = score_heads(
+            model, blocks, samples, progress=False, cost=cost, rerun="screened", screen=2
+        )
+    exact = score_heads(model, blocks, samples, progress=False, cost=exact_cost)
+    assert got == exact
+    assert (cost.work, cost.unit, cost.prompts) == (exact_cost.work, exact_cost.unit, 2)
+    (warning,) = [m for m in warnings if "head_rerun: screened" in m]
+    assert "cross-attention states" in warning and "Scoring every head exactly instead" in warning
 
 
 # ---------------------------------------------------------------- the fields

