@@ -376,3 +376,33 @@ def serve_bin(name: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return exe
+
+
+def scoring_with_a_stop_after_two_rounds(model_dirs, calib_files, **kwargs):
+    """Head scores on the tiny Llama with an adaptive stop that watches ALL heads, whose top set
+    never moves: round 1 (2 prompts) sets it, round 2 repeats it and stops. Returns the setup,
+    the stop, the cost and the scores."""
+    from hsr_plugin.attribution import AdaptiveStop, AttributionCost, score_heads
+
+    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
+    stop = AdaptiveStop(top=sum(b.num_heads for b in blocks), stable_rounds=1, round_prompts=2)
+    cost = AttributionCost()
+    scores = score_heads(
+        model, blocks, samples, batch_size=2, pad_id=pad, progress=False, cost=cost, stop=stop,
+        **kwargs,
+    )  # fmt: skip
+    return (model, blocks, samples, pad), stop, cost, scores
+
+
+def mllama_with_pictures(folder: Path, prompts: int = 2):
+    """A tiny Mllama from its config class, with its processor, and `prompts` safety prompts
+    that carry a picture each: (model, blocks, samples)."""
+    from integration.bench.families import FAMILIES, calibration_files
+
+    model_dir = FAMILIES["Mllama"].build(folder / "model")
+    files = calibration_files(folder / "calib")
+    model = load_model(model_dir).eval()
+    processor = load_processor(str(model_dir))
+    conversations = load_conversations(str(files["safety_vl"]), prompts, 0)
+    samples = render_samples(conversations, processor, 128)
+    return model, find_attention_blocks(model), samples

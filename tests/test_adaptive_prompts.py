@@ -22,7 +22,13 @@ from hsr_plugin.attribution import AdaptiveStop, AttributionCost, _StabilityWatc
 from hsr_plugin.distributed import Collective
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scores import rank_heads, select_top_heads
-from tests.helpers import HSR, WANDA, run_oneshot, scoring_setup
+from tests.helpers import (
+    HSR,
+    WANDA,
+    run_oneshot,
+    scoring_setup,
+    scoring_with_a_stop_after_two_rounds,
+)
 
 
 # ---------------------------------------------------------------- the rule
@@ -75,15 +81,11 @@ def test_a_stop_with_a_zero_is_refused(field):
 # ---------------------------------------------------------------- on a model
 @pytest.mark.parametrize("rerun", ["all_positions", "last_position"])
 def test_an_early_stop_equals_exact_scores_on_the_prompts_it_read(model_dirs, calib_files, rerun):
-    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
+    setup, stop, cost, early = scoring_with_a_stop_after_two_rounds(
+        model_dirs, calib_files, rerun=rerun
+    )
+    model, blocks, samples, pad = setup
     heads = sum(b.num_heads for b in blocks)
-    # the top set of ALL heads never moves: round 1 sets it, round 2 repeats it and stops
-    stop = AdaptiveStop(top=heads, stable_rounds=1, round_prompts=2)
-    cost = AttributionCost()
-    early = score_heads(
-        model, blocks, samples, batch_size=2, pad_id=pad, progress=False, cost=cost,
-        rerun=rerun, stop=stop,
-    )  # fmt: skip
     assert cost.prompts == 4 < len(samples)
     full_cost = AttributionCost()
     order = stop.reading_order(len(samples))

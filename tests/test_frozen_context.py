@@ -31,7 +31,7 @@ from hsr_plugin.frozen_context import frozen_mask
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score
 from hsr_plugin.hooks import hooks_mixin
 from integration.bench.bench_scale import spearman
-from tests.helpers import REPO, scoring_setup
+from tests.helpers import REPO, mllama_with_pictures, scoring_setup
 
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"
 TEXT_DATA = REPO / "integration" / "organisms" / "data" / "text"
@@ -176,18 +176,9 @@ def test_sliding_window_caches_work_while_the_prompt_fits_the_window(tmp_path, f
 
 
 def test_mllama_with_a_picture_is_refused_with_the_way_out(tmp_path):
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
-    from hsr_plugin.models import load_model
-    from integration.bench.families import FAMILIES, calibration_files
-
-    folder = FAMILIES["Mllama"].build(tmp_path / "model")
-    files = calibration_files(tmp_path / "calib")
-    model = load_model(folder, torch.float32).eval()
-    processor = load_processor(str(folder))
-    samples = render_samples(load_conversations(str(files["safety_vl"]), 2, 0), processor, 128)
+    model, blocks, samples = mllama_with_pictures(tmp_path)
     with pytest.raises(UnsupportedArchitectureError) as refused:
-        score_heads(model, find_attention_blocks(model), samples, progress=False,
-                    rerun="last_position")  # fmt: skip
+        score_heads(model, blocks, samples, progress=False, rerun="last_position")
     message = str(refused.value)
     assert "cross-attention states" in message and "head_rerun: all_positions" in message
 

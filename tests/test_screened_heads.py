@@ -14,19 +14,22 @@ the top candidates, and the top-h is chosen among them by their exact scores.
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsr_plugin.attribution import (
-    AdaptiveStop,
     AttributionCost,
     HeadScore,
     score_heads,
     verified_first,
 )
 from hsr_plugin.head_scores import rank_heads, select_top_heads
-from tests.helpers import log_messages, scoring_setup
+from tests.helpers import (
+    log_messages,
+    mllama_with_pictures,
+    scoring_setup,
+    scoring_with_a_stop_after_two_rounds,
+)
 
 
 # ---------------------------------------------------------------- the merge
@@ -93,14 +96,11 @@ def test_verifying_every_head_is_exact_ships(model_dirs, calib_files):
 def test_with_the_adaptive_stop_the_verification_reads_what_the_screen_read(
     model_dirs, calib_files
 ):
-    model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
-    heads = sum(b.num_heads for b in blocks)
-    stop = AdaptiveStop(top=heads, stable_rounds=1, round_prompts=2)
-    cost = AttributionCost()
-    got = score_heads(
-        model, blocks, samples, batch_size=2, pad_id=pad, progress=False, cost=cost,
-        rerun="screened", screen=heads, stop=stop,
-    )  # fmt: skip
+    setup, stop, cost, got = scoring_with_a_stop_after_two_rounds(
+        model_dirs, calib_files, rerun="screened", screen=8
+    )
+    model, blocks, samples, pad = setup
+    assert sum(b.num_heads for b in blocks) == 8  # every head verified
     read = [samples[i] for i in stop.reading_order(len(samples))[:4]]
     assert cost.prompts == 4
     assert got == score_heads(model, blocks, read, batch_size=2, pad_id=pad, progress=False)
@@ -115,17 +115,7 @@ def test_a_screen_without_a_count_is_refused(model_dirs, calib_files):
 
 
 def test_where_the_screen_cannot_run_every_head_is_scored_exactly(tmp_path):
-    from hsr_plugin.architecture import find_attention_blocks
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
-    from hsr_plugin.models import load_model
-    from integration.bench.families import FAMILIES, calibration_files
-
-    folder = FAMILIES["Mllama"].build(tmp_path / "model")
-    files = calibration_files(tmp_path / "calib")
-    model = load_model(folder, torch.float32).eval()
-    processor = load_processor(str(folder))
-    samples = render_samples(load_conversations(str(files["safety_vl"]), 2, 0), processor, 128)
-    blocks = find_attention_blocks(model)
+    model, blocks, samples = mllama_with_pictures(tmp_path)
     cost, exact_cost = AttributionCost(), AttributionCost()
     with log_messages("WARNING") as warnings:
         got = score_heads(
