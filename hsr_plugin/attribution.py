@@ -352,14 +352,14 @@ def score_heads(
 
     if rerun != "screened":
         return scores(samples, rerun, stop)
-    before = (cost.work, cost.unit, cost.prompts, list(cost.rounds))
+    saved = (cost.work, cost.unit, cost.prompts, list(cost.rounds))
     try:
         screened = scores(samples, "last_position", stop)
     except FrozenContextError as error:  # a family whose cache cannot be frozen: no screen
         logger.warning(f"HSR head_rerun: screened: {error}. Scoring every head exactly instead.")
-        cost.work, cost.unit, cost.prompts, cost.rounds = before
+        cost.work, cost.unit, cost.prompts, cost.rounds = saved
         return scores(samples, "all_positions", stop)
-    before = before[2]
+    before = saved[2]  # prompts counted before this call
     read = cost.prompts - before  # the verification reads the prompts the screen read, no more
     ranked = rank_heads({(s.layer, s.head): s.score for s in screened})
     keep = set(select_top_heads(ranked, min(screen, len(ranked))))
