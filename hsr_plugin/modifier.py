@@ -140,6 +140,11 @@ class HSRModifier(HSRSettings):
                 "head_prompts: adaptive stops on the top set of all heads, which no rank sees "
                 "under torchrun; use head_prompts: all"
             )
+        if run.collective is not None and self.benign_stop_margin is not None:
+            raise InvalidInputError(
+                "benign_stop_margin measures the model between restoration steps in one "
+                "process; it is not supported under torchrun: leave it out there"
+            )
         pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
         # Each pass enters HooksMixin.disable_hooks itself, keeping only HSR's own hooks (its
         # context manager does not nest: leaving an inner one would re-enable everyone's).
@@ -258,6 +263,7 @@ class HSRModifier(HSRSettings):
             cap = math.floor(self.max_restored_per_10k * language_params / 1e4 + 1e-9)
             run.scoring["budget"] = cap
         stats = run.policy.restore(model, run.plans, dense, cap, self)
+        run.scoring.update(run.policy.scoring_notes())
         rows = [{**stats[name].as_report(), "unit": plan.unit} for name, plan in run.plans.items()]
         if not any(row["restored"] for row in rows):
             logger.warning(f"HSR restored no weights: {run.policy.nothing_restored_advice()}")

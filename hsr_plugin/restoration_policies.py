@@ -9,7 +9,9 @@ their dense values back.
   brings on the PRUNED model, without raising the utility NLL by more than a tolerance; the
   budget may be spent in rounds that re-score in between. With benign look-alike requests, a
   candidate must also keep a positive gain net of what restoring brings to refusing them, and
-  that net gain ranks it.
+  that net gain ranks it. With `benign_stop_margin` as well, the ranking is restored in steps
+  and stops, measured, before those requests grow more refusable than on the dense model
+  (`hsr_plugin.benign_stop`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
+import torch
 from compressed_tensors.utils import align_module_device
 from llmcompressor.utils.helpers import DisableQuantization, eval_context
+from loguru import logger
 from torch import nn
 
+from hsr_plugin.benign_stop import StopProbe, longest_holding_prefix, mean_response_nll
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.distributed import Collective
 from hsr_plugin.neuron_scoring import (
@@ -86,6 +91,9 @@ class RestorationPolicy(Protocol):
         """After pruning: copy dense values back; per-matrix statistics."""
 
     def nothing_restored_advice(self) -> str: ...
+
+    def scoring_notes(self) -> dict:
+        """What the restoration measured on its way, for the report's `scoring` (may be empty)."""
 
 
 @dataclass
@@ -157,6 +165,9 @@ class ImportanceRestoration:
             f"utility_max (p_max={self.utility_max}), or select more heads (num_heads)."
         )
 
+    def scoring_notes(self) -> dict:
+        return {}
+
 
 @dataclass
 class RestoreGainRestoration:
@@ -165,15 +176,31 @@ class RestoreGainRestoration:
     preserve_nm: str | None = None
     offload_statistics: bool = False
     benign_weight: float = 1.0
+    benign_stop_margin: float | None = None
     _samples: tuple | None = None
     _benign_given: bool = False
     _collective: Collective | None = None
+    _batching: tuple[int, int] = (1, 0)
+    _dense_benign_nll: float | None = None
+    _stop: dict | None = None
 
     def prepare(self, ctx, plans, safety, utility, benign=None) -> None:
         # candidates are chosen after pruning, on the pruned model
         self._samples = (safety, utility, benign)
         self._benign_given = benign is not None
         self._collective = ctx.collective
+        self._batching = (ctx.batch_size, ctx.pad_id)
+        if self.benign_stop_margin is not None:
+            if benign is None:  # the settings refuse the margin without benign_data
+                raise ValueError("benign_stop_margin measures on benign_data, which is missing")
+            # the dense model's level, which the restored model's must not fall below
+            self._dense_benign_nll = mean_response_nll(
+                ctx.model, benign, *self._batching, ctx.device
+            )
+            logger.info(
+                "HSR benign look-alike refusal NLL on the dense model: "
+                f"{self._dense_benign_nll:.4f}"
+            )
 
     def restore(self, model, plans, dense, cap, hooks) -> dict[str, RestoreStats]:
         """Candidates scored on the PRUNED model by first-order safety gain; `rounds` re-scores."""
@@ -213,16 +240,79 @@ class RestoreGainRestoration:
                 if remaining is not None:
                     share = math.ceil(remaining / (self.rounds - round_index))
                     masks = budget_masks(masks, gains, share)
-                apply_everywhere(self._collective, plans, dense, masks)
+                stopped = False
+                if self.benign_stop_margin is None:
+                    apply_everywhere(self._collective, plans, dense, masks)
+                else:
+                    masks, stopped = self._restore_until_benign_floor(
+                        model, plans, dense, masks, gains, benign, placed.device, round_index
+                    )
                 for name in plans:
                     restored[name] += int(masks[name].sum())
                 done = sum(int(m.sum()) for m in masks.values())
                 if remaining is not None:
                     remaining -= done
-                if done == 0 or remaining == 0:
+                if done == 0 or remaining == 0 or stopped:
                     break
         self._samples = None
         return {name: replace(first[name], restored=restored[name]) for name in plans}
+
+    def _restore_until_benign_floor(
+        self, model, plans, dense, masks, gains, benign, device, round_index
+    ) -> tuple[dict, bool]:
+        """Restore `masks` along `gains` in steps, measuring the benign look-alike refusal NLL
+        after each, and keep the longest prefix that stays at or above the dense model's less
+        the margin. Returns the masks kept and whether the floor stopped the restoration."""
+        floor = self._dense_benign_nll - self.benign_stop_margin
+        pruned = {}
+        for name, plan in plans.items():  # the pruned values, to take a step back exactly
+            with align_module_device(plan.module):
+                pruned[name] = plan.module.weight.detach().to("cpu", copy=True)
+        applied = {name: torch.zeros_like(mask) for name, mask in masks.items()}
+
+        def move_to(k: int) -> dict:
+            target = budget_masks(masks, gains, k)
+            for name, plan in plans.items():
+                apply_restoration(plan.module, dense[name], target[name] & ~applied[name])
+                apply_restoration(plan.module, pruned[name], applied[name] & ~target[name])
+            applied.update(target)
+            return target
+
+        def measure(k: int) -> float:
+            move_to(k)
+            value = mean_response_nll(model, benign, *self._batching, device)
+            logger.info(
+                f"HSR benign stop, round {round_index + 1}: {k:,} restored, benign look-alike "
+                f"refusal NLL {value:.4f} (floor {floor:.4f})"
+            )
+            return value
+
+        total = sum(int(m.sum()) for m in masks.values())
+        kept, probes = longest_holding_prefix(total, measure, floor)
+        kept_masks = move_to(kept)
+        stopped = kept < total
+        self._record_stop(round_index, floor, total, kept, probes)
+        return kept_masks, stopped
+
+    def _record_stop(self, round_index, floor, total, kept, probes: list[StopProbe]) -> None:
+        if self._stop is None:
+            self._stop = {
+                "dense_benign_refusal_nll": round(self._dense_benign_nll, 6),
+                "margin": self.benign_stop_margin,
+                "floor": round(floor, 6),
+                "rounds": [],
+            }
+        self._stop["rounds"].append(
+            {
+                "round": round_index + 1,
+                "ranked": total,
+                "kept": kept,
+                "probes": [p.as_report() for p in probes],
+            }
+        )
+
+    def scoring_notes(self) -> dict:
+        return {} if self._stop is None else {"benign_stop": self._stop}
 
     def _round_masks(self, plans, dense, grads, nm, with_benign, first) -> tuple[dict, dict]:
         """One round's restoration masks and gains, from its gradients (`first` keeps each

@@ -76,6 +76,12 @@ class HSRSettings(Modifier):
         buying refusals with over-refusal
     :param benign_weight: how much a unit of benign look-alike refusal gain costs against a
         unit of safety gain (with `benign_data`)
+    :param benign_stop_margin: with `benign_data`, optional (beyond the paper): restore the
+        ranking in steps, measuring the mean refusal NLL of the benign look-alike requests after
+        each, and stop before it falls more than this many nats below the dense model's: the
+        restoration keeps the longest prefix of its ranking that leaves those requests no more
+        refusable than the dense model left them (0: not at all more); at most 11 extra
+        forward passes over `benign_data` per round, and 1 on the dense model
     :param num_samples: samples drawn from each set (seeded)
     :param max_seq_length: longest rendered conversation, in tokens
     :param batch_size: prompts (or conversations) per forward pass of head attribution and of
@@ -128,6 +134,7 @@ class HSRSettings(Modifier):
     utility_data: str = "hsr-utility-mini"
     benign_data: str | None = None
     benign_weight: float = Field(default=1.0, ge=0.0)
+    benign_stop_margin: float | None = Field(default=None, ge=0.0)
     num_samples: int = Field(default=128, ge=1)
     max_seq_length: int = Field(default=512, ge=8)
     batch_size: int = Field(default=8, ge=1)
@@ -226,6 +233,7 @@ class HSRSettings(Modifier):
         "num_mlp_channels": ("units: [heads, mlp]", lambda m: "mlp" in m.units),
         "benign_data": ("neuron_score: restore_gain", lambda m: m.neuron_score == "restore_gain"),
         "benign_weight": ("benign_data", lambda m: m.benign_data is not None),
+        "benign_stop_margin": ("benign_data", lambda m: m.benign_data is not None),
     }
 
     @model_validator(mode="after")
@@ -281,6 +289,7 @@ class HSRSettings(Modifier):
                 self.preserve_nm,
                 self.offload_statistics,
                 self.benign_weight,
+                self.benign_stop_margin,
             )
         return ImportanceRestoration(
             self.neuron_score, self.safety_top, self.utility_top, self.utility_max,

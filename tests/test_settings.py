@@ -100,6 +100,7 @@ def test_bad_hyperparameters_are_rejected_by_the_config(kwargs, message):
         ("num_mlp_channels", 8, {}, "units: [heads, mlp]"),
         ("benign_data", "hsr-benign-mini", {}, "neuron_score: restore_gain"),
         ("benign_weight", 0.5, {"neuron_score": "restore_gain"}, "benign_data"),
+        ("benign_stop_margin", 0.1, {"neuron_score": "restore_gain"}, "benign_data"),
     ],
 )
 def test_a_field_the_chosen_mode_ignores_is_refused_naming_the_mode(field, value, settings, mode):
