@@ -16,6 +16,7 @@ the margin: benign requests are not made more refusable than the dense model mad
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,15 +54,29 @@ def mean_response_nll(
 ) -> float:
     """The mean over `samples` of each one's mean response-token NLL: the loss whose gradient
     restore_gain ranks by, measured. Samples without response tokens are left out. Every other
-    modifier's hooks are off during these passes."""
+    modifier's hooks are off during these passes.
+
+    Batches are left-padded, so every response ends its row: where the model takes
+    `logits_to_keep` (transformers' causal LMs do), only the positions from the earliest
+    response onwards go through the output head, which on a large vocabulary is most of a
+    pass's work."""
     total, counted = 0.0, 0
     positions = not is_multimodal(model)
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     with hooks_mixin().disable_hooks():
         for batch in prompt_batches(samples, batch_size, pad_id, positions, full=True):
             labels = batch.pop("labels").to(device)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits
-            # the token at t is predicted by the logits at t - 1
-            targets = labels[:, 1:]
+            inputs = {k: v.to(device) for k, v in batch.items()}
+            labelled = (labels != -100).any(dim=0).nonzero()
+            if len(labelled) == 0:
+                continue
+            # logits at t predict the token at t + 1: keep from the one before the first label
+            width = labels.shape[1]
+            keep = min(width, width - int(labelled[0]) + 1) if trims else width
+            if trims:
+                inputs["logits_to_keep"] = keep
+            logits = model(**inputs, use_cache=False).logits[:, -keep:]
+            targets = labels[:, width - keep + 1 :]
             nll = F.cross_entropy(
                 logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
             )

@@ -145,6 +145,18 @@ def compress(setting: Setting, dense: Path) -> tuple[Path, float]:
     return out, wall
 
 
+def require_pruned_bases(chosen: list[str]) -> None:
+    """Each HSR setting's RSR and McNemar compare it with its pruned model: refuse, before any
+    compression, a list that leaves that model out (its saved evaluation is reused when its
+    weights come out the same)."""
+    missing = sorted({b for b in map(pruned_label, chosen) if b and b not in chosen})
+    if missing:
+        raise SystemExit(
+            f"error: --settings needs {', '.join(missing)} beside the HSR settings of that "
+            "pruning (their RSR is measured against it); add it"
+        )
+
+
 def weights_digest(folder: Path) -> str:
     """SHA-256 over the model's safetensors files (names and digests), what an evaluation saw."""
     parts = [f"{p.name}:{file_sha256(p)}" for p in sorted(Path(folder).glob("*.safetensors"))]
@@ -398,6 +410,7 @@ def render_saved(args) -> None:
     """The blocks from what an earlier (maybe stopped) run saved under OUT."""
     safety, lookalike, code = load_comparisons()
     chosen = ["dense", *(s.strip() for s in args.settings.split(",") if s.strip())]
+    require_pruned_bases(chosen)
     missing = [label for label in chosen if label not in safety["models"]]
     if missing:
         raise SystemExit(f"error: no saved safety evaluation of {missing} under {OUT}")
@@ -456,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in chosen if s not in SETTINGS]
     if unknown:
         raise SystemExit(f"error: unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    require_pruned_bases(chosen)
     started = time.monotonic()
     dense = qwen.materialize()
     models: dict[str, Path] = {"dense": dense}
