@@ -86,40 +86,29 @@ SETTINGS = {
             "paper default (Wanda neuron scores), screened heads",
         ),
         Setting(
+            "wanda+hsr-gain",
+            "wanda_hsr_recommended",
+            ("HSRModifier.benign_data=null",),
+            "restore_gain, 25 per 10k, screened heads, no look-alikes (the recommended recipe "
+            "before this benchmark)",
+        ),
+        Setting(
             "wanda+hsr-recommended",
             "wanda_hsr_recommended",
             (),
-            "recommended recipe (restore_gain, 25 per 10k, screened heads)",
-        ),
-        Setting(
-            "wanda+hsr-recommended-benign",
-            "wanda_hsr_recommended",
-            ("HSRModifier.benign_data=hsr-benign-mini",),
-            "recommended recipe, screened heads, gains net of the 64 bundled benign "
-            "look-alikes' refusals (`benign_data: hsr-benign-mini`, weight 1)",
+            "recommended recipe: restore_gain net of the 64 bundled benign look-alikes' "
+            "refusals (`benign_data: hsr-benign-mini`), 25 per 10k, screened heads",
         ),
         Setting(
             "wanda+hsr-recommended-stop",
             "wanda_hsr_recommended",
-            ("HSRModifier.benign_data=hsr-benign-mini", "HSRModifier.benign_stop_margin=0"),
-            "recommended recipe, screened heads, net gains as above, restored in steps and "
-            "stopped before the bundled look-alikes' refusal NLL falls below the dense model's "
-            "(`benign_stop_margin: 0`)",
-        ),
-        Setting(
-            "wanda+hsr-recommended-stop-gain",
-            "wanda_hsr_recommended",
-            (
-                "HSRModifier.benign_data=hsr-benign-mini",
-                "HSRModifier.benign_weight=0",
-                "HSRModifier.benign_stop_margin=0",
-            ),
-            "recommended recipe, screened heads, restore_gain's own ranking (`benign_weight: "
-            "0`) stopped as above (`benign_stop_margin: 0`)",
+            ("HSRModifier.benign_stop_margin=0",),
+            "recommended recipe, restored in steps and stopped before the bundled look-alikes' "
+            "refusal NLL falls below the dense model's (`benign_stop_margin: 0`)",
         ),
     )
 }
-DEFAULT_SETTINGS = "wanda,wanda+hsr-paper,wanda+hsr-recommended"
+DEFAULT_SETTINGS = "wanda,wanda+hsr-gain,wanda+hsr-recommended,wanda+hsr-recommended-stop"
 
 
 def compress(setting: Setting, dense: Path) -> tuple[Path, float]:
@@ -420,6 +409,8 @@ def render_saved(args) -> None:
     walls = json.loads(WALLS.read_text()) if WALLS.is_file() else {}
     models = {label: OUT / "models" / label for label in chosen if label != "dense"}
     body = render(safety, lookalike, code, hsr_costs(models, walls), args, 0.0)
+    if args.note:  # what the saved evaluations cannot say themselves
+        body = body.rstrip() + f"\n\nNote: {args.note}"
     body = body.replace(", in 0 s.", ", rendered from its saved evaluations.").replace(
         "bench_real --settings", "bench_real --render-saved --settings"
     )
@@ -458,7 +449,14 @@ def main(argv: list[str] | None = None) -> None:
         help="write RESULTS.md's and README.md's blocks from the saved evaluations of --settings "
         "(no compression, no evaluation; costs from the saved compress seconds where kept)",
     )
+    parser.add_argument(
+        "--note",
+        help="with --render-saved: a sentence appended to the block, e.g. how the saved runs "
+        "were made (costs measured beside other work)",
+    )
     args = parser.parse_args(argv)
+    if args.note and not args.render_saved:
+        parser.error("--note goes with --render-saved")
     if args.readme_only:
         write_readme(readme_summary(*load_comparisons()))
         return
