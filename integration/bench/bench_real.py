@@ -225,6 +225,12 @@ def pruning_cell(dense: dict, pruned: dict) -> str:
     return f"vs dense: p {test['p_value']:.2g}, {test['c']} made unsafe / {test['b']} safe"
 
 
+def _error_bar(summary: dict) -> list[list[float]]:
+    """A rate summary's 95% interval as matplotlib's [[below], [above]], in percent."""
+    low, high = summary["ci95"]
+    return [[100 * (summary["rate"] - low)], [100 * (high - summary["rate"])]]
+
+
 def pareto_figure(safety: dict, lookalike: dict, path: Path = PARETO) -> Path | None:
     """Refusal of harmful requests (StrongREJECT, HarmBench) against refusal of the benign
     look-alikes, every model with its 95% intervals on both axes (SVG, beside RESULTS.md).
@@ -243,14 +249,9 @@ def pareto_figure(safety: dict, lookalike: dict, path: Path = PARETO) -> Path | 
             x = rate_summary(list(alike[label].values()))
             y = rate_summary([1 - v for v in asr[label].values()])
             ax.errorbar(
-                100 * x["rate"],
-                100 * y["rate"],
-                xerr=[[100 * (x["rate"] - x["ci95"][0])], [100 * (x["ci95"][1] - x["rate"])]],
-                yerr=[[100 * (y["rate"] - y["ci95"][0])], [100 * (y["ci95"][1] - y["rate"])]],
-                fmt="o",
-                capsize=2,
-                label=label,
-            )
+                100 * x["rate"], 100 * y["rate"], xerr=_error_bar(x), yerr=_error_bar(y),
+                fmt="o", capsize=2, label=label,
+            )  # fmt: skip
         ax.set_xlabel("benign look-alikes refused % (200)")
         ax.set_ylabel(f"{name} refused %")
         if "dense" in labels:  # the dense model's over-refusal, and 10 points above it
