@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-distributed bench-heads bench-real bench-nonsense support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-distributed bench-heads bench-real bench-real-same-k bench-nonsense support-matrix mutation clean-outputs
 
 # the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
 wheels:
@@ -78,6 +78,12 @@ bench-distributed: compress-venv
 # integration/bench/RESULTS.md and README.md (over an hour on two cores)
 bench-real: venvs real-model
 	$(VENV)/bin/python -m integration.bench.bench_real $(BENCH_REAL_ARGS)
+
+# the same restored count K (the paper default's) for each ranking on organism-qwen: first-order
+# heads, restore_gain with and without heads, a random control; needs bench-real's wanda and
+# wanda+hsr-paper; writes the bench-real-same-k block (about 1.5 hours on two cores)
+bench-real-same-k: venvs real-model
+	$(VENV)/bin/python -m integration.bench.bench_real_same_k $(BENCH_REAL_SAME_K_ARGS)
 
 # the dense model's likelihood as a reading of fluent nonsense vs compliance, against the hand
 # labels in integration/bench/labels/
