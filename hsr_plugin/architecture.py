@@ -265,6 +265,18 @@ def _mla_block(model, layer, name, module) -> AttentionBlock:
             "the config, so its per-head slices are unknown"
         )
     heads = int(sizes["num_attention_heads"])
+    # MLA makes keys and values per head; transformers' DeepSeek attention still repeats them
+    # num_attention_heads / num_key_value_heads times, so such a config fails on any padded
+    # batch (and in eager attention) inside transformers itself, long after calibration starts
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups != 1:
+        raise UnsupportedArchitectureError(
+            f"{name}: multi-head latent attention with num_key_value_heads "
+            f"{getattr(config, 'num_key_value_heads', '?')} below num_attention_heads {heads}: "
+            f"transformers repeats this layer's per-head keys {groups} times, so any padded "
+            "batch fails inside transformers itself; set num_key_value_heads to "
+            "num_attention_heads, as DeepSeek's published configs do"
+        )
     qk_dim = int(sizes["qk_nope_head_dim"]) + int(sizes["qk_rope_head_dim"])
     kv_dim = int(sizes["qk_nope_head_dim"]) + int(sizes["v_head_dim"])
     v_dim = int(sizes["v_head_dim"])

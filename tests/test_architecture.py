@@ -198,3 +198,33 @@ def test_a_model_without_gated_mlps_is_named():
         "no gated MLP (gate_proj/up_proj/down_proj) found in Sequential's decoder layers: "
         "MLP realignment (units: [heads, mlp]) needs one"
     )
+
+
+def test_mla_whose_keys_transformers_would_repeat_is_refused_before_any_pass():
+    """DeepSeek attention with num_key_value_heads below num_attention_heads: a single unpadded
+    prompt runs, but transformers itself fails on a padded batch, which HSR's scoring makes."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    config = DeepseekV3Config(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=8, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
+        first_k_dense_replace=1, n_group=1, topk_group=1,
+    )  # fmt: skip
+    model = DeepseekV3ForCausalLM(config).eval()
+    padded = {
+        "input_ids": torch.tensor([[1, 5, 6], [1, 5, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+    }
+    with pytest.raises(RuntimeError, match="must match"):  # transformers' own limit
+        model(**padded)
+    with pytest.raises(
+        UnsupportedArchitectureError,
+        match=r"num_key_value_heads 4 below num_attention_heads 8: transformers repeats this "
+        r"layer's per-head keys 2 times",
+    ):
+        find_attention_blocks(model)
+    config.num_key_value_heads = 8  # as DeepSeek's published configs: found, one group a head
+    block = find_attention_blocks(DeepseekV3ForCausalLM(config))[0]
+    assert block.layout == "mla" and block.num_heads == block.num_kv_heads == 8
