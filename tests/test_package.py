@@ -79,3 +79,51 @@ def test_the_package_names_what_hsrmodifier_needs(monkeypatch):
     assert (
         str(err.value) == "HSRModifier needs llm-compressor: pip install 'llmcompressor==0.14.0.1'"
     )
+
+
+def _imports_of_the_package() -> dict[str, set[str]]:
+    """{module: the modules of hsr_plugin it imports}, read from the source (every import
+    statement, deferred ones inside functions too)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {}
+    for path in (root / "hsr_plugin").rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    found.add(target if target in modules else base)
+        edges[name] = {m for m in found if m in modules and m != name}
+    return edges
+
+
+def test_no_module_of_the_package_imports_one_that_imports_it_back():
+    edges = _imports_of_the_package()
+    assert "hsr_plugin.cli.options" in edges and edges["hsr_plugin.cli.options"] == set()
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges[todo.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    cycles = sorted(f"{a} -> {b}" for a in edges for b in edges[a] if reaches(b, a))
+    assert cycles == []

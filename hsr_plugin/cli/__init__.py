@@ -7,9 +7,10 @@ hsr report OUT/hsr_report.json [--comparison EVAL/comparison.json] [--out DIR]
 hsr demo [--out outputs/demo]
 
 One module per subcommand (`compress`, `sweep`, `report`, `demo`), each with `add_parser`,
-which registers its options and its function with `set_defaults(func=...)`. The options that
-compress and sweep share are defined once in `options`, the checks every run makes before any
-work in `inputs`, and what a failure prints in `errors`. Heavy libraries (torch,
+which registers its options and its function with `set_defaults(func=...)`; the parser that
+gathers them is built here. The options that compress and sweep share are defined once in
+`options`, the checks every run makes before any work in `inputs`, and what a failure prints in
+`errors`. Heavy libraries (torch,
 llm-compressor) are imported only by the subcommand that needs them, so `hsr --help` is fast.
 """
 
@@ -18,10 +19,36 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hsr_plugin.cli import compress, demo, report, sweep
 from hsr_plugin.cli.errors import report_failure
-from hsr_plugin.cli.options import build_parser
 
 __all__ = ["build_parser", "main", "parse", "run"]
+
+DESCRIPTION = "The `hsr` command line: compress with a recipe, summarise a report, run the demo."
+
+
+def _debug_option() -> argparse.ArgumentParser:
+    # SUPPRESS keeps a subcommand's default from overwriting `hsr --debug compress ...`
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`hsr` and its subcommands, each registered by its own module's `add_parser`."""
+    parser = argparse.ArgumentParser(prog="hsr", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.set_defaults(passes_on_extra=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    debug = _debug_option()
+    for command in (compress, sweep, report, demo):
+        command.add_parser(sub, parents=[debug])
+    return parser
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,38 +1,10 @@
-"""The `hsr` parser: the subcommands, `--debug`, and the options compress and sweep share."""
+"""The options that `hsr compress` and `hsr sweep` share (a leaf: it imports no subcommand)."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_run_options", "build_parser"]
-
-DESCRIPTION = "The `hsr` command line: compress with a recipe, summarise a report, run the demo."
-
-
-def _debug_option() -> argparse.ArgumentParser:
-    # SUPPRESS keeps a subcommand's default from overwriting `hsr --debug compress ...`
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="show the full traceback of an error",
-    )
-    return parent
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """`hsr` and its subcommands, each registered by its own module's `add_parser`."""
-    from hsr_plugin.cli import compress, demo, report, sweep
-
-    parser = argparse.ArgumentParser(prog="hsr", description=DESCRIPTION)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    parser.set_defaults(passes_on_extra=False)
-    sub = parser.add_subparsers(dest="command", required=True)
-    debug = _debug_option()
-    for command in (compress, sweep, report, demo):
-        command.add_parser(sub, parents=[debug])
-    return parser
+__all__ = ["add_run_options"]
 
 
 def add_run_options(parser: argparse.ArgumentParser, output_help: str) -> None:
