@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch.utils.hooks import RemovableHandle
 
 from hsr_plugin.architecture import AttentionBlock
-from hsr_plugin.hooks import hooks_mixin
 
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
@@ -140,8 +140,7 @@ def ablate_heads_per_position(
 def _ablate(block, heads, leads, eps, mode, hooks) -> Iterator[list[RemovableHandle]]:
     for head in heads:
         check_unit(block, head, mode)
-    mixin = hooks_mixin()
-    owner = hooks if hooks is not None else mixin()
+    owner = hooks if hooks is not None else HooksMixin()
 
     def spans(band):
         # in reference mode the unit is the KV group itself
@@ -160,7 +159,7 @@ def _ablate(block, heads, leads, eps, mode, hooks) -> Iterator[list[RemovableHan
         ]
     handles = [owner.register_hook(module, fn, kind) for module, kind, fn in plan]
     try:
-        with mixin.disable_hooks(keep=set(handles)):
+        with HooksMixin.disable_hooks(keep=set(handles)):
             yield handles
     finally:
         owner.remove_hooks(set(handles))

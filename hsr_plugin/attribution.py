@@ -39,6 +39,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from loguru import logger
 from tqdm import tqdm
 
@@ -62,7 +63,6 @@ from hsr_plugin.head_scores import (
     reference_angle_score,
     select_top_heads,
 )
-from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.placement import execution_device
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ def score_heads(
             "(not to head_score: attribution, nor under torchrun); use head_prompts: all"
         )
     device = device if device is not None else execution_device(model)
-    owner = hooks if hooks is not None else hooks_mixin()()
+    owner = hooks if hooks is not None else HooksMixin()
     cost = cost if cost is not None else AttributionCost()
     if method == "attribution":
         cost.prompts += len(samples)
@@ -641,7 +641,7 @@ def first_order_unit_scores(
         counted = int((labels[:, 1:] != -100).sum())
         if counted == 0:
             return None
-        with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
+        with HooksMixin.disable_hooks(keep=handles), torch.enable_grad():
             out = model(**batch, labels=labels, use_cache=False)
             loss = out.loss * counted  # the summed NLL of the batch's response tokens
             if not torch.isfinite(loss):

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch import nn
 
 from hsr_plugin.architecture import is_multimodal
 from hsr_plugin.attribution import prompt_batches
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.errors import InvalidInputError
-from hsr_plugin.hooks import hooks_mixin
 
 __all__ = [
     "STOP_REFINEMENTS",
@@ -63,7 +63,7 @@ def mean_response_nll(
     total, counted = 0.0, 0
     positions = not is_multimodal(model)
     trims = "logits_to_keep" in inspect.signature(model.forward).parameters
-    with hooks_mixin().disable_hooks():
+    with HooksMixin.disable_hooks():
         for batch in prompt_batches(samples, batch_size, pad_id, positions, full=True):
             labels = batch.pop("labels").to(device)
             inputs = {k: v.to(device) for k, v in batch.items()}

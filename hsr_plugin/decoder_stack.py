@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch import nn
 
 from hsr_plugin.architecture import (
@@ -30,7 +31,6 @@ from hsr_plugin.architecture import (
     UnsupportedArchitectureError,
     text_config,
 )
-from hsr_plugin.hooks import hooks_mixin
 
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
@@ -147,7 +147,7 @@ class DecoderStack:
             )
             handles.add(owner.register_hook(self.layers[i], make_post(i), "forward"))
         try:
-            with hooks_mixin().disable_hooks(keep=handles):
+            with HooksMixin.disable_hooks(keep=handles):
                 yield captured
         finally:
             owner.remove_hooks(handles)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from compressed_tensors.utils import align_module_device
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch import nn
 from tqdm import tqdm
 
@@ -32,7 +33,6 @@ from hsr_plugin.attribution import prompt_batches
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.distributed import Collective, balanced_shares, contiguous_share
 from hsr_plugin.errors import InvalidInputError
-from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import (
     GradientSaliencyAccumulator,
     HessianAccumulator,
@@ -95,7 +95,7 @@ def _input_hooks(
         owner.register_hook(module, make(name), "forward_pre") for name, module in modules.items()
     }
     try:
-        with hooks_mixin().disable_hooks(keep=handles):
+        with HooksMixin.disable_hooks(keep=handles):
             yield
     finally:
         owner.remove_hooks(handles)
@@ -128,7 +128,7 @@ def collect_statistics(
         raise InvalidInputError("neuron scoring needs at least one calibration sample")
     device = device if device is not None else execution_device(model)
     stats_device = stats_device if stats_device is not None else device
-    owner = hooks if hooks is not None else hooks_mixin()()
+    owner = hooks if hooks is not None else HooksMixin()
     progress = progress and (collective is None or collective.rank == 0)
     if method == "snip":
         stats = MatrixStatistics(
@@ -227,7 +227,7 @@ def for_each_weight_gradient(
         for sample in tqdm(samples, desc=desc, disable=not progress):
             inputs = {k: v.to(device) for k, v in sample.model_inputs().items()}
             labels = torch.where(sample.response_mask.to(device), inputs["input_ids"], -100)
-            with hooks_mixin().disable_hooks(keep=handles), torch.enable_grad():
+            with HooksMixin.disable_hooks(keep=handles), torch.enable_grad():
                 loss = model(**inputs, labels=labels, use_cache=False).loss
                 if not torch.isfinite(loss):
                     raise InvalidInputError(
@@ -260,7 +260,7 @@ def mean_weight_gradients(
     `collective`, this rank runs its share of the samples and the sums are added over ranks."""
     device = device if device is not None else execution_device(model)
     stats_device = stats_device if stats_device is not None else device
-    owner = hooks if hooks is not None else hooks_mixin()()
+    owner = hooks if hooks is not None else HooksMixin()
     sums: dict[str, torch.Tensor] = {}
 
     def add(name: str, _module: nn.Linear, grad_weight: torch.Tensor) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 from hsr_plugin.architecture import find_attention_blocks
 from hsr_plugin.attribution import AttributionCost, score_heads
 from hsr_plugin.calibration import CalibrationSample, load_processor
-from hsr_plugin.hooks import hooks_mixin
 from integration.bench.naive_attribution import naive_head_scores
 from tests.helpers import (
     load_model,
@@ -78,7 +78,7 @@ def test_first_order_scores_skip_batches_without_response_tokens_and_need_some()
 
     model = tiny_llama(layers=1).eval()
     o_proj = model.model.layers[0].self_attn.o_proj
-    args = (torch.device("cpu"), hooks_mixin()())
+    args = (torch.device("cpu"), HooksMixin())
     skipped = first_order_unit_scores(
         model, {"o": (o_proj, 2, 8)}, [_no_response_sample(), *response_samples(1)], 1, 0, *args,
         progress=False,
@@ -135,7 +135,7 @@ def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
     for progress in (True, False):
         scores = first_order_unit_scores(
             model, {"o": (o_proj, 2, 8)}, response_samples(), 2, 0, torch.device("cpu"),
-            hooks_mixin()(), progress=progress,
+            HooksMixin(), progress=progress,
         )  # fmt: skip
         runs[progress] = (scores["o"], capsys.readouterr().err)
     assert "HSR unit scores (first order)" in runs[True][1]

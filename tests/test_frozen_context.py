@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 from hsr_plugin.ablation import ablate_head
 from hsr_plugin.architecture import (
@@ -29,7 +30,6 @@ from hsr_plugin.attribution import AttributionCost, prompt_batches, score_heads
 from hsr_plugin.decoder_stack import find_decoder_stack
 from hsr_plugin.frozen_context import frozen_mask
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score
-from hsr_plugin.hooks import hooks_mixin
 from integration.bench.bench_scale import spearman
 from tests.helpers import REPO, mllama_with_pictures, scoring_setup
 
@@ -59,7 +59,7 @@ def _naive_frozen_scores(model, blocks, samples, method, pad):
     """Each ablated head: layers l..L-1 at every position, but every layer after l gets the
     intact pass's inputs at the positions before the last; scored at the last position."""
     stack = find_decoder_stack(model, blocks)
-    owner = hooks_mixin()()
+    owner = HooksMixin()
     dense, ablated = [], {(b.layer, h): [] for b in blocks for h in range(b.num_heads)}
     with torch.no_grad():
         for batch in prompt_batches(samples, 3, pad, positions=not is_multimodal(model)):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-from hsr_plugin.hooks import hooks_mixin
 from hsr_plugin.importance import InputNormAccumulator
 from hsr_plugin.neuron_scoring import collect_statistics, mean_weight_gradients
 from tests.helpers import response_samples, scoring_setup, tiny_llama
@@ -19,7 +19,7 @@ def test_gradient_means_go_to_the_statistics_device_through_the_given_hooks():
     modules = {"q": model.model.layers[0].self_attn.q_proj}
     registered = []
 
-    class Recording(hooks_mixin()):
+    class Recording(HooksMixin):
         def register_hook(self, target, *args, **kwargs):
             registered.append(target)
             return super().register_hook(target, *args, **kwargs)

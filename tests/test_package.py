@@ -1,5 +1,6 @@
-"""hsr_plugin (the package): importing it in any order registers HSRModifier, and it names what
-HSRModifier needs when llm-compressor is missing."""
+"""hsr_plugin (the package): importing it registers HSRModifier with llm-compressor's public
+ModifierFactory.register, in any order and without an import hook; without llm-compressor it
+still imports and names what HSRModifier needs; no module imports one that imports it back."""
 
 from __future__ import annotations
 
@@ -8,18 +9,28 @@ import sys
 
 import pytest
 
+CREATE = (
+    "from llmcompressor.modifiers.factory import ModifierFactory\n"
+    "made = ModifierFactory.create('HSRModifier', allow_registered=True, "
+    "allow_experimental=False)\n"
+)
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
 
 @pytest.mark.parametrize(
     "code",
     [
-        "import hsr_plugin, llmcompressor",  # the plugin first: registered by the import hook
-        "import llmcompressor, hsr_plugin",  # llm-compressor first: registered at once
+        "import hsr_plugin, llmcompressor",
+        "import llmcompressor, hsr_plugin",
         "import hsr_plugin; from llmcompressor.modifiers.factory import ModifierFactory",
-        "from hsr_plugin.ablation import ablate_head; from hsr_plugin.hooks import hooks_mixin\n"
-        "hooks_mixin()",
+        "from hsr_plugin.ablation import ablate_head; import hsr_plugin.decoder_stack\n"
+        "import llmcompressor",
         "import hsr_plugin.neuron_scoring, hsr_plugin.attribution, hsr_plugin.restore\n"
         "import llmcompressor",
-        # modules that import llm-compressor themselves, before the modifier exists
+        # modules that import llm-compressor themselves
         "from hsr_plugin.settings import HSRSettings",
         "from hsr_plugin.recipe_checks import earlier_pruning",
         "from hsr_plugin.restoration_policies import RestorationPolicy",
@@ -38,47 +49,40 @@ import pytest
 @pytest.mark.subprocess
 def test_import_hsr_plugin_registers_hsrmodifier_in_any_order(code):
     check = (
-        f"{code}\nfrom llmcompressor.modifiers.factory import ModifierFactory\n"
-        "from hsr_plugin.modifier import HSRModifier\n"
-        "made = ModifierFactory.create('HSRModifier', allow_registered=True, "
-        "allow_experimental=False)\n"
+        f"{code}\n{CREATE}from hsr_plugin.modifier import HSRModifier\n"
         "assert type(made) is HSRModifier\n"
+        "import sys\n"
+        "hooks = [f for f in sys.meta_path if type(f).__module__.startswith('hsr_plugin')]\n"
+        "assert not hooks, hooks\n"
         "print('registered')"
     )
-    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    proc = _python(check)
     assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_the_import_hook_steps_aside_when_llmcompressor_is_absent(monkeypatch):
-    import importlib.util
-
-    import hsr_plugin
-
-    finder = hsr_plugin.RegisterWhenLlmCompressorLoads()
-    assert finder.find_spec("numpy", None) is None  # not watched
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert finder.find_spec("llmcompressor", None) is None
-    assert finder.find_spec("hsr_plugin.missing", None) is None
+@pytest.mark.subprocess
+def test_a_recipe_read_before_import_hsr_plugin_does_not_find_the_modifier():
+    """The one order that fails, written down: llm-compressor cannot know HSRModifier before
+    `import hsr_plugin` runs in that process (it loads no plugin entry points)."""
+    proc = _python(f"{CREATE}print('found')")
+    assert proc.returncode != 0 and "No modifier of type 'HSRModifier' found" in proc.stderr
+    assert _python(f"import hsr_plugin\n{CREATE}print('found')").stdout.splitlines()[-1] == "found"
 
 
-def test_the_package_names_what_hsrmodifier_needs(monkeypatch):
-    import importlib.util
-
-    import hsr_plugin
-
-    with pytest.raises(AttributeError) as err:
-        hsr_plugin.__getattr__("Nope")
-    assert str(err.value) == "module 'hsr_plugin' has no attribute 'Nope'"
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == "llmcompressor" else real(n, *a)
+@pytest.mark.subprocess
+def test_without_llmcompressor_the_package_imports_and_names_what_hsrmodifier_needs():
+    code = (
+        "import sys\nsys.modules['llmcompressor'] = None  # as if not installed\n"
+        "import hsr_plugin\nassert hsr_plugin.__version__\n"
+        "try:\n    hsr_plugin.HSRModifier\nexcept ImportError as err:\n    print(err)\n"
+        "try:\n    hsr_plugin.Nope\nexcept AttributeError as err:\n    print(err)\n"
     )
-    with pytest.raises(ImportError) as err:
-        hsr_plugin.__getattr__("HSRModifier")
+    proc = _python(code)
     # the pin comes from the installed metadata, whose one source is pyproject.toml
-    assert (
-        str(err.value) == "HSRModifier needs llm-compressor: pip install 'llmcompressor==0.14.0.1'"
-    )
+    assert proc.stdout.splitlines() == [
+        "HSRModifier needs llm-compressor: pip install 'llmcompressor==0.14.0.1'",
+        "module 'hsr_plugin' has no attribute 'Nope'",
+    ], proc.stderr[-2000:]
 
 
 def _imports_of_the_package() -> dict[str, set[str]]:

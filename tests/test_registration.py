@@ -11,20 +11,20 @@ def _created(factory):
     return factory.create("HSRModifier", allow_registered=True, allow_experimental=False)
 
 
-def test_registration_refuses_a_shipped_hsrmodifier_and_tolerates_a_missing_registry(
-    monkeypatch,
-):
+def test_registration_refuses_to_shadow_a_modifier_llmcompressor_ships(monkeypatch):
     from llmcompressor.modifiers.factory import ModifierFactory
 
     from hsr_plugin import HSRModifier
-    from hsr_plugin.registration import register_modifier
+    from hsr_plugin.registration import ModifierNameTakenError, register_modifier
 
-    monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
-    monkeypatch.setattr(ModifierFactory, "_main_registry", {"HSRModifier": object}, raising=False)
-    with pytest.raises(RuntimeError, match="already ships a modifier named HSRModifier"):
+    shipped = {"HSRModifier": object}
+    monkeypatch.setattr(ModifierFactory, "load_from_package", staticmethod(lambda path: shipped))
+    monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
+    with pytest.raises(ModifierNameTakenError, match="already ships a modifier named HSRModifier"):
         register_modifier(HSRModifier)
-    monkeypatch.setattr(ModifierFactory, "_main_registry", {}, raising=False)
-    monkeypatch.delattr(ModifierFactory, "_experimental_registry", raising=False)
+    with pytest.raises(ValueError):  # nothing was registered
+        _created(ModifierFactory)
+    shipped = {}
     register_modifier(HSRModifier)
     assert isinstance(_created(ModifierFactory), HSRModifier)
 
@@ -35,7 +35,6 @@ def test_registration_names_the_modifier(monkeypatch):
     from hsr_plugin import HSRModifier
     from hsr_plugin.registration import register_modifier
 
-    monkeypatch.setattr(ModifierFactory, "refresh", classmethod(lambda cls: None))
     monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
     with pytest.raises(ValueError):
         _created(ModifierFactory)

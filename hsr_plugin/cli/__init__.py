@@ -10,8 +10,8 @@ One module per subcommand (`compress`, `sweep`, `report`, `demo`), each with `ad
 which registers its options and its function with `set_defaults(func=...)`; the parser that
 gathers them is built here. The options that compress and sweep share are defined once in
 `options`, the checks every run makes before any work in `inputs`, and what a failure prints in
-`errors`. Heavy libraries (torch,
-llm-compressor) are imported only by the subcommand that needs them, so `hsr --help` is fast.
+`errors`. Importing `hsr_plugin` registers HSRModifier, which imports llm-compressor (a few
+seconds, even for `hsr --help`); the subcommands import the rest of what they need themselves.
 """
 
 from __future__ import annotations
