@@ -25,7 +25,8 @@ def require_finite(tensor: torch.Tensor, what: str) -> None:
 
 @torch.no_grad()
 def language_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(weights, zeros) of the language decoder's Linear layers (lm_head and vision excluded)."""
+    """(zeros, weights) of the language decoder's Linear layers (lm_head and vision excluded):
+    the order of `hsr_eval.common.language_sparsity_counts`, which counts them."""
 
     def weights():
         for name, module in model.named_modules():
@@ -33,5 +34,4 @@ def language_counts(model: torch.nn.Module) -> tuple[int, int]:
                 with align_module_device(module):
                     yield f"{name}.weight", module.weight
 
-    zeros, params = language_sparsity_counts(weights())
-    return params, zeros
+    return language_sparsity_counts(weights())

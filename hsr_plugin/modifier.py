@@ -244,7 +244,7 @@ class HSRModifier(HSRSettings):
             modules = {name: plan.module for name, plan in run.plans.items()}
             aligned = run.collective.align_pruned_positions(modules)
             run.scoring["pruned_positions_aligned_to_rank_0"] = aligned
-        language_params, pruned_params = language_counts(model)
+        pruned_params, language_params = language_counts(model)
         dense = {name: run.dense.get(name) for name in run.plans}
         for name, weight in dense.items():
             require_finite(weight, f"dense weight of {name}")
