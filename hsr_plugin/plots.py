@@ -25,9 +25,11 @@ __all__ = [
     "head_scores_figure",
     "plot_head_scores",
     "plot_safety_bars",
+    "plot_sweep_pareto",
     "safety_bars_figure",
     "save_figure",
     "summary_markdown",
+    "sweep_pareto_figure",
 ]
 
 METRICS = (
@@ -149,3 +151,35 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     return Path(path)
+
+
+def plot_sweep_pareto(result: dict[str, Any], path: str | Path) -> Path:
+    """`hsr sweep`'s pareto.png: `sweep_pareto_figure`, saved atomically."""
+    return save_figure(sweep_pareto_figure(result), path)
+
+
+def sweep_pareto_figure(result: dict[str, Any]) -> Figure:
+    """Refusal against restored weights per point (coloured by utility, labelled with its
+    setting), the Pareto front as a grey line, the dense and pruned refusals as horizontal
+    lines."""
+    rows = result["points"]
+    refs = result["references"]
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    xs = [r["restored_per_10k"] for r in rows]
+    ys = [100 * r["refusal"] for r in rows]
+    colours = [100 * (r["utility"] or 0.0) for r in rows]
+    points = ax.scatter(xs, ys, c=colours, cmap="viridis", s=40, zorder=3)
+    fig.colorbar(points, ax=ax, label="utility %")
+    for x, y, row in zip(xs, ys, rows, strict=True):  # every point named by its setting
+        label = ", ".join(f"{field}={value}" for field, value in row["point"].items())
+        ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    front = sorted(result["pareto"], key=lambda i: xs[i])
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], color="grey", lw=1, zorder=2)
+    for name, style in (("dense", "-"), ("pruned", "--")):
+        ax.axhline(100 * refs[name]["refusal"], color="black", ls=style, lw=1, label=name)
+    ax.set_xlabel("restored weights per 10k parameters")
+    ax.set_ylabel("refusal of harmful requests %")
+    ax.set_title("hsr sweep: safety per restored weight")
+    ax.legend(loc="lower right")
+    return fig

@@ -28,9 +28,7 @@ from hsr_plugin.errors import InvalidInputError, StageOrderError
 __all__ = [
     "eval_tasks",
     "parse_grid",
-    "pareto_figure",
     "pareto_front",
-    "plot_pareto",
     "run_sweep",
     "split_recipe",
     "sweep_markdown",
@@ -260,7 +258,9 @@ def run_sweep(
     }
     write_json_atomic(output / "sweep.json", result)
     write_text_atomic(output / "sweep.md", sweep_markdown(result))
-    plot_pareto(result, output / "pareto.png")
+    from hsr_plugin.plots import plot_sweep_pareto  # matplotlib, only once there is a result
+
+    plot_sweep_pareto(result, output / "pareto.png")
     return result
 
 
@@ -312,38 +312,3 @@ def sweep_markdown(result: dict[str, Any]) -> str:
         + INTERVALS_NOTE
         + "_\n"
     )
-
-
-def plot_pareto(result: dict[str, Any], path: Path) -> Path:
-    from hsr_plugin.plots import save_figure
-
-    return save_figure(pareto_figure(result), path)
-
-
-def pareto_figure(result: dict[str, Any]):
-    """Refusal against restored weights per point (coloured by utility, labelled with its
-    setting), the Pareto front as a grey line, the dense and pruned refusals as horizontal
-    lines."""
-    from matplotlib.figure import Figure
-
-    rows = result["points"]
-    refs = result["references"]
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.add_subplot()
-    xs = [r["restored_per_10k"] for r in rows]
-    ys = [100 * r["refusal"] for r in rows]
-    colours = [100 * (r["utility"] or 0.0) for r in rows]
-    points = ax.scatter(xs, ys, c=colours, cmap="viridis", s=40, zorder=3)
-    fig.colorbar(points, ax=ax, label="utility %")
-    for x, y, row in zip(xs, ys, rows, strict=True):  # every point named by its setting
-        label = ", ".join(f"{field}={value}" for field, value in row["point"].items())
-        ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
-    front = sorted(result["pareto"], key=lambda i: xs[i])
-    ax.plot([xs[i] for i in front], [ys[i] for i in front], color="grey", lw=1, zorder=2)
-    for name, style in (("dense", "-"), ("pruned", "--")):
-        ax.axhline(100 * refs[name]["refusal"], color="black", ls=style, lw=1, label=name)
-    ax.set_xlabel("restored weights per 10k parameters")
-    ax.set_ylabel("refusal of harmful requests %")
-    ax.set_title("hsr sweep: safety per restored weight")
-    ax.legend(loc="lower right")
-    return fig

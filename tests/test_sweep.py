@@ -11,9 +11,9 @@ import torch
 from hsr_eval.common import folder_digest
 from hsr_eval.tables import INTERVALS_NOTE
 from hsr_plugin.cli import main
+from hsr_plugin.plots import sweep_pareto_figure
 from hsr_plugin.sweep import (
     eval_tasks,
-    pareto_figure,
     pareto_front,
     parse_grid,
     split_recipe,
@@ -235,7 +235,7 @@ def test_counted_sweep_rows_show_their_intervals_and_paired_tests():
 
 
 def test_pareto_figure_draws_points_front_and_references():
-    fig = pareto_figure(_result(pareto=(1, 0)))
+    fig = sweep_pareto_figure(_result(pareto=(1, 0)))
     ax, bar = fig.axes
     (points,) = ax.collections
     assert points.get_offsets().tolist() == [[0.5, 60.0], [1.5, 70.0]]

@@ -87,11 +87,11 @@ EQUIVALENT: dict[str, str] = {
         "without a processor, oneshot loads the same one from the model's name_or_path"
     ),
     "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_64": _SAME_LENGTH,
-    "hsr_plugin.sweep.x_pareto_figure__mutmut_37": "viridis is matplotlib's default colormap",
-    "hsr_plugin.sweep.x_pareto_figure__mutmut_45": (
+    "hsr_plugin.plots.x_sweep_pareto_figure__mutmut_37": "viridis is matplotlib's default colormap",
+    "hsr_plugin.plots.x_sweep_pareto_figure__mutmut_45": (
         "with ax=None, Figure.colorbar takes the scatter's own axes: the same axes"
     ),
-    "hsr_plugin.sweep.x_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
+    "hsr_plugin.plots.x_sweep_pareto_figure__mutmut_69": "2 is a Line2D's default zorder",
     "hsr_plugin.importance.x__select_tokens__mutmut_18": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_plan_mlp__mutmut_30": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_30": _ONE_DEVICE,
