@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal
@@ -50,7 +49,7 @@ from hsr_plugin.architecture import (
     is_multimodal,
     text_config,
 )
-from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.calibration import CalibrationSample, prompt_batches
 from hsr_plugin.checks import all_finite
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
 from hsr_plugin.distributed import Collective, balanced_shares
@@ -78,7 +77,6 @@ __all__ = [
     "heads_per_pass",
     "last_token_outputs",
     "first_order_unit_scores",
-    "prompt_batches",
     "score_heads",
     "verified_first",
 ]
@@ -176,41 +174,6 @@ class _StabilityWatch:
         self.stable = self.stable + 1 if set(ranked) == self.previous else 0
         self.previous = set(ranked)
         return self.stable >= self.stop.stable_rounds
-
-
-def prompt_batches(
-    samples: list[CalibrationSample],
-    batch_size: int,
-    pad_id: int,
-    positions: bool,
-    full: bool = False,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Left-padded batches of the prompts (or, `full`, of the whole conversations with `labels`
-    on the response tokens). Samples with images run one at a time, unpadded."""
-    if any(s.extra for s in samples):
-        for s in samples:
-            batch = s.model_inputs() if full else s.prompt_inputs()
-            if full:
-                batch["labels"] = torch.where(s.response_mask, s.input_ids, -100)
-            yield batch
-        return
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        lengths = [s.input_ids.shape[1] if full else s.prompt_length for s in chunk]
-        width = max(lengths)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for i, (s, n) in enumerate(zip(chunk, lengths, strict=True)):
-            ids[i, width - n :] = s.input_ids[0, :n]
-            mask[i, width - n :] = 1
-            labels[i, width - n :] = torch.where(s.response_mask[0, :n], s.input_ids[0, :n], -100)
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if positions:
-            batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        if full:
-            batch["labels"] = labels
-        yield batch
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -26,8 +26,7 @@ from llmcompressor.modifiers.utils.hooks import HooksMixin
 from torch import nn
 
 from hsr_plugin.architecture import is_multimodal
-from hsr_plugin.attribution import prompt_batches
-from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.calibration import CalibrationSample, prompt_batches
 from hsr_plugin.errors import InvalidInputError
 
 __all__ = [

@@ -35,13 +35,9 @@ from pydantic import PrivateAttr
 from hsr_eval.common import write_json_atomic
 from hsr_plugin.architecture import find_mlp_blocks
 from hsr_plugin.attribution import AttributionCost, HeadScore
-from hsr_plugin.calibration import (
-    CalibrationSample,
-    load_conversations,
-    load_processor,
-    render_samples,
-)
+from hsr_plugin.calibration import CalibrationSample, load_processor, render_samples
 from hsr_plugin.checks import language_counts, require_finite
+from hsr_plugin.conversations import load_conversations
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.distributed import Collective, current_collective
 from hsr_plugin.errors import InvalidInputError, StageOrderError

@@ -29,8 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hsr_plugin.architecture import is_multimodal
-from hsr_plugin.attribution import prompt_batches
-from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.calibration import CalibrationSample, prompt_batches
 from hsr_plugin.distributed import Collective, balanced_shares, contiguous_share
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.importance import (

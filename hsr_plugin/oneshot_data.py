@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from hsr_plugin.calibration import load_conversations, render_samples
+from hsr_plugin.calibration import render_samples
+from hsr_plugin.conversations import load_conversations
 from hsr_plugin.errors import InvalidInputError
 
 __all__ = ["calibration_kwargs", "conversation_dataset", "single_sample_collator"]

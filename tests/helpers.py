@@ -16,13 +16,9 @@ from torch import nn
 
 from hsr_eval.common import folder_digest  # noqa: F401  (re-exported for the tests)
 from hsr_plugin.architecture import find_attention_blocks
-from hsr_plugin.calibration import (
-    CalibrationSample,
-    load_conversations,
-    load_processor,
-    render_samples,
-)
+from hsr_plugin.calibration import CalibrationSample, load_processor, render_samples
 from hsr_plugin.cli import main
+from hsr_plugin.conversations import load_conversations
 from hsr_plugin.oneshot_data import calibration_kwargs
 from integration.bench import tiny_models
 

@@ -43,7 +43,7 @@ def _ranking(scores):
 
 def _refusal_loss(model, samples, pad, scale=None):
     """Summed NLL of the refusal tokens, with an optional hook scaling an o_proj input slice."""
-    from hsr_plugin.attribution import prompt_batches
+    from hsr_plugin.calibration import prompt_batches
 
     total = 0.0
     for batch in prompt_batches(samples, 3, pad, positions=True, full=True):
@@ -59,7 +59,8 @@ def _refusal_loss(model, samples, pad, scale=None):
 def test_non_finite_ablated_outputs_name_the_head(model_dirs, calib_files):
     from hsr_plugin.architecture import find_attention_blocks
     from hsr_plugin.attribution import score_heads
-    from hsr_plugin.calibration import load_conversations, render_samples
+    from hsr_plugin.calibration import render_samples
+    from hsr_plugin.conversations import load_conversations
 
     model = load_model(model_dirs["llama"]).eval()
     samples = render_samples(

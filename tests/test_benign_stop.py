@@ -16,7 +16,8 @@ from hsr_plugin.benign_stop import (
     longest_holding_prefix,
     mean_response_nll,
 )
-from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+from hsr_plugin.calibration import load_processor, render_samples
+from hsr_plugin.conversations import load_conversations
 from hsr_plugin.errors import InvalidInputError
 from tests.helpers import HSR, WANDA, load_model, run_oneshot
 

@@ -12,18 +12,15 @@ import torch
 from loguru import logger
 
 import hsr_plugin  # noqa: F401
-from hsr_plugin import calibration
-from hsr_plugin.attribution import prompt_batches
+from hsr_plugin import calibration, conversations
 from hsr_plugin.calibration import (
     CalibrationSample,
-    Conversation,
     encode_conversation,
-    load_conversations,
-    load_jsonl,
     load_processor,
-    load_vlguard,
+    prompt_batches,
     render_samples,
 )
+from hsr_plugin.conversations import Conversation, load_conversations, load_jsonl, load_vlguard
 from integration.bench.tiny_models import build_tokenizer, write_image
 from tests.helpers import (
     HSR,
@@ -52,7 +49,7 @@ def fake_hub(monkeypatch):
 
 
 def _conv(image=None):
-    from hsr_plugin.calibration import Conversation
+    from hsr_plugin.conversations import Conversation
 
     return Conversation(
         ({"role": "user", "content": "how are you"}, {"role": "assistant", "content": "fine"}),
@@ -230,7 +227,7 @@ def test_a_vlguard_file_without_a_split_gives_the_unsafe_pairs(tmp_path):
 )  # fmt: skip
 def test_malformed_conversations_are_named(tmp_path, messages, image, message):
     with pytest.raises(ValueError) as err:
-        calibration.parse_conversation(messages, image, tmp_path, "src")
+        conversations.parse_conversation(messages, image, tmp_path, "src")
     assert str(err.value) == message
 
 
@@ -271,7 +268,8 @@ def test_every_per_token_field_is_cut_with_the_prompt():
 def test_content_parts_with_images_are_accepted(model_dirs, tmp_path, where):
     """Hugging Face's VLM chat format, with the tiny LLaVA: the picture in the image part, or in
     the row's `image` field; both render exactly like the plugin's plain format."""
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from hsr_plugin.calibration import load_processor, render_samples
+    from hsr_plugin.conversations import load_conversations
     from integration.bench.tiny_models import write_image
 
     write_image(tmp_path / "pic.png")
@@ -302,7 +300,8 @@ def test_content_parts_with_images_are_accepted(model_dirs, tmp_path, where):
 
 
 def test_truncated_responses_are_counted_in_a_warning(model_dirs, calib_files):
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from hsr_plugin.calibration import load_processor, render_samples
+    from hsr_plugin.conversations import load_conversations
 
     messages = []
     sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
@@ -595,7 +594,8 @@ def test_an_embedded_picture_renders_exactly_like_its_file(model_dirs, tmp_path,
     no picture beside it."""
     import base64
 
-    from hsr_plugin.calibration import load_conversations, render_samples
+    from hsr_plugin.calibration import render_samples
+    from hsr_plugin.conversations import load_conversations
 
     picture = write_image(tmp_path / "pic.png")
     uri = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
@@ -635,5 +635,5 @@ def test_an_embedded_picture_renders_exactly_like_its_file(model_dirs, tmp_path,
 def test_a_bad_embedded_picture_is_one_clear_error(uri, message):
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     with pytest.raises(ValueError) as err:
-        calibration.parse_conversation(messages, uri, Path("."), "src")
+        conversations.parse_conversation(messages, uri, Path("."), "src")
     assert str(err.value).startswith(message)

@@ -13,7 +13,8 @@ import torch
 
 from hsr_plugin.architecture import find_attention_blocks
 from hsr_plugin.attribution import score_heads
-from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+from hsr_plugin.calibration import load_processor, render_samples
+from hsr_plugin.conversations import load_conversations
 from hsr_plugin.decoder_stack import find_decoder_stack
 from integration.bench.families import FAMILIES, calibration_files, probe
 from integration.bench.naive_attribution import naive_head_scores
@@ -195,7 +196,7 @@ def test_cached_scores_equal_the_naive_loop_across_families(name, family_dirs, f
 def test_the_decoder_tail_reproduces_the_logits_with_the_family_s_final_factor(
     name, factor, family_dirs, family_data
 ):
-    from hsr_plugin.attribution import prompt_batches
+    from hsr_plugin.calibration import prompt_batches
 
     model_dir = family_dirs(name)
     model = load_model(model_dir)

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+from hsr_plugin.calibration import load_processor, render_samples
+from hsr_plugin.conversations import load_conversations
 from tests.helpers import HSR, WANDA, load_model, log_messages, run_oneshot
 
 

@@ -26,7 +26,8 @@ from hsr_plugin.architecture import (
     find_attention_blocks,
     is_multimodal,
 )
-from hsr_plugin.attribution import AttributionCost, prompt_batches, score_heads
+from hsr_plugin.attribution import AttributionCost, score_heads
+from hsr_plugin.calibration import prompt_batches
 from hsr_plugin.decoder_stack import find_decoder_stack
 from hsr_plugin.frozen_context import frozen_mask
 from hsr_plugin.head_scores import last_token_kl, principal_angle_score
@@ -126,7 +127,8 @@ def test_heads_of_the_last_layer_keep_their_exact_scores(model_dirs, calib_files
 # ---------------------------------------------------------------- on the organism
 @pytest.mark.subprocess
 def test_on_organism_text_it_ranks_heads_as_exact_ships_at_a_fraction_of_the_cost():
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from hsr_plugin.calibration import load_processor, render_samples
+    from hsr_plugin.conversations import load_conversations
     from hsr_plugin.models import load_model
 
     model = load_model(ORGANISM, torch.float32).eval()
@@ -157,7 +159,8 @@ def test_on_organism_text_it_ranks_heads_as_exact_ships_at_a_fraction_of_the_cos
 # ---------------------------------------------------------------- families
 @pytest.mark.parametrize("family", ["Mistral", "Gemma2"])
 def test_sliding_window_caches_work_while_the_prompt_fits_the_window(tmp_path, family):
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from hsr_plugin.calibration import load_processor, render_samples
+    from hsr_plugin.conversations import load_conversations
     from hsr_plugin.models import load_model
     from integration.bench.families import FAMILIES, calibration_files
 

@@ -153,7 +153,7 @@ def test_vl_calibration_files_carry_their_pictures(tmp_path):
     """A fresh clone has no drawn pictures: the calibration rows embed theirs."""
     import shutil
 
-    from hsr_plugin.calibration import load_conversations
+    from hsr_plugin.conversations import load_conversations
     from integration.organisms import vl
 
     for name in ("calib_safety.jsonl", "calib_utility.jsonl"):

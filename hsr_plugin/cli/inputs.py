@@ -68,7 +68,7 @@ def check_dataset(spec: str) -> None:
 def check_hsr_entries(recipe: dict) -> None:
     """Validate every HSRModifier entry (fields, and its local calibration files) up front."""
     from hsr_plugin import HSRModifier
-    from hsr_plugin.calibration import BUNDLED_SETS, load_conversations
+    from hsr_plugin.conversations import BUNDLED_SETS, load_conversations
     from hsr_plugin.recipe_overrides import recipe_modifiers
 
     for name, fields in recipe_modifiers(recipe):

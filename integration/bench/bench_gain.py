@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prunings", default="wanda:0.5,sparsegpt:0.6")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from hsr_plugin.calibration import load_conversations, render_samples
+    from hsr_plugin.calibration import render_samples
+    from hsr_plugin.conversations import load_conversations
     from integration.organisms.effect import load
 
     organism = ORGANISMS[args.organism]

@@ -105,7 +105,8 @@ def _setup(name: str):
 
 def _prompts(name: str, processor, count: int | None):
     """`count` safety prompts (None: the whole set), rendered."""
-    from hsr_plugin.calibration import load_conversations, render_samples
+    from hsr_plugin.calibration import render_samples
+    from hsr_plugin.conversations import load_conversations
 
     return render_samples(load_conversations(str(_safety_file(name)), count, 0), processor, 512)
 

@@ -81,7 +81,8 @@ def _load(model_dir: Path):
 
 
 def _safety_samples(model_dir: Path, data_dir: Path, rows: int):
-    from hsr_plugin.calibration import load_conversations, load_processor, render_samples
+    from hsr_plugin.calibration import load_processor, render_samples
+    from hsr_plugin.conversations import load_conversations
 
     processor = load_processor(str(model_dir))
     conversations = load_conversations(str(data_dir / "calib_safety.jsonl"), rows, 0)

@@ -278,7 +278,8 @@ def build_model(spec: VLSpec):
 
 
 def _encode(rows, processor, data_dir: Path, phase: str, rng: random.Random):
-    from hsr_plugin.calibration import Conversation, render_samples
+    from hsr_plugin.calibration import render_samples
+    from hsr_plugin.conversations import Conversation
 
     conversations = [
         Conversation(
