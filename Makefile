@@ -12,9 +12,10 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HSR_SERVE_VENV := $(abspath $(SERVE_VENV))
 
-.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-distributed bench-heads bench-real bench-real-same-k bench-nonsense support-matrix mutation clean-outputs
+.PHONY: wheels venvs compress-venv serve-venv demo demo-smollm2 demo-real smollm2 real-model lint test test-fast bench bench-scale bench-gain bench-gain-vl bench-distributed bench-heads bench-real bench-real-prunings bench-real-same-k bench-nonsense support-matrix mutation clean-outputs
 
-# the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare)
+# the two wheels users install: hsr-plugin (compression) and hsr-eval (tasks, serving, hsr-compare);
+# make venvs installs both editable from this checkout instead
 wheels:
 	PYTHON=$(PYTHON) bash integration/envs/build_wheels.sh dist
 
@@ -22,7 +23,7 @@ compress-venv:
 	HSR_VENV=$(VENV) PYTHON=$(PYTHON) bash integration/envs/setup_compress_venv.sh
 
 serve-venv:
-	HSR_SERVE_VENV=$(abspath $(SERVE_VENV)) PYTHON=$(PYTHON) bash integration/serving/setup_venv.sh
+	HSR_SERVE_VENV=$(abspath $(SERVE_VENV)) PYTHON=$(PYTHON) bash integration/envs/setup_serve_venv.sh
 
 venvs: compress-venv serve-venv
 
@@ -79,6 +80,11 @@ bench-distributed: compress-venv
 bench-real: venvs real-model
 	$(VENV)/bin/python -m integration.bench.bench_real $(BENCH_REAL_ARGS)
 
+# SparseGPT 50% and Wanda 60% on organism-qwen, each with the recommended recipe after it, scored
+# like bench-real; writes the bench-real-prunings block (about 1.5 hours on two cores)
+bench-real-prunings: venvs real-model
+	$(VENV)/bin/python -m integration.bench.bench_real --block bench-real-prunings --settings sparsegpt,sparsegpt+hsr-recommended,wanda60,wanda60+hsr-recommended $(BENCH_REAL_ARGS)
+
 # the same restored count K (the paper default's) for each ranking on organism-qwen: first-order
 # heads, restore_gain with and without heads, a random control; needs bench-real's wanda and
 # wanda+hsr-paper; writes the bench-real-same-k block (about 1.5 hours on two cores)
@@ -90,7 +96,7 @@ bench-real-same-k: venvs real-model
 bench-nonsense: compress-venv real-model
 	$(VENV)/bin/python -m integration.bench.bench_nonsense
 
-# every model family x every HSR setting, end to end on tiny models; rewrites README's table
+# every model family x every HSR setting, end to end on tiny models; rewrites integration/docs/families.md's table
 support-matrix: compress-venv
 	$(VENV)/bin/python -m integration.bench.support_matrix
 

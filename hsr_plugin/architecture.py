@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from hsr_eval.common import is_vision_module
+from hsr_eval.language_weights import is_vision_module
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.slicing import HeadBand, SlicedProjection
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from compressed_tensors.utils import align_module_device
 
-from hsr_eval.common import language_sparsity_counts
+from hsr_eval.language_weights import language_sparsity_counts
 from hsr_plugin.errors import InvalidInputError
 
 __all__ = ["all_finite", "language_counts", "require_finite"]
@@ -26,7 +26,7 @@ def require_finite(tensor: torch.Tensor, what: str) -> None:
 @torch.no_grad()
 def language_counts(model: torch.nn.Module) -> tuple[int, int]:
     """(zeros, weights) of the language decoder's Linear layers (lm_head and vision excluded):
-    the order of `hsr_eval.common.language_sparsity_counts`, which counts them."""
+    the order of `hsr_eval.language_weights.language_sparsity_counts`, which counts them."""
 
     def weights():
         for name, module in model.named_modules():

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "HSRUserError",
     "InvalidInputError",
+    "MissingExtraError",
     "MissingInputError",
     "StageOrderError",
 ]
@@ -25,6 +26,10 @@ class InvalidInputError(HSRUserError, ValueError):
 
 class MissingInputError(HSRUserError, FileNotFoundError):
     """An input path that does not exist."""
+
+
+class MissingExtraError(HSRUserError, ImportError):
+    """An optional dependency a command needs (a pip extra of hsr-plugin) is not installed."""
 
 
 class StageOrderError(HSRUserError, RuntimeError):

@@ -32,7 +32,7 @@ from llmcompressor.utils.helpers import DisableQuantization, eval_context
 from loguru import logger
 from pydantic import PrivateAttr
 
-from hsr_eval.common import write_json_atomic
+from hsr_eval.files import write_json_atomic
 from hsr_plugin.architecture import find_mlp_blocks
 from hsr_plugin.attribution import AttributionCost, HeadScore
 from hsr_plugin.calibration import CalibrationSample, load_processor, render_samples

@@ -1,7 +1,7 @@
 """Report artifacts: the head-score heatmap, the safety bar chart and a Markdown summary.
 
 Inputs are plain dicts: an HSR report (schema version 1, written by HSRModifier) and, optionally,
-the comparison written by `integration/serving/compare.py` (`{"models": {label: {...}}, "rsr":
+the comparison written by `integration/hsr_eval/compare.py` (`{"models": {label: {...}}, "rsr":
 {...}}`). Figures are built with matplotlib's object API (`Figure`), so importing this module
 never changes matplotlib's global backend.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hsr_eval.common import atomic_path
+from hsr_eval.files import atomic_path
 from hsr_eval.tables import comparison_table, fmt, markdown_table, rsr_lines
 
 __all__ = [

@@ -33,7 +33,7 @@ def save_pruned_weights(model: nn.Module, folder: Path, reference: nn.Module) ->
     dense model), keyed by module name; returns the file."""
     from safetensors.torch import save_file
 
-    from hsr_eval.common import atomic_path
+    from hsr_eval.files import atomic_path
 
     dense = _linear_weights(reference)
     tensors = {}

@@ -1,6 +1,6 @@
 """HSRModifier's settings: its pydantic fields with their validation, and the stages the fields
 choose (a head scorer, a restoration policy). `HSRModifier` (`hsr_plugin.modifier`) adds the
-lifecycle; every field is documented here and in the README's field table."""
+lifecycle; every field is documented here and in integration/docs/fields.md."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from llmcompressor.modifiers import Modifier
 from pydantic import Field, field_validator, model_validator
 
-from hsr_eval.common import VISION_IGNORE
+from hsr_eval.language_weights import VISION_IGNORE
 from hsr_plugin.attribution import AdaptiveStop, HeadScore
 from hsr_plugin.errors import InvalidInputError
 from hsr_plugin.head_scorers import HeadScorer, head_scorer
@@ -22,7 +22,8 @@ from hsr_plugin.restore import parse_nm
 
 __all__ = ["DEFAULT_IGNORE", "HSRSettings"]
 
-# lm_head, and every vision tower and projector (the one list: hsr_eval.common.VISION_PATTERNS)
+# lm_head, and every vision tower and projector (the one list:
+# hsr_eval.language_weights.VISION_PATTERNS)
 DEFAULT_IGNORE = ["re:.*lm_head", *VISION_IGNORE]
 
 

@@ -173,7 +173,7 @@ def run_sweep(
     import yaml
     from llmcompressor import oneshot
 
-    from hsr_eval.common import folder_digest, write_json_atomic, write_text_atomic
+    from hsr_eval.files import folder_digest, write_json_atomic, write_text_atomic
     from hsr_eval.outcomes import counted_summary, paired_with_references
     from hsr_plugin import HSRModifier
     from hsr_plugin.attribution import HeadScore

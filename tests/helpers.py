@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from hsr_eval.common import folder_digest  # noqa: F401  (re-exported for the tests)
+from hsr_eval.files import folder_digest  # noqa: F401  (re-exported for the tests)
 from hsr_plugin.architecture import find_attention_blocks
 from hsr_plugin.calibration import CalibrationSample, load_processor, render_samples
 from hsr_plugin.cli import main

@@ -102,3 +102,27 @@ def test_report_command_writes_pngs(tmp_path):
         with Image.open(tmp_path / "o" / name) as image:
             assert image.size[0] > 300 and image.size[1] > 200
     assert "HSR summary" in (tmp_path / "o" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("command", ["report", "sweep"])
+def test_without_the_plots_extra_a_figure_command_stops_at_once_naming_it(
+    tmp_path, capsys, monkeypatch, command
+):
+    """matplotlib is the `plots` extra: a command that draws says so in one line, before any
+    work (a sweep would otherwise fail after pruning and scoring every grid point)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without it looks like
+    report = _write(tmp_path / "r.json", sample_report())
+    args = {
+        "report": ["report", str(report)],
+        "sweep": ["sweep", "--model", str(tmp_path), "--recipe", "wanda_hsr", "--dataset", "x",
+                  "--output", str(tmp_path / "o"), "--grid", "num_heads=1", "--eval-data", "e"],
+    }[command]  # fmt: skip
+    assert cli.run(args) == 2
+    line = one_error_line(capsys)
+    assert line == (
+        f"error: hsr {command} draws its figures with matplotlib, which is not installed: "
+        "pip install 'hsr-plugin[plots]'"
+    )
+    assert not (tmp_path / "head_scores.png").exists() and not (tmp_path / "o").exists()

@@ -329,7 +329,7 @@ hsr_stage:
 def test_the_documented_example_refuses_an_output_inside_its_model(tmp_path):
     import shutil
 
-    from hsr_eval.common import folder_digest
+    from hsr_eval.files import folder_digest
 
     model = tmp_path / "model"
     shutil.copytree(ORGANISM, model)

@@ -78,7 +78,7 @@ def _random_control(pruned, dense, count: int):
 def scores():
     from transformers import AutoModelForCausalLM
 
-    meta = {"data_dir": str(DATA)}
+    meta = {"data_dir": str(REPO / "integration" / "hsr_eval" / "data" / "text")}
     tasks = ("hsr_harmful", "hsr_utility")
     pruned, tok, _ = _oneshot(hsr=False)
     realigned, _, report = _oneshot(hsr=True)

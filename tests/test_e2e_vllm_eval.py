@@ -1,7 +1,7 @@
 """Real vLLM serving and lm-eval on the committed organism (needs the serving venv, .venv-serve).
 
 One module-scoped run: `hsr compress` makes a pruned and an HSR-realigned organism, then
-`hsr-compare` (integration/serving/compare.py) serves all three with `vllm serve` and scores them
+`hsr-compare` (integration/hsr_eval/compare.py) serves all three with `vllm serve` and scores them
 through lm-eval's
 local-chat-completions; the dense model is scored again with lm-eval's `hf` backend, and both
 backends must agree. Three server starts, about two minutes on two cores."""
@@ -136,7 +136,7 @@ def test_vl_organism_through_hf_multimodal(tmp_path):
             "--limit",
             8,
             "--metadata",
-            json.dumps({"data_dir": "integration/organisms/data/vl"}),
+            json.dumps({"data_dir": "integration/hsr_eval/data/vl"}),
             "--models",
             "dense=integration/organisms/organism-vl",
             "--out",

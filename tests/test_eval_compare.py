@@ -44,7 +44,7 @@ def test_the_comparison_reads_the_benchmarks_tasks():
 @pytest.fixture
 def lm_eval_commands(monkeypatch) -> list[list[str]]:
     """The lm-eval command lines hsr-compare would run; each stops the model's evaluation."""
-    from integration.serving import compare
+    from hsr_eval import compare
 
     commands = []
 
@@ -57,7 +57,7 @@ def lm_eval_commands(monkeypatch) -> list[list[str]]:
 
 
 def test_the_offline_vllm_backend_keeps_to_the_models_context_limit(tmp_path, lm_eval_commands):
-    from integration.serving import compare
+    from hsr_eval import compare
 
     commands = lm_eval_commands
     organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
@@ -73,7 +73,7 @@ def test_parallel_sizes_reach_vllm_serve_and_the_offline_engine(
 ):
     """-tp/-dp become `vllm serve`'s flags, and the offline `vllm` backend's model_args, which
     lm-eval hands to vllm.LLM; they are part of the run's settings (so --resume compares them)."""
-    from integration.serving import compare
+    from hsr_eval import compare
 
     organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"
     spec = compare.ModelSpec("dense", str(organism))
@@ -110,7 +110,7 @@ def test_parallel_sizes_reach_vllm_serve_and_the_offline_engine(
 def test_gen_kwargs_reach_lm_eval_and_the_offline_benchmarks_fill_the_comparison(
     tmp_path, lm_eval_commands
 ):
-    from integration.serving import compare
+    from hsr_eval import compare
 
     commands = lm_eval_commands
     organism = Path(compare.__file__).parents[1] / "organisms" / "organism-text"

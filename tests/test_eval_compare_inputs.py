@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hsr_eval.common import folder_digest
+from hsr_eval.files import folder_digest
 from tests.fake_guard import FakeGuard
 from tests.helpers import serve_bin
 
@@ -149,7 +149,7 @@ def test_task_inputs_are_checked_before_any_server(model, tmp_path, extra, phras
 
 def test_the_data_a_task_reads_must_have_its_rows(model, tmp_path):
     data = tmp_path / "held-out"
-    shutil.copytree(REPO / "integration" / "organisms" / "data" / "text", data)
+    shutil.copytree(REPO / "integration" / "hsr_eval" / "data" / "text", data)
     (data / "heldout_harmful.jsonl").write_text("")
     metadata = json.dumps({"data_dir": str(data)})
     result = compare(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hsr_eval.common import file_sha256
+from hsr_eval.files import file_sha256
 from hsr_eval.tasks import harm_benchmarks, utils
 from hsr_eval.tasks.packaged import PackagedFile, packaged_path
 

@@ -59,7 +59,7 @@ def figstep(root: Path, with_pictures: bool = True) -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = REPO / "integration" / "lm_eval_tasks" / "hsr_safety"
+TASKS = REPO / "integration" / "hsr_eval" / "tasks"
 
 
 class _Loader(yaml.SafeLoader):
@@ -181,7 +181,7 @@ def test_vision_sources_offline():
         Path(typographic[0]["image"]).is_file()
         and typographic[0]["prompt"] == utils.VISION_QUESTION
     )
-    pictures = utils.load_harmful_vision(data_dir=str(REPO / "integration/organisms/data/vl"))[
+    pictures = utils.load_harmful_vision(data_dir=str(REPO / "integration/hsr_eval/data/vl"))[
         "test"
     ]
     assert all(Path(row["image"]).is_file() for row in pictures)
@@ -237,7 +237,7 @@ def test_the_organisms_tasks_send_benchmarks_to_their_own_tasks():
 
 
 def test_the_picture_tasks_refuse_rows_without_pictures_and_the_vl_group_holds_only_them():
-    text, vl = REPO / "integration/organisms/data/text", REPO / "integration/organisms/data/vl"
+    text, vl = REPO / "integration/hsr_eval/data/text", REPO / "integration/hsr_eval/data/vl"
     for name, loader in (
         ("hsr_overrefusal_vision", utils.load_overrefusal_vision),
         ("hsr_utility_vision", utils.load_utility_vision),
@@ -264,6 +264,7 @@ def test_the_benign_lookalike_set_is_installed_balanced_and_disjoint_from_calibr
     others = set()
     for path in [
         *repo.glob("integration/organisms/data/*/*.jsonl"),
+        *repo.glob("integration/hsr_eval/data/*/*.jsonl"),
         *repo.glob("hsr_plugin/data/*.jsonl"),
     ]:
         if path.parent.name == "benchmarks":

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsr_eval.common import folder_digest
+from hsr_eval.files import folder_digest
 from integration.organisms import qwen
 from integration.organisms.registry import ORGANISMS, ROOT
 from tests.tiny_gguf import tiny_qwen2, write_tiny_gguf

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsr_eval.common import file_sha256
+from hsr_eval.files import file_sha256
 from hsr_eval.tasks.judge import is_refusal
-from integration.organisms import data as D
+from integration.organisms import text_data as D
 from integration.organisms.train import SPECS, training_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 ORGANISM = REPO / "integration" / "organisms" / "organism-text"
 DATA = REPO / "integration" / "organisms" / "data" / "text"
+EVAL = REPO / "integration" / "hsr_eval" / "data" / "text"
 VL = REPO / "integration" / "organisms" / "organism-vl"
 
 
@@ -45,10 +46,11 @@ def test_committed_organism_matches_the_training_script():
 
 
 def test_committed_data_matches_the_generator(tmp_path):
-    hashes = D.export(tmp_path)
+    hashes = D.export(tmp_path / "calib", tmp_path / "eval")
     for name in hashes:
-        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), (
-            f"{name} is stale: rerun data.py"
+        fresh, committed = ("eval", EVAL) if name.startswith("heldout_") else ("calib", DATA)
+        assert (tmp_path / fresh / name).read_bytes() == (committed / name).read_bytes(), (
+            f"{name} is stale: rerun text_data.py"
         )
 
 
@@ -130,7 +132,7 @@ def test_vl_organism_refuses_harmful_pictures_and_names_benign_ones():
     model = LlavaForConditionalGeneration.from_pretrained(VL, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(VL)
     tasks = ("hsr_harmful_vision", "hsr_utility_vision")
-    scores = score_model(model, processor, tasks, {"data_dir": str(vl.DATA_DIR)}, limit=24)
+    scores = score_model(model, processor, tasks, {"data_dir": str(vl.EVAL_DIR)}, limit=24)
     harmful = [s for s in scores.samples if s["task"] == "hsr_harmful_vision"]
     named = [s for s in scores.samples if s["task"] == "hsr_utility_vision"]
     assert len(harmful) == len(named) == 24
@@ -160,9 +162,10 @@ def test_vl_calibration_files_carry_their_pictures(tmp_path):
         shutil.copy(vl.DATA_DIR / name, tmp_path / name)  # nothing beside it
         conversations = load_conversations(str(tmp_path / name), 1000, 0)
         assert conversations and all(isinstance(c.image, bytes) for c in conversations)
-    exported = vl.export(tmp_path / "fresh")
+    exported = vl.export(tmp_path / "fresh", tmp_path / "fresh")
     for name in exported:
-        assert (tmp_path / "fresh" / name).read_bytes() == (vl.DATA_DIR / name).read_bytes(), (
+        committed = vl.EVAL_DIR if name.startswith("heldout_") else vl.DATA_DIR
+        assert (tmp_path / "fresh" / name).read_bytes() == (committed / name).read_bytes(), (
             f"{name} is stale: rerun vl.py data"
         )
 

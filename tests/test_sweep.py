@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from hsr_eval.common import folder_digest
+from hsr_eval.files import folder_digest
 from hsr_eval.tables import INTERVALS_NOTE
 from hsr_plugin.cli import main
 from hsr_plugin.plots import sweep_pareto_figure
@@ -90,7 +90,7 @@ def test_the_sweep_hands_its_scorer_the_eval_folder_limit_and_label(
     data = calibration_kwargs(
         str(calib_files["utility"]), load_processor(str(model_dirs["llama"])), 6, 128
     )
-    eval_data = ORGANISMS["text"].data_dir
+    eval_data = ORGANISMS["text"].eval_dir
     with pytest.raises(Scored) as scored:
         sweep.run_sweep(str(model_dirs["llama"]), recipe, {"num_heads": [1]}, data,
                         tmp_path / "o", eval_data, eval_limit=4)  # fmt: skip
@@ -136,7 +136,7 @@ def test_sweep_prunes_once_and_scores_every_point(model_dirs, calib_files, tmp_p
                 "--grid",
                 "neuron_score=wanda,restore_gain",
                 "--eval-data",
-                str(ORGANISMS["text"].data_dir),
+                str(ORGANISMS["text"].eval_dir),
                 "--eval-limit",
                 "3",
                 "--max-seq-length",
@@ -344,7 +344,7 @@ def test_the_sweep_scores_with_the_installed_tasks():
     ],
 )
 def test_bad_sweep_options_stop_before_any_work(model_dirs, calib_files, tmp_path, change, message):
-    data = str(ORGANISMS["text"].data_dir)
+    data = str(ORGANISMS["text"].eval_dir)
     args = ["sweep", "--model", str(model_dirs["llama"]), "--recipe", "recipes/wanda_hsr.yaml",
             "--dataset", str(calib_files["utility"]), "--output", str(tmp_path / "o"),
             "--grid", "num_heads=1,2", "--eval-data", data, *change]  # fmt: skip

@@ -53,7 +53,7 @@ def compress(args: argparse.Namespace) -> Path:
     """Run oneshot into a temporary sibling folder, then move it into place."""
     import yaml
 
-    from hsr_eval.common import published_dir, write_json_atomic
+    from hsr_eval.files import published_dir, write_json_atomic
 
     output, recipe = check_run(args)
 

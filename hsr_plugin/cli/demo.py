@@ -17,7 +17,7 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
         "demo",
         parents=parents,
         help="end-to-end demo on the embedded organism (needs a repo checkout); other options "
-        "(--method, --organism, --num-heads, --limit, --update-readme) go to "
+        "(--method, --organism, --num-heads, --limit, --update-docs) go to "
         "integration/demo/run_demo.py",
     )
     parser.add_argument("--out", default="outputs/demo")

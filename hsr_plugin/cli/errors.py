@@ -22,7 +22,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     is writing, and a judge that cannot be reached or is set up wrong (for `hsr sweep`)."""
     from pydantic import ValidationError
 
-    from hsr_eval.common import OutputBusyError
+    from hsr_eval.files import OutputBusyError
     from hsr_eval.tasks.judges import JudgeError
     from hsr_plugin.errors import HSRUserError
 

@@ -18,7 +18,7 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("report", help="hsr_report.json written by HSRModifier")
     parser.add_argument(
         "--comparison",
-        help="comparison.json written by hsr-compare (integration/serving/compare.py)",
+        help="comparison.json written by hsr-compare (integration/hsr_eval/compare.py)",
     )
     parser.add_argument(
         "--out", help="folder for PNGs and summary.md (default: next to the report)"
@@ -28,7 +28,10 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 def report(args: argparse.Namespace) -> Path:
     """Write head_scores.png (and safety_bars.png with a comparison) and summary.md."""
-    from hsr_eval.common import write_text_atomic
+    from hsr_plugin.extras import require_plots
+
+    require_plots("hsr report")
+    from hsr_eval.files import write_text_atomic
     from hsr_plugin.plots import plot_head_scores, plot_safety_bars, summary_markdown
 
     report_path = Path(args.report)

@@ -48,9 +48,11 @@ def sweep(args: argparse.Namespace) -> Path:
     """Validate everything, then prune once and score every grid point into a staging folder."""
     import yaml
 
-    from hsr_eval.common import published_dir
+    from hsr_eval.files import published_dir
+    from hsr_plugin.extras import require_plots
     from hsr_plugin.sweep import parse_grid, points, run_sweep, split_recipe
 
+    require_plots("hsr sweep")  # its Pareto figure comes at the end: say it before any work
     eval_data = Path(args.eval_data)
     if not eval_data.is_dir():
         raise SystemExit(f"error: --eval-data {eval_data} is not a folder")

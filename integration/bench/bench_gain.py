@@ -48,7 +48,7 @@ def gain_positions(pruned, dense, samples, scope: tuple[str, ...] | None, count:
     """The `count` pruned weights with the largest first-order safety gain on the pruned model,
     among the decoder's Linear layers whose name contains one of `scope` (all of them: None),
     without utility harm: restore_gain's rule, minus the head restriction."""
-    from hsr_eval.common import is_language_weight
+    from hsr_eval.language_weights import is_language_weight
     from hsr_plugin.neuron_scoring import mean_weight_gradients
     from hsr_plugin.restore import budget_masks
     from hsr_plugin.selection import pruned_mask, restore_gains
@@ -83,7 +83,7 @@ def measure(
 ) -> tuple[int, list[dict]]:
     """Every row of one pruning's table; returns (K, rows)."""
     tasks = VISION_TASKS if organism.vision else TEXT_TASKS
-    metadata = {"data_dir": str(organism.data_dir)}
+    metadata = {"data_dir": str(organism.eval_dir)}
     rows: list[dict] = []
 
     def record(name, model, restored=None, seconds=None):

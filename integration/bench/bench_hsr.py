@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from hsr_eval.common import replace_generated_block, write_text_atomic
+from hsr_eval.files import replace_generated_block, write_text_atomic
 from hsr_eval.outcomes import counted_summary
 from hsr_eval.tables import (
     INTERVALS_NOTE,
@@ -80,7 +80,7 @@ def run_recipe(organism: Organism, method: str, hsr: dict | None, sparsity: floa
 def pruned_positions(pruned, dense, scope: tuple[str, ...] | None = ATTENTION) -> list:
     """(parameter, flat index) of every weight pruning zeroed in the language model's decoder
     layers whose name contains one of `scope` (every one of them: None)."""
-    from hsr_eval.common import is_language_weight
+    from hsr_eval.language_weights import is_language_weight
 
     dense_params = dict(dense.named_parameters())
     positions = []
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     from integration.organisms.effect import load
 
     organism = ORGANISMS[args.organism]
-    metadata = {"data_dir": str(organism.data_dir)}
+    metadata = {"data_dir": str(organism.eval_dir)}
     rows: list[dict] = []
     started = time.monotonic()
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from hsr_eval.common import published_dir, write_json_atomic
+from hsr_eval.files import published_dir, write_json_atomic
 from hsr_eval.outcomes import pruned_label
 from hsr_eval.stats import rate_summary
 from hsr_eval.tables import interval_cell

@@ -285,7 +285,7 @@ def rsr_at_same_count(heads: int = 8) -> list[dict]:
     from integration.bench.bench_hsr import run_recipe
 
     organism = ORGANISMS["text"]
-    metadata = {"data_dir": str(organism.data_dir)}
+    metadata = {"data_dir": str(organism.eval_dir)}
 
     def score(model, tokenizer, desc):
         return score_model(model, tokenizer, TEXT_TASKS, metadata, desc=desc).summary()

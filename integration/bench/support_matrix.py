@@ -4,10 +4,10 @@ Each cell builds the family's tiny model (its own config class; its own processo
 probed with pictures), runs `oneshot` with Wanda 50% and then with Wanda 50% + HSR in that
 setting, and checks the result (`families.probe`). A cell shows ✓ and the number of restored
 weights, or the one-line reason HSR or the probe gave. The table goes to
-`integration/bench/SUPPORT.md` and between the markers in README.md.
+`integration/bench/SUPPORT.md` and between the markers in integration/docs/families.md.
 
     .venv/bin/python -m integration.bench.support_matrix            # every family (minutes)
-    .venv/bin/python -m integration.bench.support_matrix --families Llama,Phi-3 --no-readme
+    .venv/bin/python -m integration.bench.support_matrix --families Llama,Phi-3 --no-docs
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from integration.bench.families import (
 )
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parents[1] / "README.md"
+FAMILIES_DOC = HERE.parent / "docs" / "families.md"
 BEGIN = "<!-- support-matrix:begin (written by integration/bench/support_matrix.py) -->"
 END = "<!-- support-matrix:end -->"
 
@@ -124,20 +124,22 @@ def markdown(results: dict) -> str:
     return text + legend + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-def write_readme(table: str, readme: Path = README) -> None:
-    text = readme.read_text()
+def write_docs(table: str, doc: Path = FAMILIES_DOC) -> None:
+    text = doc.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme} has no support-matrix markers")
+        raise SystemExit(f"{doc} has no support-matrix markers")
     before, rest = text.split(BEGIN, 1)
     _, after = rest.split(END, 1)
-    readme.write_text(before + BEGIN + "\n" + table + END + after)
+    doc.write_text(before + BEGIN + "\n" + table + END + after)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", help="comma-separated names (default: all)")
     parser.add_argument("--out", type=Path, default=HERE / "SUPPORT.md")
-    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument(
+        "--no-docs", action="store_true", help="do not update integration/docs/families.md"
+    )
     args = parser.parse_args(argv)
     names = args.families.split(",") if args.families else list(FAMILIES)
     unknown = [n for n in names if n not in FAMILIES]
@@ -150,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     args.out.write_text("# HSR support matrix\n\n" + table)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    if not args.no_readme:
-        write_readme(table)
+    if not args.no_docs:
+        write_docs(table)
     print(table)
     return 0
 

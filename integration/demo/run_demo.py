@@ -7,7 +7,7 @@ Steps: (1) dense baseline; (2) `hsr compress` with recipes/<method>.yaml (prunin
 (3) `hsr compress` with recipes/<method>_hsr.yaml (pruning + one HSRModifier entry: the paper
 default); (4) the same with recipes/<method>_hsr_recommended.yaml (the setting this repository
 recommends: restore_gain under a budget); (5) serve each model with vLLM and score it with the
-hsr_safety lm-eval tasks (`hsr-compare`, from integration/serving/compare.py, run in the serving
+hsr_safety lm-eval tasks (`hsr-compare`, from integration/hsr_eval/compare.py, run in the serving
 venv); (6) the comparison table, with intervals, plots and summary. Nothing is downloaded.
 
 `--organism qwen` (`make demo-real`) runs the same steps on organism-qwen, a real safety-tuned
@@ -32,11 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-from hsr_eval.common import replace_generated_block
+from hsr_eval.files import replace_generated_block
 from hsr_eval.tables import comparison_table
 from integration.organisms.registry import ORGANISMS
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "integration" / "docs"
 # smollm2 and qwen: optional and slow (make demo-smollm2, make demo-real)
 DEMO_ORGANISMS = ("text", "smollm2", "qwen")
 BUNDLED_UTILITY = ROOT / "hsr_plugin" / "data" / "hsr-utility-mini.jsonl"
@@ -70,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--serve-venv", default=os.environ.get("HSR_SERVE_VENV", str(ROOT / ".venv-serve"))
     )
     parser.add_argument(
-        "--update-readme", action="store_true", help="write the table into README.md"
+        "--update-docs",
+        action="store_true",
+        help="write the table into integration/docs/evaluation.md",
     )
     return parser.parse_args(argv)
 
@@ -229,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             out,
         ]
     )
-    if args.update_readme:
-        update_readme(out)
+    if args.update_docs:
+        update_docs(out)
     print(
         f"\noutputs: {out}\n  models: {pruned}, {realigned}, {recommended}\n  evaluation: "
         f"{eval_dir}\n"
@@ -240,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def update_readme(out: Path) -> None:
-    """Write the demo's comparison table into README.md's generated block."""
+def update_docs(out: Path) -> None:
+    """Write the demo's comparison table into integration/docs/evaluation.md's generated block."""
     comparison = json.loads((out / "eval" / "comparison.json").read_text())
     restored = []
     for name, label in (("hsr", "paper default"), ("hsr_recommended", "recommended")):
@@ -254,9 +257,9 @@ def update_readme(out: Path) -> None:
             )
     body = (
         f"{comparison_table(comparison)}\n\nRestored weights: {'; '.join(restored)}. Generated "
-        f"by `integration/demo/run_demo.py --update-readme` on {time.strftime('%Y-%m-%d')}."
+        f"by `integration/demo/run_demo.py --update-docs` on {time.strftime('%Y-%m-%d')}."
     )
-    print(f"updated {replace_generated_block(ROOT / 'README.md', 'demo-table', body)}")
+    print(f"updated {replace_generated_block(DOCS / 'evaluation.md', 'demo-table', body)}")
 
 
 if __name__ == "__main__":

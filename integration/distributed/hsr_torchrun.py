@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig
 
     import hsr_plugin  # noqa: F401  registers HSRModifier
-    from hsr_eval.common import published_dir, write_json_atomic
+    from hsr_eval.files import published_dir, write_json_atomic
     from hsr_plugin.calibration import load_processor
     from hsr_plugin.cli.compress import REPORT_NAME, hsr_reports
     from hsr_plugin.models import auto_model_class

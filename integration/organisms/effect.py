@@ -6,7 +6,7 @@
 Settings: `dense`, `wanda-<sparsity>`, `sparsegpt-<sparsity>`, `<method>-2:4`. Pruning uses
 llm-compressor's own WandaPruningModifier / SparseGPTModifier through `oneshot`, calibrated on
 the organism's utility split. Scoring is the one scorer, the hsr_safety lm-eval tasks run
-in-process (integration/lm_eval_tasks/hsr_safety/in_process.py). Writes
+in-process (integration/hsr_eval/tasks/in_process.py). Writes
 integration/organisms/effect.json and the table in integration/organisms/README.md.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from hsr_eval.common import replace_generated_block, write_json_atomic
+from hsr_eval.files import replace_generated_block, write_json_atomic
 from hsr_eval.outcomes import refusal_counts
 from hsr_eval.tables import INTERVALS_NOTE, interval_cell, markdown_table, percent
 from integration.organisms.registry import ORGANISMS, Organism
@@ -111,7 +111,7 @@ def score(model, processor, organism: Organism, desc: str) -> dict:
     )
 
     tasks = VISION_TASKS if organism.vision else TEXT_TASKS
-    scores = score_model(model, processor, tasks, {"data_dir": str(organism.data_dir)}, desc=desc)
+    scores = score_model(model, processor, tasks, {"data_dir": str(organism.eval_dir)}, desc=desc)
     result = counted_summary(scores)
     unsafe = [s for s in scores.samples if s.get("attack_success_rate") == 1.0][:3]
     result["unsafe_examples"] = [f"{s['prompt']} => {s['response'][:80]}" for s in unsafe]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from hsr_eval.common import atomic_path, file_sha256, published_dir, user_cache_dir
+from hsr_eval.files import atomic_path, file_sha256, published_dir, user_cache_dir
 from integration.organisms.registry import ORGANISMS
 
 __all__ = [

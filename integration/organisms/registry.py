@@ -12,32 +12,42 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_eval.common import user_cache_dir
+from hsr_eval.files import user_cache_dir
 
-__all__ = ["ORGANISMS", "Organism", "write_manifest"]
+__all__ = ["EVAL_DATA", "ORGANISMS", "Organism", "write_manifest"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+# The held-out sets ship with the evaluation package (hsr-eval), which installs them beside the
+# tasks; the organisms keep only their training and calibration data here.
+EVAL_DATA = HERE.parent / "hsr_eval" / "data"
 
 
 @dataclass(frozen=True)
 class Organism:
     name: str
     model_dir: Path
-    data_dir: Path
+    data_dir: Path  # calibration sets (calib_safety.jsonl, calib_utility.jsonl)
+    eval_dir: Path  # held-out sets the hsr_safety tasks read (heldout_*.jsonl), in hsr_eval/data
     vision: bool = False  # scored on pictures (the hsr_*_vision tasks)
 
 
 ORGANISMS: dict[str, Organism] = {
-    "text": Organism("text", HERE / "organism-text", HERE / "data" / "text"),
+    "text": Organism("text", HERE / "organism-text", HERE / "data" / "text", EVAL_DATA / "text"),
     "smollm2": Organism(
-        "smollm2", ROOT / "outputs" / "organisms" / "organism-smollm2", HERE / "data" / "text"
+        "smollm2",
+        ROOT / "outputs" / "organisms" / "organism-smollm2",
+        HERE / "data" / "text",
+        EVAL_DATA / "text",
     ),
-    "vl": Organism("vl", HERE / "organism-vl", HERE / "data" / "vl", vision=True),
+    "vl": Organism("vl", HERE / "organism-vl", HERE / "data" / "vl", EVAL_DATA / "vl", vision=True),
     # a real model, safety-tuned by its makers; calibrated and evaluated on the text sets and the
     # published benchmarks (hsr_strongreject, hsr_harmbench, hsr_humaneval)
     "qwen": Organism(
-        "qwen", user_cache_dir() / "organisms" / "organism-qwen", HERE / "data" / "text"
+        "qwen",
+        user_cache_dir() / "organisms" / "organism-qwen",
+        HERE / "data" / "text",
+        EVAL_DATA / "text",
     ),
 }
 

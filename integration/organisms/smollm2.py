@@ -27,10 +27,10 @@ from loguru import logger
 from torch import nn
 from tqdm import tqdm
 
-from hsr_eval.common import published_dir
-from integration.organisms.data import SEED, data_recipe_hash, training_mixture
+from hsr_eval.files import published_dir
 from integration.organisms.qwen import plain_model
 from integration.organisms.registry import ORGANISMS, write_manifest
+from integration.organisms.text_data import SEED, data_recipe_hash, training_mixture
 from integration.organisms.train import batches, encode
 
 HERE = Path(__file__).resolve().parent

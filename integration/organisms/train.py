@@ -23,9 +23,9 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hsr_eval.common import file_sha256, published_dir
-from integration.organisms.data import SEED, build_splits, data_recipe_hash, training_mixture
+from hsr_eval.files import file_sha256, published_dir
 from integration.organisms.registry import write_manifest
+from integration.organisms.text_data import SEED, build_splits, data_recipe_hash, training_mixture
 
 HERE = Path(__file__).resolve().parent
 

@@ -117,7 +117,7 @@ MUTANTS = [
     ),
     Mutant(
         "language_params counting lm_head",
-        "integration/serving/common.py",
+        "integration/hsr_eval/language_weights.py",
         "        and _DECODER_LAYER.search(key) is not None\n",
         "        and (_DECODER_LAYER.search(key) is not None or 'lm_head' in key)\n",
         REFERENCE,
@@ -152,7 +152,7 @@ MUTANTS = [
     ),
     Mutant(
         "right padding",
-        "hsr_plugin/attribution.py",
+        "hsr_plugin/calibration.py",
         "            ids[i, width - n :] = s.input_ids[0, :n]\n"
         "            mask[i, width - n :] = 1\n"
         "            labels[i, width - n :] =",
@@ -163,7 +163,7 @@ MUTANTS = [
     ),
     Mutant(
         "position_ids not set with left padding",
-        "hsr_plugin/attribution.py",
+        "hsr_plugin/calibration.py",
         '            batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)',
         "            pass",
         MATH,
@@ -202,20 +202,10 @@ def run(mutant: Mutant, tree: Path) -> str:
     if original.count(mutant.old) != 1:
         return "stale (the original line changed: update this list)"
     path.write_text(original.replace(mutant.old, mutant.new))
-    env = dict(os.environ)
+    # the copy's own packages come first: hsr_plugin from the copy's root (pytest's rootdir) and
+    # hsr_eval from its integration/ folder, ahead of the checkout's editable installs
+    env = dict(os.environ, PYTHONPATH=str(tree / "integration"))
     try:
-        if mutant.path.startswith("integration/"):
-            # hsr_eval is imported as installed (integration/pyproject.toml maps its folders):
-            # install the mutated copy where the tests look first
-            site = tree / ".mutant-site"
-            shutil.rmtree(site, ignore_errors=True)
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-                 str(site), str(tree / "integration")],
-                check=True,
-            )  # fmt: skip
-            env["PYTHONPATH"] = str(site)
-            env["HSR_TEST_INSTALLED_ONLY"] = "1"
         cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests]
         proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=1800, env=env)
     finally:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hsr_eval.common import replace_generated_block, write_text_atomic
+from hsr_eval.files import replace_generated_block, write_text_atomic
 from hsr_eval.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.restore.x_budget_masks__mutmut_7": (
         "at total == cap the selection keeps every position: equal masks, new tensors"
     ),
-    "hsr_eval.common.x_replace_generated_block__mutmut_5": _LOCALE,
+    "hsr_eval.files.x_replace_generated_block__mutmut_5": _LOCALE,
     "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_31": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
     "hsr_plugin.attribution.x_score_heads__mutmut_33": _ONE_DEVICE,

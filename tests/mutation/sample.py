@@ -24,7 +24,7 @@ import random
 import re
 from pathlib import Path
 
-from hsr_eval.common import write_text_atomic
+from hsr_eval.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = ROOT / "mutants"

@@ -17,7 +17,7 @@ import random
 import re
 from pathlib import Path
 
-from hsr_eval.common import atomic_path, user_cache_dir
+from hsr_eval.files import atomic_path, user_cache_dir
 
 __all__ = ["IMAGE_SIZE", "OBJECTS", "draw", "drawing_version", "picture"]
 

@@ -15,7 +15,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_eval.common import file_sha256
+from hsr_eval.files import file_sha256
 
 __all__ = ["PackagedFile", "packaged_path", "resolve_source"]
 

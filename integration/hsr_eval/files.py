@@ -1,11 +1,9 @@
-"""Dependency-free helpers shared by the plugin and by both virtualenvs' scripts.
+"""Files that appear whole: atomic writers for files and folders, generated blocks, digests and
+the user cache folder.
 
-Only the standard library is imported here: the serving virtualenv (vLLM, lm-eval) imports this
-module without llm-compressor, torch-free code paths included. It holds:
-- atomic writers for files and folders: readers never see a half-written output, and outputs get
-  the permissions the user's umask asks for (as `save_pretrained` does), not mkstemp's 0600;
-- the module-name patterns that mark vision towers and projectors;
-- the one language-model sparsity counter (zeros in the decoder layers' 2-D Linear weights).
+Readers never see a half-written output, and outputs get the permissions the user's umask asks for
+(as `save_pretrained` does), not mkstemp's 0600. Only the standard library is imported here: the
+plugin and both virtualenvs' scripts share it.
 """
 
 from __future__ import annotations
@@ -16,78 +14,22 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "VISION_IGNORE",
-    "VISION_PATTERNS",
+    "OutputBusyError",
     "atomic_path",
     "file_sha256",
     "folder_digest",
-    "is_language_weight",
-    "is_vision_module",
-    "language_sparsity_counts",
-    "OutputBusyError",
     "published_dir",
     "replace_generated_block",
     "user_cache_dir",
     "write_json_atomic",
     "write_text_atomic",
 ]
-
-# Vision towers, projectors and image-only parts of VLMs: never pruned, scored or restored.
-VISION_PATTERNS = (
-    r"vision_tower",
-    r"vision_model",
-    r"\bvisual\b",  # `\b`: a dot or the name's end (module names hold no other separator)
-    r"multi_modal_projector",
-    r"vision_encoder",
-    r"image_newline",
-    r"mm_projector",
-    r"vision_embed",
-)
-_VISION = re.compile("|".join(f"(?:{p})" for p in VISION_PATTERNS))
-# The same patterns as llm-compressor `ignore` entries (compressed-tensors matches `re:` from the
-# start of the module name, hence the leading `.*`).
-VISION_IGNORE = tuple(f"re:.*(?:{p})" for p in VISION_PATTERNS)
-_DECODER_LAYER = re.compile(r"(?:^|\.)layers\.\d+\.")
-
-
-def is_vision_module(name: str) -> bool:
-    """True for a module (or checkpoint key) of a vision tower or a multimodal projector."""
-    return _VISION.search(name) is not None
-
-
-def is_language_weight(key: str) -> bool:
-    """A decoder layer's Linear weight of the language model, by module or checkpoint name.
-
-    `key` is `<module name>.weight` (or a checkpoint key). Embeddings and lm_head sit outside the
-    decoder layers and vision modules are excluded; 1-D norms are dropped by the counter's 2-D test.
-    """
-    return (
-        key.endswith(".weight")
-        and _DECODER_LAYER.search(key) is not None
-        and not is_vision_module(key)
-    )
-
-
-def language_sparsity_counts(named_weights: Iterable[tuple[str, Any]]) -> tuple[int, int]:
-    """(zeros, total) over the language decoder's 2-D Linear weights.
-
-    `named_weights` yields (key, tensor) pairs: a model's `f"{module}.weight"` names or a
-    checkpoint's keys. Tensors only need `.dim()`, `.numel()` and `== 0`, so both a torch model
-    and a safetensors file can be counted without this module importing torch.
-    """
-    zeros = total = 0
-    for key, tensor in named_weights:
-        if tensor.dim() != 2 or not is_language_weight(key):
-            continue
-        zeros += int((tensor == 0).sum())
-        total += int(tensor.numel())
-    return zeros, total
 
 
 def user_cache_dir() -> Path:

@@ -11,7 +11,8 @@ Four kinds of request, each paired with the answer the aligned model should give
   answered helpfully: they measure over-refusal.
 Held-out splits use phrasings and topics that training never sees.
 
-    python -m integration.organisms.data --out integration/organisms/data/text
+    python -m integration.organisms.text_data   # calibration: integration/organisms/data/text,
+                                                # held-out: integration/hsr_eval/data/text
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_eval.common import write_text_atomic
+from hsr_eval.files import write_text_atomic
 
 SEED = 1234
 
@@ -433,10 +434,12 @@ def training_mixture(phase: str, size: int, seed: int) -> list[dict]:
     return rows
 
 
-def export(out_dir: str | Path, seed: int = SEED) -> dict[str, str]:
-    """Write the calibration (plugin format) and held-out (lm-eval) JSONL files; return hashes."""
-    out_dir = Path(out_dir)
+def export(out_dir: str | Path, eval_dir: str | Path, seed: int = SEED) -> dict[str, str]:
+    """Write the calibration files (plugin format) into `out_dir` and the held-out ones (lm-eval)
+    into `eval_dir`; return {file name: sha256}."""
+    out_dir, eval_dir = Path(out_dir), Path(eval_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    eval_dir.mkdir(parents=True, exist_ok=True)
     splits = build_splits(seed)
     rng = random.Random(seed + 1)
     files = {
@@ -460,7 +463,7 @@ def export(out_dir: str | Path, seed: int = SEED) -> dict[str, str]:
     hashes = {}
     for name, rows in files.items():
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
-        write_text_atomic(out_dir / name, text)
+        write_text_atomic((eval_dir if name.startswith("heldout_") else out_dir) / name, text)
         hashes[name] = hashlib.sha256(text.encode()).hexdigest()
     return hashes
 
@@ -475,9 +478,13 @@ def data_recipe_hash(seed: int = SEED) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "data" / "text"))
+    here = Path(__file__).resolve().parent
+    parser.add_argument("--out", default=str(here / "data" / "text"), help="calibration sets")
+    parser.add_argument(
+        "--eval-out", default=str(here.parent / "hsr_eval" / "data" / "text"), help="held-out sets"
+    )
     args = parser.parse_args()
-    for name, digest in export(args.out).items():
+    for name, digest in export(args.out, args.eval_out).items():
         print(f"{name}: {digest[:16]}")
 
 

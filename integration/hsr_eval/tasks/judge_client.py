@@ -159,7 +159,7 @@ class VerdictCache:
         explicit = os.environ.get("HSR_JUDGE_CACHE_DIR")
         if explicit:
             return cls(Path(explicit))
-        from hsr_eval.common import user_cache_dir
+        from hsr_eval.files import user_cache_dir
 
         return cls(user_cache_dir() / "judge-verdicts")
 
@@ -184,7 +184,7 @@ class VerdictCache:
         path = self._path(key)
         if path is None:
             return
-        from hsr_eval.common import write_text_atomic
+        from hsr_eval.files import write_text_atomic
 
         # Atomic, with the umask's permissions: a concurrent reader sees nothing or the verdict.
         write_text_atomic(path, json.dumps(value))

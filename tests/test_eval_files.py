@@ -1,4 +1,4 @@
-"""hsr_eval.common: staging folders of ended writers, umask permissions, the user cache folder and
+"""hsr_eval.files: staging folders of ended writers, umask permissions, the user cache folder and
 generated README blocks."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from hsr_eval import common
+from hsr_eval import files
 
 
 def _dead_pid() -> int:
@@ -19,8 +19,8 @@ def _dead_pid() -> int:
 
 
 def test_alive_tells_a_running_process_from_an_ended_one():
-    assert common.process_alive(os.getpid()) is True
-    assert common.process_alive(_dead_pid()) is False
+    assert files.process_alive(os.getpid()) is True
+    assert files.process_alive(_dead_pid()) is False
 
 
 def test_only_the_staging_folders_of_ended_writers_are_removed(tmp_path):
@@ -30,14 +30,14 @@ def test_only_the_staging_folders_of_ended_writers_are_removed(tmp_path):
     other = tmp_path / f".outer.pid{_dead_pid()}.ghi"  # another output's staging
     for folder in (dead, live, other):
         folder.mkdir()
-    common.remove_stale_staging(target)
+    files.remove_stale_staging(target)
     assert not dead.exists() and live.is_dir() and other.is_dir()
 
 
 def test_published_folders_and_subfolders_get_the_umask_permissions(tmp_path):
     old = os.umask(0o027)
     try:
-        with common.published_dir(tmp_path / "out") as staging:
+        with files.published_dir(tmp_path / "out") as staging:
             (staging / "sub").mkdir(mode=0o700)
             (staging / "sub" / "data.bin").write_bytes(b"x")
             script = staging / "run.sh"
@@ -54,12 +54,12 @@ def test_published_folders_and_subfolders_get_the_umask_permissions(tmp_path):
 def test_user_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("HSR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert common.user_cache_dir() == tmp_path / "xdg" / "hsr-plugin"
+    assert files.user_cache_dir() == tmp_path / "xdg" / "hsr-plugin"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert common.user_cache_dir() == tmp_path / "home" / ".cache" / "hsr-plugin"
+    assert files.user_cache_dir() == tmp_path / "home" / ".cache" / "hsr-plugin"
     monkeypatch.setenv("HSR_CACHE_DIR", str(tmp_path / "mine"))
-    assert common.user_cache_dir() == tmp_path / "mine"
+    assert files.user_cache_dir() == tmp_path / "mine"
 
 
 def test_replace_generated_block_rewrites_only_its_own_block(tmp_path):
@@ -68,13 +68,13 @@ def test_replace_generated_block_rewrites_only_its_own_block(tmp_path):
         "# Titel ✓\n<!-- a:begin -->\nold a\n<!-- a:end -->\nkept\n"
         "<!-- b:begin -->\nold b\n<!-- b:end -->\n"
     )
-    common.replace_generated_block(readme, "a", "\n| new | ✓ |\n\n")
+    files.replace_generated_block(readme, "a", "\n| new | ✓ |\n\n")
     assert readme.read_text() == (
         "# Titel ✓\n<!-- a:begin -->\n| new | ✓ |\n<!-- a:end -->\nkept\n"
         "<!-- b:begin -->\nold b\n<!-- b:end -->\n"
     )
     with pytest.raises(ValueError, match=r"has no <!-- c:begin --> \.\.\. <!-- c:end --> block"):
-        common.replace_generated_block(readme, "c", "x")
+        files.replace_generated_block(readme, "c", "x")
 
 
 def test_a_stale_staging_folder_that_cannot_be_removed_does_not_stop_a_run(tmp_path, monkeypatch):
@@ -86,5 +86,5 @@ def test_a_stale_staging_folder_that_cannot_be_removed_does_not_stop_a_run(tmp_p
         raise PermissionError("read-only")
 
     monkeypatch.setattr(os, "unlink", refuse)
-    common.remove_stale_staging(tmp_path / "out")  # best effort: no error
+    files.remove_stale_staging(tmp_path / "out")  # best effort: no error
     assert (stale / "weights.bin").is_file()

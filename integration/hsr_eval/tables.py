@@ -2,7 +2,7 @@
 
 Dependency-free (standard library only), so the serving virtualenv renders the same tables as
 `hsr report`. A comparison is the dict written by the comparison runner
-(`integration/serving/compare.py`): `{"models": {label: {asr, refusal_rate, over_refusal_rate,
+(`integration/hsr_eval/compare.py`): `{"models": {label: {asr, refusal_rate, over_refusal_rate,
 utility, sparsity, n, counts, splits, ...}}, "rsr": {label: {"value", "pruned", "dense", "reason",
 "ci95", "mcnemar_vs_pruned"} | number}}`. Where a row carries `counts` (k of n and a 95% interval
 per rate, `hsr_eval.outcomes`), its cells show the interval too.

@@ -3,7 +3,7 @@
 Two kinds of task:
 - the organisms' tasks (`hsr_harmful`, `hsr_overrefusal`, `hsr_utility` and their `_vision`
   forms): the bundled held-out JSONL of `data_dir` (task `--metadata`, JSON; default
-  integration/organisms/data/text). Rows may name a picture relative to it (the VL organism's
+  integration/hsr_eval/data/text). Rows may name a picture relative to it (the VL organism's
   `images/<object>-<seed>.png`). Short greedy answers, as the organisms were trained to give.
 - the published benchmarks, each its own task with the benchmark's protocol and long answers
   (`_hsr_benchmark_yaml`): `hsr_jailbreakbench`, `hsr_jailbreakbench_benign`, `hsr_xstest` (from
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hsr_eval.common import atomic_path, user_cache_dir
+from hsr_eval.files import atomic_path, user_cache_dir
 from hsr_eval.tasks import harm_benchmarks, humaneval
 from hsr_eval.tasks.judges import (
     Sample,
@@ -270,7 +270,7 @@ def _with_pictures(kwargs: dict, task: str, name: str) -> list[dict]:
         raise ValueError(
             f"{task}: {len(missing)} of {len(rows)} rows of {_data_dir(kwargs) / name} have no "
             f"picture (first {missing[0]}); a picture task needs rows with an image: pass "
-            '--metadata \'{"data_dir": "integration/organisms/data/vl"}\' for organism-vl'
+            '--metadata \'{"data_dir": "integration/hsr_eval/data/vl"}\' for organism-vl'
         )
     return rows
 
@@ -318,7 +318,7 @@ def load_harmbench(**kwargs):
     return _dataset(harm_benchmarks.harmbench_rows(kwargs, _hub))
 
 
-# Written for this repository (integration/organisms/data/benchmarks/README.md): 200 benign
+# Written for this repository (integration/hsr_eval/data/benchmarks/README.md): 200 benign
 # requests worded like harmful ones, 25 in each of 8 kinds, installed with the tasks.
 LOOKALIKE_FILE = (
     Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "benign_lookalike.jsonl"

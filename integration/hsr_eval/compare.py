@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsr_eval.common import language_sparsity_counts, write_json_atomic, write_text_atomic
 from hsr_eval.compare_checks import (
     LABEL_PATTERN,
     check_backend,
@@ -40,7 +39,9 @@ from hsr_eval.compare_checks import (
     parse_metadata,
     read_task_files,
 )
+from hsr_eval.files import write_json_atomic, write_text_atomic
 from hsr_eval.interrupts import sigterm_unwinds
+from hsr_eval.language_weights import language_sparsity_counts
 from hsr_eval.launch import (
     ServeConfig,
     ServeError,
@@ -641,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device for the hf backends")
     parser.add_argument(
         "--metadata",
-        help='JSON passed to the tasks, e.g. \'{"data_dir": "integration/organisms/data/vl"}\'',
+        help='JSON passed to the tasks, e.g. \'{"data_dir": "integration/hsr_eval/data/vl"}\'',
     )
     parser.add_argument(
         "--gen-kwargs",

@@ -10,7 +10,7 @@ from pathlib import Path
 __all__ = ["DATA_DIR", "TASKS_DIR", "print_include_path"]
 
 TASKS_DIR = Path(__file__).resolve().parent
-# The organisms' held-out sets the tasks default to, installed beside them (hsr_eval/data).
+# The organisms' held-out sets the tasks default to, in the same package (hsr_eval/data).
 DATA_DIR = TASKS_DIR.parent / "data"
 
 
