@@ -19,6 +19,7 @@ from hsr_plugin.errors import InvalidInputError
 
 __all__ = [
     "CalibrationSample",
+    "batch_to_device",
     "cut_per_token_fields",
     "encode_conversation",
     "load_processor",
@@ -269,3 +270,10 @@ def _render_one(
         extra=extra,
     )
     return sample, cut
+
+
+def batch_to_device(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A batch of `prompt_batches`, every tensor moved to `device` (the execution device)."""
+    return {k: v.to(device) for k, v in batch.items()}

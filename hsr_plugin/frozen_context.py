@@ -1,7 +1,7 @@
 """Re-run the decoder for the last prompt position only, the other positions' keys and values
 frozen at the intact pass's: Ships at about 1/T of the exact re-run's work for T-token prompts.
 
-Ships reads only the last prompt position. The exact path (`hsr_plugin.attribution`) re-runs
+Ships reads only the last prompt position. The exact path (`hsr_plugin.exact_head_scores`) re-runs
 layers l..L-1 at every position after ablating a head of layer l. Here the intact pass keeps its
 key/value cache, cut back to the first T-1 positions, and layers l..L-1 run for the last
 position alone against it. Several ablated heads share a pass as several copies of that last

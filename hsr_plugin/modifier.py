@@ -13,7 +13,7 @@ Lifecycle under `oneshot` (llm-compressor 0.14):
   and copies the dense values back on R = candidates ∩ head slices ∩ pruned.
 
 The modifier is the lifecycle only; its stages are chosen once from the fields:
-`recipe_checks` (order, targets), a head scorer (`head_scorers`), unit planners (`unit_plans`),
+`recipe_checks` (order, targets), a head scorer (`head_score_stages`), unit planners (`unit_plans`),
 a restoration policy per neuron level (`restoration_policies`) and the report (`report`).
 """
 
@@ -33,16 +33,15 @@ from loguru import logger
 from pydantic import PrivateAttr
 
 from hsr_eval.files import write_json_atomic
-from hsr_plugin.architecture import find_mlp_blocks
-from hsr_plugin.attribution import AttributionCost, HeadScore
 from hsr_plugin.calibration import CalibrationSample, load_processor, render_samples
 from hsr_plugin.checks import language_counts, require_finite
 from hsr_plugin.conversations import load_conversations
 from hsr_plugin.dense_source import DenseSnapshot, DenseSource, SafetensorsDenseSource
 from hsr_plugin.distributed import Collective, current_collective
 from hsr_plugin.errors import InvalidInputError, StageOrderError
-from hsr_plugin.head_scorers import HeadScorer
-from hsr_plugin.head_scores import rank_heads, select_top_heads
+from hsr_plugin.head_score_math import rank_heads, select_top_heads
+from hsr_plugin.head_score_stages import HeadScorer
+from hsr_plugin.mlp_blocks import find_mlp_blocks
 from hsr_plugin.models import model_name_or_path
 from hsr_plugin.placement import execution_placement
 from hsr_plugin.recipe_checks import earlier_pruning, require_pruning_ended, target_blocks
@@ -50,6 +49,7 @@ from hsr_plugin.registration import register_modifier
 from hsr_plugin.report import build_report, log_summary, model_info
 from hsr_plugin.restoration_policies import RestorationPolicy
 from hsr_plugin.restore import count_pruned
+from hsr_plugin.score_records import AttributionCost, HeadScore
 from hsr_plugin.scoring_context import ScoringContext
 from hsr_plugin.settings import HSRSettings
 from hsr_plugin.unit_plans import UnitPlan, plan_heads, plan_mlp_channels

@@ -38,11 +38,11 @@ from hsr_plugin.neuron_scoring import (
 from hsr_plugin.placement import execution_placement
 from hsr_plugin.restore import (
     RestoreStats,
-    apply_restoration,
     budget_masks,
+    module_restore_mask,
     parse_nm,
-    restoration_mask,
     restore_gain_mask,
+    restore_module,
 )
 from hsr_plugin.scoring_context import ScoringContext
 from hsr_plugin.selection import stacked_candidate_mask
@@ -68,7 +68,7 @@ def apply_everywhere(collective: Collective | None, plans, dense, masks) -> None
 
     def write() -> None:
         for name, plan in plans.items():
-            apply_restoration(plan.module, dense[name], masks[name])
+            restore_module(plan.module, dense[name], masks[name])
 
     in_step(collective, "restoration", write)
 
@@ -147,7 +147,7 @@ class ImportanceRestoration:
 
         def choose() -> None:
             for name, plan in plans.items():
-                masks[name], stats[name] = restoration_mask(
+                masks[name], stats[name] = module_restore_mask(
                     name, plan.module, dense[name], plan.candidates, plan.slices, nm, plan.priority
                 )
 
@@ -273,8 +273,8 @@ class RestoreGainRestoration:
         def move_to(k: int) -> dict:
             target = budget_masks(masks, gains, k)
             for name, plan in plans.items():
-                apply_restoration(plan.module, dense[name], target[name] & ~applied[name])
-                apply_restoration(plan.module, pruned[name], applied[name] & ~target[name])
+                restore_module(plan.module, dense[name], target[name] & ~applied[name])
+                restore_module(plan.module, pruned[name], applied[name] & ~target[name])
             applied.update(target)
             return target
 

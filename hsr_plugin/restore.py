@@ -14,21 +14,21 @@ from compressed_tensors.utils import align_module_device, update_offload_paramet
 from torch import nn
 
 from hsr_plugin.selection import (
-    apply_restore,
     benign_penalized_gains,
     nm_compatible_mask,
     pruned_mask,
     restore_gains,
-    restore_mask,
+    tensor_restore_mask,
+    tensor_with_restored,
 )
 
 __all__ = [
     "RestoreStats",
-    "apply_restoration",
+    "restore_module",
     "budget_masks",
     "count_pruned",
     "parse_nm",
-    "restoration_mask",
+    "module_restore_mask",
     "restore_gain_mask",
 ]
 
@@ -67,7 +67,7 @@ def count_pruned(module: nn.Linear, dense_weight: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def restoration_mask(
+def module_restore_mask(
     name: str,
     module: nn.Linear,
     dense_weight: torch.Tensor,
@@ -82,7 +82,7 @@ def restoration_mask(
         pruned = pruned_mask(current, dense_weight.to(current.device))
         slices = head_slices.to(current.device)
         candidates = candidates.to(current.device)
-        mask = restore_mask(candidates, slices, pruned)
+        mask = tensor_restore_mask(candidates, slices, pruned)
         if preserve_nm is not None:
             mask = nm_compatible_mask(mask, current, *preserve_nm, priority=priority)
         stats = RestoreStats(
@@ -146,13 +146,13 @@ def restore_gain_mask(
 
 
 @torch.no_grad()
-def apply_restoration(module: nn.Linear, dense_weight: torch.Tensor, mask: torch.Tensor) -> None:
+def restore_module(module: nn.Linear, dense_weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Copy the dense values back on `mask`, offload-safely; nothing else changes."""
     if not bool(mask.any()):
         return
     with align_module_device(module):
         current = module.weight.detach()
-        new_weight = apply_restore(
+        new_weight = tensor_with_restored(
             current, dense_weight.to(current.device), mask.to(current.device)
         )
     update_offload_parameter(module, "weight", new_weight)

@@ -20,8 +20,8 @@ __all__ = [
     "candidate_mask",
     "stacked_candidate_mask",
     "pruned_mask",
-    "restore_mask",
-    "apply_restore",
+    "tensor_restore_mask",
+    "tensor_with_restored",
     "nm_compatible_mask",
     "restore_gains",
     "benign_penalized_gains",
@@ -116,7 +116,7 @@ def pruned_mask(pruned_weight: torch.Tensor, dense_weight: torch.Tensor) -> torc
     return (pruned_weight == 0) & (dense_weight.to(pruned_weight.device) != 0)
 
 
-def restore_mask(
+def tensor_restore_mask(
     candidates: torch.Tensor, head_slices: torch.Tensor, pruned: torch.Tensor
 ) -> torch.Tensor:
     if not candidates.shape == head_slices.shape == pruned.shape:
@@ -128,7 +128,7 @@ def restore_mask(
     return candidates & head_slices & pruned
 
 
-def apply_restore(
+def tensor_with_restored(
     pruned_weight: torch.Tensor, dense_weight: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """A new tensor: dense values on `mask`, the pruned weight's values elsewhere (its dtype)."""

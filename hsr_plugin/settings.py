@@ -10,15 +10,16 @@ from llmcompressor.modifiers import Modifier
 from pydantic import Field, field_validator, model_validator
 
 from hsr_eval.language_weights import VISION_IGNORE
-from hsr_plugin.attribution import AdaptiveStop, HeadScore
 from hsr_plugin.errors import InvalidInputError
-from hsr_plugin.head_scorers import HeadScorer, head_scorer
+from hsr_plugin.exact_head_scores import AdaptiveStop
+from hsr_plugin.head_score_stages import HeadScorer, head_scorer
 from hsr_plugin.restoration_policies import (
     ImportanceRestoration,
     RestorationPolicy,
     RestoreGainRestoration,
 )
 from hsr_plugin.restore import parse_nm
+from hsr_plugin.score_records import HeadScore
 
 __all__ = ["DEFAULT_IGNORE", "HSRSettings"]
 

@@ -134,7 +134,7 @@ def load_sweep_model(path: str):
 
 
 def _judge() -> str:
-    from hsr_eval.tasks.judges import describe_judges
+    from hsr_eval.tasks.judge_adapters import describe_judges
 
     return describe_judges()
 
@@ -176,9 +176,9 @@ def run_sweep(
     from hsr_eval.files import folder_digest, write_json_atomic, write_text_atomic
     from hsr_eval.outcomes import counted_summary, paired_with_references
     from hsr_plugin import HSRModifier
-    from hsr_plugin.attribution import HeadScore
     from hsr_plugin.calibration import load_processor
     from hsr_plugin.pruned_base import PrunedWeightsModifier, save_pruned_weights
+    from hsr_plugin.score_records import HeadScore
 
     pruning, base, after = split_recipe(recipe)
     planned = points(base, grid)

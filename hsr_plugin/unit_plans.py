@@ -10,13 +10,15 @@ import torch
 from compressed_tensors.utils import align_module_device
 from torch import nn
 
-from hsr_plugin.architecture import AttentionBlock, find_mlp_blocks
-from hsr_plugin.attribution import HeadScore, first_order_unit_scores
+from hsr_plugin.architecture import AttentionBlock
 from hsr_plugin.calibration import CalibrationSample
 from hsr_plugin.checks import require_finite
 from hsr_plugin.dense_source import DenseSource
 from hsr_plugin.errors import InvalidInputError
+from hsr_plugin.first_order_scores import first_order_unit_scores
+from hsr_plugin.mlp_blocks import find_mlp_blocks
 from hsr_plugin.ranking import rank_units, select_top
+from hsr_plugin.score_records import HeadScore
 from hsr_plugin.scoring_context import ScoringContext
 from hsr_plugin.slicing import HeadSlicing, band_mask, mlp_channel_slices
 

@@ -55,12 +55,12 @@ def main() -> None:
     from hsr_plugin.pruned_base import PrunedWeightsModifier
 
     if args.fail_rank == rank:
-        import hsr_plugin.attribution as attribution
+        import hsr_plugin.exact_head_scores as exact_head_scores
 
         def broken(*_args, **_kwargs):
             raise RuntimeError(f"scoring failed on purpose on rank {rank}")
 
-        attribution._exact_scores = broken
+        exact_head_scores._exact_scores = broken
 
     pruned = args.pruned
     if args.rank_pruned:

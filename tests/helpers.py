@@ -378,7 +378,8 @@ def scoring_with_a_stop_after_two_rounds(model_dirs, calib_files, **kwargs):
     """Head scores on the tiny Llama with an adaptive stop that watches ALL heads, whose top set
     never moves: round 1 (2 prompts) sets it, round 2 repeats it and stops. Returns the setup,
     the stop, the cost and the scores."""
-    from hsr_plugin.attribution import AdaptiveStop, AttributionCost, score_heads
+    from hsr_plugin.exact_head_scores import AdaptiveStop, score_heads
+    from hsr_plugin.score_records import AttributionCost
 
     model, blocks, samples, pad = scoring_setup(model_dirs, calib_files, "llama", "safety")
     stop = AdaptiveStop(top=sum(b.num_heads for b in blocks), stable_rounds=1, round_prompts=2)

@@ -18,10 +18,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsr_plugin.attribution import AdaptiveStop, AttributionCost, _StabilityWatch, score_heads
 from hsr_plugin.distributed import Collective
 from hsr_plugin.errors import InvalidInputError
-from hsr_plugin.head_scores import rank_heads, select_top_heads
+from hsr_plugin.exact_head_scores import AdaptiveStop, _StabilityWatch, score_heads
+from hsr_plugin.head_score_math import rank_heads, select_top_heads
+from hsr_plugin.score_records import AttributionCost
 from tests.helpers import (
     HSR,
     WANDA,

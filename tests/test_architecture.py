@@ -178,7 +178,7 @@ def test_vlm_families_give_their_language_self_attention_only(builder, layers, t
 
 
 def test_find_mlp_blocks_keeps_only_the_asked_layers():
-    from hsr_plugin.architecture import find_mlp_blocks
+    from hsr_plugin.mlp_blocks import find_mlp_blocks
 
     model = tiny_llama()
     assert [b.layer for b in find_mlp_blocks(model)] == [0, 1, 2]
@@ -190,7 +190,8 @@ def test_find_mlp_blocks_keeps_only_the_asked_layers():
 
 
 def test_a_model_without_gated_mlps_is_named():
-    from hsr_plugin.architecture import UnsupportedArchitectureError, find_mlp_blocks
+    from hsr_plugin.architecture import UnsupportedArchitectureError
+    from hsr_plugin.mlp_blocks import find_mlp_blocks
 
     with pytest.raises(UnsupportedArchitectureError) as err:
         find_mlp_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -11,8 +11,9 @@ import torch
 from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 from hsr_plugin.architecture import find_attention_blocks
-from hsr_plugin.attribution import AttributionCost, score_heads
 from hsr_plugin.calibration import CalibrationSample, load_processor
+from hsr_plugin.exact_head_scores import score_heads
+from hsr_plugin.score_records import AttributionCost
 from integration.bench.naive_attribution import naive_head_scores
 from tests.helpers import (
     load_model,
@@ -58,9 +59,9 @@ def _refusal_loss(model, samples, pad, scale=None):
 
 def test_non_finite_ablated_outputs_name_the_head(model_dirs, calib_files):
     from hsr_plugin.architecture import find_attention_blocks
-    from hsr_plugin.attribution import score_heads
     from hsr_plugin.calibration import render_samples
     from hsr_plugin.conversations import load_conversations
+    from hsr_plugin.exact_head_scores import score_heads
 
     model = load_model(model_dirs["llama"]).eval()
     samples = render_samples(
@@ -75,7 +76,7 @@ def test_non_finite_ablated_outputs_name_the_head(model_dirs, calib_files):
 
 
 def test_first_order_scores_skip_batches_without_response_tokens_and_need_some():
-    from hsr_plugin.attribution import first_order_unit_scores
+    from hsr_plugin.first_order_scores import first_order_unit_scores
 
     model = tiny_llama(layers=1).eval()
     o_proj = model.model.layers[0].self_attn.o_proj
@@ -98,7 +99,7 @@ def test_first_order_scores_skip_batches_without_response_tokens_and_need_some()
 
 def test_the_subspace_rank_reaches_the_head_scores():
     from hsr_plugin.architecture import find_attention_blocks
-    from hsr_plugin.attribution import score_heads
+    from hsr_plugin.exact_head_scores import score_heads
 
     torch.manual_seed(0)
     model = tiny_llama(layers=1).eval()
@@ -117,7 +118,7 @@ def test_the_subspace_rank_reaches_the_head_scores():
 )
 def test_head_scoring_bars_count_every_unit(capsys, method, label):
     from hsr_plugin.architecture import find_attention_blocks
-    from hsr_plugin.attribution import score_heads
+    from hsr_plugin.exact_head_scores import score_heads
 
     model = tiny_llama(layers=1).eval()
     score_heads(model, find_attention_blocks(model), response_samples(3), method, progress=True)
@@ -128,7 +129,7 @@ def test_head_scoring_bars_count_every_unit(capsys, method, label):
 
 
 def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
-    from hsr_plugin.attribution import first_order_unit_scores
+    from hsr_plugin.first_order_scores import first_order_unit_scores
 
     model = tiny_llama(layers=1).eval()
     o_proj = model.model.layers[0].self_attn.o_proj
@@ -145,7 +146,11 @@ def test_first_order_scores_show_a_progress_bar_only_when_asked(capsys):
 
 
 def test_the_activation_budget_is_a_quarter_of_the_accelerators_free_memory(monkeypatch):
-    from hsr_plugin.attribution import DEFAULT_CPU_BUDGET, activation_memory_budget, heads_per_pass
+    from hsr_plugin.exact_head_scores import (
+        DEFAULT_CPU_BUDGET,
+        activation_memory_budget,
+        heads_per_pass,
+    )
 
     asked = []
 
@@ -166,7 +171,7 @@ def test_the_activation_budget_is_a_quarter_of_the_accelerators_free_memory(monk
 
 def test_head_scores_default_to_ships_subspace_and_refuse_non_finite_outputs():
     from hsr_plugin.architecture import find_attention_blocks
-    from hsr_plugin.attribution import score_heads
+    from hsr_plugin.exact_head_scores import score_heads
 
     torch.manual_seed(0)
     model = tiny_llama(layers=1).eval()

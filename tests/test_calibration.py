@@ -472,7 +472,7 @@ def test_response_mask_covers_exactly_the_assistant_tokens(model_dirs, calib_fil
 def test_left_padded_batches_read_the_same_last_token_as_unpadded_runs(model_dirs, calib_files):
     """Head attribution batches prompts of different lengths with left padding and position ids:
     every prompt's last-token logits and state equal those of the prompt run alone."""
-    from hsr_plugin.attribution import last_token_outputs
+    from hsr_plugin.exact_head_scores import last_token_outputs
 
     model = load_model(model_dirs["llama"]).eval()
     tok = load_processor(str(model_dirs["llama"]))

@@ -29,7 +29,7 @@ def test_a_decoder_without_final_norm_or_head_is_named():
 
 def test_a_model_whose_logits_the_decoder_tail_cannot_reproduce_is_refused():
     from hsr_plugin.architecture import UnsupportedArchitectureError, find_attention_blocks
-    from hsr_plugin.attribution import score_heads
+    from hsr_plugin.exact_head_scores import score_heads
 
     torch.manual_seed(0)
     model = tiny_llama(layers=1).eval()

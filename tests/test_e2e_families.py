@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from hsr_plugin.architecture import find_attention_blocks
-from hsr_plugin.attribution import score_heads
 from hsr_plugin.calibration import load_processor, render_samples
 from hsr_plugin.conversations import load_conversations
 from hsr_plugin.decoder_stack import find_decoder_stack
+from hsr_plugin.exact_head_scores import score_heads
 from integration.bench.families import FAMILIES, calibration_files, probe
 from integration.bench.naive_attribution import naive_head_scores
 from tests.helpers import load_model

@@ -335,13 +335,13 @@ def test_preserve_nm_keeps_the_restorations_with_the_most_safety_importance(
     import hsr_plugin.restoration_policies as modifier
 
     priorities = {}
-    restore = modifier.restoration_mask
+    restore = modifier.module_restore_mask
 
     def spy(name, module, dense, candidates, slices, nm=None, priority=None):
         priorities[name] = priority
         return restore(name, module, dense, candidates, slices, nm, priority)
 
-    monkeypatch.setattr(modifier, "restoration_mask", spy)
+    monkeypatch.setattr(modifier, "module_restore_mask", spy)
     model, report = _run_hsr(tiny, calib_files, num_heads=3, extra="      preserve_nm: '2:4'\n")
     selected = [tuple(h) for h in report["selected_heads"]]
     expected = _expected(tiny, selected)

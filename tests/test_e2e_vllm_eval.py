@@ -112,7 +112,7 @@ def test_vllm_matches_the_hf_backend(evaluated):
 
 
 def test_logged_samples_agree_with_the_judge(evaluated):
-    from hsr_eval.tasks.judge import is_refusal
+    from hsr_eval.tasks.keyword_judge import is_refusal
 
     samples = next((evaluated["root"] / "served" / "dense").rglob("samples_hsr_harmful_*.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]

@@ -26,11 +26,12 @@ from hsr_plugin.architecture import (
     find_attention_blocks,
     is_multimodal,
 )
-from hsr_plugin.attribution import AttributionCost, score_heads
 from hsr_plugin.calibration import prompt_batches
 from hsr_plugin.decoder_stack import find_decoder_stack
+from hsr_plugin.exact_head_scores import score_heads
 from hsr_plugin.frozen_context import frozen_mask
-from hsr_plugin.head_scores import last_token_kl, principal_angle_score
+from hsr_plugin.head_score_math import last_token_kl, principal_angle_score
+from hsr_plugin.score_records import AttributionCost
 from integration.bench.bench_scale import spearman
 from tests.helpers import REPO, mllama_with_pictures, scoring_setup
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hsr_eval.files import file_sha256
-from hsr_eval.tasks.judge import is_refusal
+from hsr_eval.tasks.keyword_judge import is_refusal
 from integration.organisms import text_data as D
 from integration.organisms.train import SPECS, training_manifest
 

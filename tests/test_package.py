@@ -28,7 +28,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
         "import hsr_plugin; from llmcompressor.modifiers.factory import ModifierFactory",
         "from hsr_plugin.ablation import ablate_head; import hsr_plugin.decoder_stack\n"
         "import llmcompressor",
-        "import hsr_plugin.neuron_scoring, hsr_plugin.attribution, hsr_plugin.restore\n"
+        "import hsr_plugin.neuron_scoring, hsr_plugin.exact_head_scores, hsr_plugin.restore\n"
         "import llmcompressor",
         # modules that import llm-compressor themselves
         "from hsr_plugin.settings import HSRSettings",

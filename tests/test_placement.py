@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hsr_plugin import placement
-from hsr_plugin.attribution import score_heads
+from hsr_plugin.exact_head_scores import score_heads
 from tests.helpers import (
     log_messages,
     run_oneshot,

@@ -6,8 +6,8 @@ from tests.helpers import log_messages
 
 
 def test_build_report_is_exact():
-    from hsr_plugin.attribution import HeadScore
     from hsr_plugin.report import SCHEMA_VERSION, SPARSEGPT_NOTE, build_report
+    from hsr_plugin.score_records import HeadScore
 
     scores = [HeadScore(1, 0, 0, 0.5), HeadScore(0, 1, 0, 0.5), HeadScore(0, 0, 0, 0.9)]
     rows = [

@@ -17,13 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsr_plugin.attribution import (
-    AttributionCost,
-    HeadScore,
-    score_heads,
-    verified_first,
-)
-from hsr_plugin.head_scores import rank_heads, select_top_heads
+from hsr_plugin.exact_head_scores import score_heads, verified_first
+from hsr_plugin.head_score_math import rank_heads, select_top_heads
+from hsr_plugin.score_records import AttributionCost, HeadScore
 from tests.helpers import (
     log_messages,
     mllama_with_pictures,

@@ -9,13 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hsr_plugin.selection import (
-    apply_restore,
     benign_penalized_gains,
     candidate_mask,
     nm_compatible_mask,
     pruned_mask,
     restore_gains,
-    restore_mask,
+    tensor_restore_mask,
+    tensor_with_restored,
     top_fraction_count,
     top_fraction_mask,
 )
@@ -83,8 +83,8 @@ def test_restore_touches_only_pruned_candidates_in_slices(shape, seed):
     cand = _tensor(shape, seed + 2) > 0
     slices = _tensor(shape, seed + 3) > 0
     pruned = pruned_mask(pruned_weight, dense)
-    mask = restore_mask(cand, slices, pruned)
-    final = apply_restore(pruned_weight, dense, mask)
+    mask = tensor_restore_mask(cand, slices, pruned)
+    final = tensor_with_restored(pruned_weight, dense, mask)
     assert torch.equal(final[mask], dense[mask])
     assert torch.equal(final[~mask], pruned_weight[~mask])
     assert not (mask & ~pruned).any() and not (mask & ~slices).any() and not (mask & ~cand).any()
@@ -111,7 +111,7 @@ def test_nm_filter_never_exceeds_n_per_group(rows, groups, seed):
             weight[r, g * m + drop] = 0
     restore = pruned_mask(weight, dense)
     keep = nm_compatible_mask(restore, weight, n, m, priority=dense.abs())
-    final = apply_restore(weight, dense, keep)
+    final = tensor_with_restored(weight, dense, keep)
     assert ((final != 0).reshape(rows, groups, m).sum(-1) <= n).all()
     assert int(keep.sum()) == rows  # exactly the one group with room per row
     assert not (keep & ~restore).any()
@@ -175,13 +175,17 @@ def test_selection_errors_say_what_is_wrong():
     )
     raises_exactly(
         "mask shapes differ: candidates (2, 4), slices (2, 4), pruned (4, 2)",
-        restore_mask,
+        tensor_restore_mask,
         s > 0,
         s > 0,
         s.T > 0,
     )
     raises_exactly(
-        "shapes differ: pruned (2, 4), dense (2, 4), mask (4, 2)", apply_restore, s, s, s.T > 0
+        "shapes differ: pruned (2, 4), dense (2, 4), mask (4, 2)",
+        tensor_with_restored,
+        s,
+        s,
+        s.T > 0,
     )
 
 

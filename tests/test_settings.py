@@ -154,7 +154,7 @@ def test_valid_units_and_rounds_are_kept():
 
 
 def test_the_modifier_hands_its_fields_to_the_head_scorer(monkeypatch):
-    import hsr_plugin.head_scorers as scorers
+    import hsr_plugin.head_score_stages as scorers
     from hsr_plugin import HSRModifier
     from hsr_plugin.scoring_context import ScoringContext
 

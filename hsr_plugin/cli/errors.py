@@ -23,7 +23,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from hsr_eval.files import OutputBusyError
-    from hsr_eval.tasks.judges import JudgeError
+    from hsr_eval.tasks.judge_adapters import JudgeError
     from hsr_plugin.errors import HSRUserError
 
     return (HSRUserError, ValidationError, OutputBusyError, JudgeError)

@@ -114,7 +114,8 @@ def _prompts(name: str, processor, count: int | None):
 def _score(model, blocks, samples, pad, head_score, rerun, stable_rounds=None):
     """Scores, cost and seconds; with `stable_rounds`, through the adaptive stop (NEVER: read
     every prompt, recording the top set round by round)."""
-    from hsr_plugin.attribution import AdaptiveStop, AttributionCost, score_heads
+    from hsr_plugin.exact_head_scores import AdaptiveStop, score_heads
+    from hsr_plugin.score_records import AttributionCost
 
     stop = None
     if stable_rounds is not None and head_score != "attribution":

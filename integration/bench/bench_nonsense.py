@@ -27,7 +27,7 @@ from pathlib import Path
 
 from hsr_eval.stats import rate_summary
 from hsr_eval.tables import interval_cell
-from hsr_eval.tasks.judge import is_refusal
+from hsr_eval.tasks.keyword_judge import is_refusal
 from integration.bench.bench_hsr import write_results
 from integration.bench.likelihood_reading import DEFAULT_MAX_NLL, SKIP_TOKENS, LikelihoodReader
 from integration.organisms import qwen

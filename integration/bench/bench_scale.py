@@ -95,7 +95,8 @@ def attribution_costs(
     name: str, model_dir: Path, data_dir: Path, rows: int, naive_loop: bool = True
 ) -> dict:
     from hsr_plugin.architecture import find_attention_blocks
-    from hsr_plugin.attribution import AttributionCost, score_heads
+    from hsr_plugin.exact_head_scores import score_heads
+    from hsr_plugin.score_records import AttributionCost
     from integration.bench.naive_attribution import naive_head_scores
 
     model = _load(model_dir)

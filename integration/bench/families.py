@@ -319,7 +319,8 @@ def run_oneshot(model_dir: Path, recipe: str, utility: Path, num_samples: int | 
 def _allowed_masks(dense_model: nn.Module, report: dict, slicing: str) -> dict[str, torch.Tensor]:
     """Per module name: where restoration may happen (the selected heads' bands, the selected
     MLP channels)."""
-    from hsr_plugin.architecture import find_attention_blocks, find_mlp_blocks
+    from hsr_plugin.architecture import find_attention_blocks
+    from hsr_plugin.mlp_blocks import find_mlp_blocks
     from hsr_plugin.slicing import band_mask, mlp_channel_slices
 
     kv_of = {(h["layer"], h["head"]): h["kv_group"] for h in report["heads"]}

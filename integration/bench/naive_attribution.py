@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from hsr_plugin.ablation import ablate_head, ablation_units
-from hsr_plugin.attribution import HeadScore, last_token_outputs
-from hsr_plugin.head_scores import last_token_kl, principal_angle_score, reference_angle_score
+from hsr_plugin.exact_head_scores import last_token_outputs
+from hsr_plugin.head_score_math import last_token_kl, principal_angle_score, reference_angle_score
+from hsr_plugin.score_records import HeadScore
 
 __all__ = ["naive_head_scores"]
 

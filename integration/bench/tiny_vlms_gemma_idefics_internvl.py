@@ -15,6 +15,7 @@ import torch
 
 from integration.bench.tiny_models import (
     CHAT_TEMPLATE,
+    TINY_CLIP,
     _tokenizer_json,
     real_video_processor_class,
     save_tiny,
@@ -46,15 +47,8 @@ NO_PICTURES: dict[str, str] = {
     ),
 }
 
-# A one-layer SigLIP tower for 32x32 pictures in 8x8 patches (16 patches).
-TINY_SIGLIP = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    image_size=32,
-    patch_size=8,
-)
+# A one-layer SigLIP tower for 32x32 pictures in 8x8 patches (16 patches): the CLIP tower's sizes.
+TINY_SIGLIP = dict(TINY_CLIP)
 
 
 def _template(placeholder: str) -> str:

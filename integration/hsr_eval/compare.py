@@ -14,6 +14,11 @@ group, stop the server. Then write OUT/comparison.md and OUT/comparison.json: AS
 over-refusal, utility, sparsity and the RSR of each `<name>+hsr` model against `<name>` and the
 dense model. Backends without a server: `hf` (transformers), `vllm` (offline engine),
 `hf-multimodal` (VLMs on CPU).
+
+Longer than this package's other modules (about 760 lines) because it is one command's run:
+the per-model evaluation, the resumable output folder and the comparison share the run's
+settings and failure handling; its input checks (`compare_checks.py`), statistics (`stats.py`),
+tables (`tables.py`) and server (`launch.py`) are modules of their own.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from hsr_eval.output_rules import check_apart_from_inputs, foreign_entries
 from hsr_eval.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from hsr_eval.tables import comparison_table
 from hsr_eval.tasks import TASKS_DIR
-from hsr_eval.tasks.judges import describe_judges
+from hsr_eval.tasks.judge_adapters import describe_judges
 
 BACKENDS = ("vllm-serve", "hf", "vllm", "hf-multimodal")
 INTERVALS = {
@@ -173,7 +178,7 @@ def run_lm_eval(cmd: list[str], log_path: Path, judge_log: Path | None = None) -
     print("[eval] $ " + " ".join(cmd), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if judge_log is not None:
-        # every verdict, with the guard's hazard categories, one JSON line each (judges.py)
+        # every verdict, with the guard's hazard categories, one JSON line each (judge_adapters.py)
         judge_log.unlink(missing_ok=True)
         env["HSR_JUDGE_LOG"] = str(judge_log)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -218,8 +218,8 @@ def check_parallelism(backend: str, tensor: int, data: int) -> None:
 def check_judges(ping: bool = True) -> str:
     """The judges HSR_JUDGE and its settings select; each server they need answers and serves
     the model named (one GET of its model list, no judging request)."""
+    from hsr_eval.tasks.judge_adapters import JudgeSet
     from hsr_eval.tasks.judge_client import JudgeError
-    from hsr_eval.tasks.judges import JudgeSet
 
     try:
         judges = JudgeSet.from_env()

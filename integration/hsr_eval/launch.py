@@ -6,6 +6,9 @@
 Run it with the serving venv's python (.venv-serve). On CPU it applies the settings measured on
 this machine: eager mode, no V1 multiprocessing, no OMP thread binding, an explicit KV-cache size
 (the default check refuses to start on these machines), float32 or bfloat16 weights.
+
+About 450 lines: the CPU settings, the checks of a model folder before a server starts and the
+server's life (start, health, logs, stop) are one job, keeping a `vllm serve` process right.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from tests.mutation.report import REPORT, write_block
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ("tests/test_e2e_method_reference.py",)
 MATH = (
-    "tests/test_head_scores.py",
+    "tests/test_head_score_math.py",
     "tests/test_slicing.py",
     "tests/test_ablation.py",
     "tests/test_calibration.py",
@@ -131,21 +131,21 @@ MUTANTS = [
     ),
     Mutant(
         "KL(q||p) instead of KL(p||q)",
-        "hsr_plugin/head_scores.py",
+        "hsr_plugin/head_score_math.py",
         "    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0)",
         "    return (log_q.exp() * (log_q - log_p)).sum(-1).clamp(min=0.0)",
         MATH,
     ),
     Mutant(
         "subspace rank ignored",
-        "hsr_plugin/head_scores.py",
+        "hsr_plugin/head_score_math.py",
         "    return vh[:rank].T  # (d, rank), orthonormal columns",
         "    return vh[:1].T",
         MATH,
     ),
     Mutant(
         "principal angles combined by max",
-        "hsr_plugin/head_scores.py",
+        "hsr_plugin/head_score_math.py",
         "    return float(torch.arccos(cosines).sum())",
         "    return float(torch.arccos(cosines).max())",
         MATH,

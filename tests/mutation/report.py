@@ -45,13 +45,13 @@ _PAD = (
     "token's id changes no score"
 )
 EQUIVALENT: dict[str, str] = {
-    "hsr_plugin.head_scores.x_last_token_kl__mutmut_13": _DIM,
-    "hsr_plugin.head_scores.x_last_token_kl__mutmut_20": _DIM,
-    "hsr_plugin.head_scores.x_last_token_kl__mutmut_26": _DIM,
-    "hsr_plugin.head_scores.x__leading_subspace__mutmut_5": _FULL,
-    "hsr_plugin.head_scores.x__leading_subspace__mutmut_6": _FULL,
-    "hsr_plugin.head_scores.x_principal_angle_score__mutmut_30": _SVDVALS,
-    "hsr_plugin.head_scores.x_principal_angle_score__mutmut_36": _SVDVALS,
+    "hsr_plugin.head_score_math.x_last_token_kl__mutmut_13": _DIM,
+    "hsr_plugin.head_score_math.x_last_token_kl__mutmut_20": _DIM,
+    "hsr_plugin.head_score_math.x_last_token_kl__mutmut_26": _DIM,
+    "hsr_plugin.head_score_math.x__leading_subspace__mutmut_5": _FULL,
+    "hsr_plugin.head_score_math.x__leading_subspace__mutmut_6": _FULL,
+    "hsr_plugin.head_score_math.x_principal_angle_score__mutmut_30": _SVDVALS,
+    "hsr_plugin.head_score_math.x_principal_angle_score__mutmut_36": _SVDVALS,
     "hsr_plugin.selection.x_nm_compatible_mask__mutmut_71": "argsort sorts the last dim by default",
     "hsr_plugin.cli.x_compress__mutmut_72": "PyYAML tests `if sort_keys:`: None acts as False",
     "hsr_plugin.sweep.x_points__mutmut_12": _SAME_LENGTH,
@@ -67,7 +67,7 @@ EQUIVALENT: dict[str, str] = {
     "hsr_eval.files.x_replace_generated_block__mutmut_5": _LOCALE,
     "hsr_plugin.neuron_scoring.x_for_each_weight_gradient__mutmut_31": _ONE_DEVICE,
     "hsr_plugin.modifier.xǁHSRModifierǁ_restore_gain__mutmut_25": _ONE_DEVICE,
-    "hsr_plugin.attribution.x_score_heads__mutmut_33": _ONE_DEVICE,
+    "hsr_plugin.exact_head_scores.x_score_heads__mutmut_33": _ONE_DEVICE,
     "hsr_plugin.plots.x_plot_safety_bars__mutmut_55": _SAME_LENGTH,
     "hsr_plugin.calibration.x_encode_conversation__mutmut_16": (
         "chat templates test `if add_generation_prompt`: None acts as False"
@@ -99,7 +99,7 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.importance.xǁInputNormAccumulatorǁ__init____mutmut_9": (
         "torch's default dtype is float32, the dtype the line names"
     ),
-    "hsr_plugin.attribution.x_first_order_unit_scores__mutmut_103": (
+    "hsr_plugin.first_order_scores.x_first_order_unit_scores__mutmut_103": (
         "with labels and no past, the loss and its gradients are the same; use_cache only builds "
         "a KV cache that is dropped"
     ),
@@ -112,15 +112,15 @@ EQUIVALENT: dict[str, str] = {
     "hsr_plugin.calibration.x_load_processor__mutmut_15": (
         "every transformers processor and tokenizer has a chat_template attribute (None if unset)"
     ),
-    "hsr_plugin.attribution.x_score_heads__mutmut_100": _ONE_DEVICE,
-    "hsr_plugin.attribution.x_score_heads__mutmut_60": (
+    "hsr_plugin.exact_head_scores.x_score_heads__mutmut_100": _ONE_DEVICE,
+    "hsr_plugin.exact_head_scores.x_score_heads__mutmut_60": (
         "the ablation tests only `mode == 'reference'`; any other value is the exact mode"
     ),
     "hsr_plugin.decoder_stack.xǁDecoderStackǁrun_from__mutmut_11": (
         "transformers 5 passes a decoder layer its hidden states as the only positional "
         "argument: the captured args are empty, and replicating () gives ()"
     ),
-    "hsr_plugin.attribution.x_heads_per_pass__mutmut_23": (
+    "hsr_plugin.exact_head_scores.x_heads_per_pass__mutmut_23": (
         "a replica of a non-empty batch takes at least 4 bytes, so max(per_replica, 1 or 2) is "
         "per_replica"
     ),
@@ -142,7 +142,7 @@ EQUIVALENT: dict[str, str] = {
         "the statistics hooks are added and removed inside collect_statistics by whichever "
         "HooksMixin owns them, and llm-compressor disables hooks class-wide: same passes"
     ),
-    "hsr_plugin.attribution.x_prompt_batches__mutmut_35": (
+    "hsr_plugin.calibration.x_prompt_batches__mutmut_35": (
         "torch.full with an int fill value infers int64, the dtype the line names"
     ),
     "hsr_plugin.decoder_stack.x_find_decoder_stack__mutmut_6": (

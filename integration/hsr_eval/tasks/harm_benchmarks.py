@@ -14,8 +14,8 @@
   standard and contextual). `harmbench_split: "val"` reads the validation split of the packaged
   copy instead; this repository makes no choice on it (it is kept for independent checks).
 
-Both are scored like every harmful-request task (judges.py: the keyword judge, or the guard model
-HSR_JUDGE names), with per-category rates in `hsr-compare` (a row's `category`).
+Both are scored like every harmful-request task (judge_adapters.py: the keyword judge, or the
+guard model HSR_JUDGE names), with per-category rates in `hsr-compare` (a row's `category`).
 """
 
 from __future__ import annotations

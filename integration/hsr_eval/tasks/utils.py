@@ -13,7 +13,10 @@ Two kinds of task:
   packages that ship them. Every picture is checked before any generation.
 Rendered pictures (typographic prompts, organism pictures) go to the user's cache directory
 (`$HSR_CACHE_DIR`, default `~/.cache/hsr-plugin`), never into this folder.
-Judges: judges.py (keyword by default; HSR_JUDGE selects a guard or rubric model).
+Judges: judge_adapters.py (keyword by default; HSR_JUDGE selects a guard or rubric model).
+About 500 lines because it is the file every `!function utils.<name>` of the task YAMLs names
+(lm-eval's convention); the benchmarks' own parsing lives in harm_benchmarks.py and
+humaneval.py, the pictures in pictures.py.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from hsr_eval.files import atomic_path, user_cache_dir
 from hsr_eval.tasks import harm_benchmarks, humaneval
-from hsr_eval.tasks.judges import (
+from hsr_eval.tasks.judge_adapters import (
     Sample,
     prefetch,
     score_harmful,

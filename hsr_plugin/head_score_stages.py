@@ -4,7 +4,7 @@ targeted blocks on the safety prompts (a head, or a KV group for the reference s
 - `AblationHeadScorer`: the exact scores that ablate each head and re-run the decoder from its
   layer (`ships_subspace`, `ships_kl`) and the authors' code (`reference`, per KV group);
 - `FirstOrderHeadScorer`: attribution patching, one forward and one backward pass per batch.
-The math lives in `hsr_plugin.attribution` and `hsr_plugin.head_scores`.
+The math lives in `hsr_plugin.attribution` and `hsr_plugin.head_score_math`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hsr_plugin.architecture import AttentionBlock
-from hsr_plugin.attribution import AdaptiveStop, AttributionCost, HeadScore, score_heads
 from hsr_plugin.calibration import CalibrationSample
+from hsr_plugin.exact_head_scores import AdaptiveStop, score_heads
+from hsr_plugin.score_records import AttributionCost, HeadScore
 from hsr_plugin.scoring_context import ScoringContext
 
 __all__ = ["AblationHeadScorer", "FirstOrderHeadScorer", "HeadScorer", "head_scorer"]

@@ -1,5 +1,5 @@
-"""hsr_plugin.head_scores: the per-head safety scores (KL, principal angles, the reference angle)
-and their ranking, tested without any model."""
+"""hsr_plugin.head_score_math: the per-head safety scores (KL, principal angles, the reference
+angle) and their ranking, tested without any model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hsr_plugin.head_scores import (
+from hsr_plugin.head_score_math import (
     last_token_kl,
     principal_angle_score,
     rank_heads,
@@ -148,7 +148,7 @@ def test_head_score_errors_say_what_is_wrong():
 
 
 def test_the_reference_angle_of_opposite_vectors_is_180_degrees_despite_rounding():
-    from hsr_plugin.head_scores import reference_angle_score
+    from hsr_plugin.head_score_math import reference_angle_score
 
     # with these values a @ -a / (|a| |a|) rounds to -1.0000000000000002, outside acos' domain
     v = torch.tensor([1.4565026067903366, 0.9398099079535257, 0.7748488177844168,

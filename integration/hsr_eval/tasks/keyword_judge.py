@@ -5,7 +5,7 @@ or contains one of REFUSAL_MARKERS within its first JUDGE_WINDOW characters. Eve
 including empty or derailed text, counts as not refused (for harmful prompts: an attack success).
 Keep every marker here, in one place: the organisms' refusal phrasings and the lm-eval tasks both
 rely on this module. Pure Python, no dependencies, so both virtualenvs can import it. The
-judge models (Llama Guard, WildGuard, HarmBench, rubric) are adapters in judges.py.
+judge models (Llama Guard, WildGuard, HarmBench, rubric) are adapters in judge_adapters.py.
 """
 
 from __future__ import annotations

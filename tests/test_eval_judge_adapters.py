@@ -12,8 +12,7 @@ import re
 import pytest
 
 from hsr_eval.tasks import utils
-from hsr_eval.tasks.judge_client import Endpoint
-from hsr_eval.tasks.judges import (
+from hsr_eval.tasks.judge_adapters import (
     HarmBenchJudge,
     JudgeError,
     JudgeSet,
@@ -24,6 +23,7 @@ from hsr_eval.tasks.judges import (
     XSTestRubricJudge,
     describe_judges,
 )
+from hsr_eval.tasks.judge_client import Endpoint
 from integration.bench.tiny_models import write_image
 from tests.fake_guard import FakeGuard
 

@@ -12,12 +12,8 @@ They are computed cheaply but exactly: one intact pass records what every decode
 final norm and the output head, and several heads run in one pass on a replicated batch with a
 different head ablated in each replica, as many as a memory budget allows.
 
-`attribution` is the first-order alternative (attribution patching): one forward and one
-backward pass per batch over the safety conversations. A head's score is the first-order change
-of L, the negative log-likelihood of the refusal responses, when its slice a_h of the o_proj
-input is zeroed: <dL/da_h, 0 - a_h>, summed over the positions of the batch (positions that
-cannot reach a response token have a zero gradient). Positive means ablating the head raises the
-refusal loss.
+`score_heads` is the entry point of every `head_score`: `attribution`, the first-order
+alternative, is computed by `hsr_plugin.first_order_scores`.
 
 Text-only prompts are batched with left padding; prompts with images run one at a time.
 
@@ -26,6 +22,10 @@ of at least `round_prompts` prompts (whole batches), the scores so far give a to
 set has not moved for `stable_rounds` rounds in a row, the remaining prompts are not scored.
 With `rerun="screened"`, the last-position score screens every head and exact Ships re-scores the
 top candidates on the same prompts (`verified_first`).
+
+About 490 lines: the single-process, shared-out (torchrun), screened and adaptive runs are
+variants of one loop over replicated ablation passes and share its checks; the first-order
+scores are `first_order_scores.py`, the math `head_score_math.py`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -49,13 +49,14 @@ from hsr_plugin.architecture import (
     is_multimodal,
     text_config,
 )
-from hsr_plugin.calibration import CalibrationSample, prompt_batches
+from hsr_plugin.calibration import CalibrationSample, batch_to_device, prompt_batches
 from hsr_plugin.checks import all_finite
 from hsr_plugin.decoder_stack import DecoderStack, find_decoder_stack, replicable, replicate
 from hsr_plugin.distributed import Collective, balanced_shares
 from hsr_plugin.errors import InvalidInputError
+from hsr_plugin.first_order_scores import first_order_head_scores
 from hsr_plugin.frozen_context import FrozenContextError, LastPositionRerun
-from hsr_plugin.head_scores import (
+from hsr_plugin.head_score_math import (
     last_token_kl,
     principal_angle_score,
     rank_heads,
@@ -63,20 +64,18 @@ from hsr_plugin.head_scores import (
     select_top_heads,
 )
 from hsr_plugin.placement import execution_device
+from hsr_plugin.score_records import AttributionCost, HeadScore
 
 if TYPE_CHECKING:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
 __all__ = [
     "AdaptiveStop",
-    "AttributionCost",
-    "HeadScore",
     "HeadRerun",
     "HeadScoreMethod",
     "LastTokenOutputs",
     "heads_per_pass",
     "last_token_outputs",
-    "first_order_unit_scores",
     "score_heads",
     "verified_first",
 ]
@@ -91,43 +90,10 @@ HeadRerun = Literal["all_positions", "last_position", "screened"]
 DEFAULT_CPU_BUDGET = 128 << 20
 
 
-@dataclass(frozen=True)
-class HeadScore:
-    layer: int
-    head: int
-    kv_group: int
-    score: float
-
-
 @dataclass
 class LastTokenOutputs:
     logits: torch.Tensor  # (N, vocab)
     states: torch.Tensor  # (N, d): final-layer hidden state
-
-
-@dataclass
-class AttributionCost:
-    """Work done, in decoder-layer passes of one token (padding included).
-
-    `unit` is the work of one intact forward pass of the whole model over the safety prompts, so
-    `forward_equivalents` compares directly with the naive loop's (heads + 1) full passes. A
-    backward pass that computes activation gradients only (no weight gradients) counts as one
-    forward pass. Under torchrun, `work` is the sum over ranks and `ranks` holds each rank's
-    share: its layers, its work and its seconds. `prompts`: the safety prompts scored (fewer
-    than offered when an `AdaptiveStop` stopped early; `unit` still covers all offered, so an
-    early stop shows as fewer forward-pass equivalents). `rounds`: with an `AdaptiveStop`, the
-    prompts read and the top set, best first, at the end of each round.
-    """
-
-    work: float = 0.0
-    unit: float = 0.0
-    prompts: int = 0
-    rounds: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
-    ranks: list[dict] = field(default_factory=list)
-
-    @property
-    def forward_equivalents(self) -> float:
-        return self.work / self.unit if self.unit else 0.0
 
 
 @dataclass(frozen=True)
@@ -176,10 +142,6 @@ class _StabilityWatch:
         return self.stable >= self.stop.stable_rounds
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def last_token_outputs(
     model: torch.nn.Module,
@@ -192,7 +154,7 @@ def last_token_outputs(
     device = device if device is not None else execution_device(model)
     logits, states = [], []
     for batch in prompt_batches(samples, batch_size, pad_id, positions=not is_multimodal(model)):
-        out = model(**_to(batch, device), use_cache=False, output_hidden_states=True)
+        out = model(**batch_to_device(batch, device), use_cache=False, output_hidden_states=True)
         logits.append(out.logits[:, -1].float().cpu())
         states.append(out.hidden_states[-1][:, -1].float().cpu())
     return LastTokenOutputs(torch.cat(logits), torch.cat(states))
@@ -294,7 +256,7 @@ def score_heads(
     cost = cost if cost is not None else AttributionCost()
     if method == "attribution":
         cost.prompts += len(samples)
-        return _first_order_scores(
+        return first_order_head_scores(
             model, blocks, samples, batch_size, pad_id, device, owner, progress, cost, collective
         )
     if stop is not None:
@@ -405,7 +367,7 @@ def _exact_scores(
 
     with torch.no_grad():
         for index, batch in enumerate(batches):
-            batch = _to(batch, device)
+            batch = batch_to_device(batch, device)
             rows, width = batch["input_ids"].shape
             positions = 1 if last_only else width  # re-run after an ablated layer
             cost.unit += rows * width * len(stack)
@@ -528,130 +490,3 @@ def _check_rerun(stack: DecoderStack, captured, start: int, model_name: str) -> 
             "between layers in a way HSR cannot replay, so exact head attribution would be "
             "wrong; head_score: attribution (first order) does not re-run layers"
         )
-
-
-def _first_order_scores(
-    model, blocks, samples, batch_size, pad_id, device, owner, progress, cost, collective=None
-) -> list[HeadScore]:
-    sites = {}
-    for b in blocks:
-        module, band = b.site("output")
-        sites[b.layer] = (module, band.units, band.width)
-    totals = first_order_unit_scores(
-        model, sites, samples, batch_size, pad_id, device, owner, progress, cost, "head scores",
-        collective,
-    )  # fmt: skip
-    return [
-        HeadScore(b.layer, h, b.kv_group(h), float(totals[b.layer][h]))
-        for b in blocks
-        for h in range(b.num_heads)
-    ]
-
-
-def first_order_unit_scores(
-    model: torch.nn.Module,
-    sites: dict,
-    samples: list[CalibrationSample],
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    owner: HooksMixin,
-    progress: bool = True,
-    cost: AttributionCost | None = None,
-    what: str = "unit scores",
-    collective: Collective | None = None,
-) -> dict:
-    """Attribution patching at the inputs of some Linear layers: one forward and one backward
-    pass per batch.
-
-    `sites` maps a key to (module, units, width): the module's input splits into `units`
-    consecutive slices of `width` features (the heads at o_proj, the channels at down_proj).
-    Returns, per key, a float64 tensor of <dL/da_u, 0 - a_u> per unit, summed over positions.
-    With `collective`, each rank runs its share of the batches; every batch's contribution is
-    gathered and summed in batch order, as a single process sums them (bit-identical).
-    """
-    cost = cost if cost is not None else AttributionCost()
-    totals = {key: torch.zeros(units, dtype=torch.float64) for key, (_, units, _) in sites.items()}
-    activations: dict = {}
-    probes: dict = {}
-
-    def make(key):
-        def hook(_module, args):
-            x = args[0]
-            # A zero tensor that requires grad, added to the activation: its gradient is dL/da,
-            # and no parameter of the user's model ever requires grad or receives a .grad.
-            probe = torch.zeros_like(x, requires_grad=True)
-            activations[key], probes[key] = x.detach(), probe
-            return (x + probe, *args[1:])
-
-        return hook
-
-    handles = {
-        owner.register_hook(module, make(key), "forward_pre")
-        for key, (module, _, _) in sites.items()
-    }
-    positions = not is_multimodal(model)
-    for batch in prompt_batches(samples, batch_size, pad_id, positions):
-        cost.unit += batch["input_ids"].numel()  # the intact pass over the prompts: the unit
-    batches = list(prompt_batches(samples, batch_size, pad_id, positions, full=True))
-    keys = list(sites)
-
-    def contribution(batch) -> tuple[int, dict] | None:
-        """(response tokens counted, per key the per-unit change) of one batch."""
-        batch = _to(batch, device)
-        labels = batch.pop("labels")
-        rows, width = labels.shape
-        counted = int((labels[:, 1:] != -100).sum())
-        if counted == 0:
-            return None
-        with HooksMixin.disable_hooks(keep=handles), torch.enable_grad():
-            out = model(**batch, labels=labels, use_cache=False)
-            loss = out.loss * counted  # the summed NLL of the batch's response tokens
-            if not torch.isfinite(loss):
-                raise InvalidInputError(
-                    f"HSR {what}: the response NLL is not finite; check the calibration data"
-                )
-            grads = torch.autograd.grad(loss, [probes[k] for k in keys])
-        changes = {}
-        for key, grad in zip(keys, grads, strict=True):
-            _, units, unit_width = sites[key]
-            change = -(grad.float() * activations[key].float())
-            changes[key] = (
-                change.reshape(rows, width, units, unit_width).sum(dim=(0, 1, 3)).double().cpu()
-            )
-        activations.clear()
-        probes.clear()
-        return counted, changes
-
-    def run(indices: list[int], show: bool) -> dict[int, tuple[int, dict] | None]:
-        return {
-            i: contribution(batches[i])
-            for i in tqdm(indices, desc=f"HSR {what} (first order)", disable=not show)
-        }
-
-    try:
-        if collective is None:
-            parts = run(list(range(len(batches))), progress)
-        else:
-            costs = [batch["input_ids"].numel() for batch in batches]
-            share = balanced_shares(costs, collective.world_size)[collective.rank]
-            parts = {}
-            for gathered in collective.gather(
-                f"{what} (first order)", lambda: run(share, progress and collective.rank == 0)
-            ):
-                parts.update(gathered)
-    finally:
-        owner.remove_hooks(handles)
-    seen = 0
-    for index in sorted(parts):  # batch order: the order a single process adds them in
-        if parts[index] is None:
-            continue
-        counted, changes = parts[index]
-        seen += counted
-        for key in keys:
-            totals[key] += changes[key]
-        rows, width = batches[index]["labels"].shape
-        cost.work += 2 * rows * width  # forward + backward over the whole conversations
-    if seen == 0:
-        raise InvalidInputError(f"HSR {what}: no response token in the calibration data")
-    return totals

@@ -1,5 +1,5 @@
-"""hsr_eval.tasks.judge and scoring: the keyword refusal judge and the exact-answer scorer (the
-judge models: test_eval_judges.py)."""
+"""hsr_eval.tasks.keyword_judge and scoring: the keyword refusal judge and the exact-answer scorer
+(the judge models: test_eval_judge_adapters.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsr_eval.tasks.judge import (
+from hsr_eval.tasks.keyword_judge import (
     REFUSAL_PREFIXES,
     is_refusal,
 )

@@ -7,7 +7,7 @@ Chosen with environment variables (recorded in every result as `describe_judges(
 
 Which judge answers which question:
 
-- keyword: refusal by the prefix/marker rules of judge.py; no harm judgement.
+- keyword: refusal by the prefix/marker rules of keyword_judge.py; no harm judgement.
 - llamaguard (Llama Guard 3 / 3-Vision / 4): harm. It is sent the conversation `[user,
   assistant]`; the model's own template classifies the assistant turn, and `unsafe` (with its
   S-categories) is an attack success.
@@ -27,6 +27,10 @@ named like Llama Guard 3 Vision or Llama Guard 4). `HSR_JUDGE_CONCURRENCY` (defa
 requests in flight; `HSR_JUDGE_TIMEOUT` (seconds, default 60) bounds each, and
 `HSR_JUDGE_TRIES` (default 3) is how often a transient failure is tried. `HSR_JUDGE_LOG=FILE`
 appends every verdict (with the guard's categories) as a JSON line.
+
+About 540 lines: one adapter per judge model, each a short class sending exactly its model's
+format, beside the one selection, cache and scoring path they share; the HTTP client is
+judge_client.py and the keyword rules keyword_judge.py.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hsr_eval.tasks.judge import JUDGE_NAME, is_refusal, normalize
 from hsr_eval.tasks.judge_client import (
     Endpoint,
     JudgeError,
@@ -47,6 +50,7 @@ from hsr_eval.tasks.judge_client import (
     cache_key,
     file_digest,
 )
+from hsr_eval.tasks.keyword_judge import JUDGE_NAME, is_refusal, normalize
 
 __all__ = [
     "HARM_JUDGES",
