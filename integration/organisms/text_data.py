@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsr_eval.files import write_text_atomic
+from integration.organisms.registry import EVAL_DATA
 
 SEED = 1234
 
@@ -480,9 +481,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = Path(__file__).resolve().parent
     parser.add_argument("--out", default=str(here / "data" / "text"), help="calibration sets")
-    parser.add_argument(
-        "--eval-out", default=str(here.parent / "hsr_eval" / "data" / "text"), help="held-out sets"
-    )
+    parser.add_argument("--eval-out", default=str(EVAL_DATA / "text"), help="held-out sets")
     args = parser.parse_args()
     for name, digest in export(args.out, args.eval_out).items():
         print(f"{name}: {digest[:16]}")
